@@ -1,0 +1,61 @@
+"""The augmented-graph contract: names, metadata keys and the version, shared by export and runtime.
+
+An augmented ("explanation") graph has these inputs and outputs:
+
+inputs
+  ``input``       float32 [N, 3, H, W], RGB pixels in [0, 1]; normalisation happens inside the graph.
+  ``seed``        float32 [N, classes], the cotangent on the logits: the graph differentiates
+                  ``sum(seed * logits)``.
+  ``relu_rule``   int64 scalar, optional (defaults to 0): how rectifiers (Relu, and Clip with
+                  min 0 such as ReLU6) pass gradients back: 0 plain gradient, 1 guided backprop,
+                  2 deconvnet.
+
+outputs
+  ``logits``             float32 [N, classes]
+  ``tap/<alias>``        the feature map of each tap, e.g. ``tap/layer4`` [N, C, h, w]
+  ``grad/input``         d sum(seed * logits) / d input, [N, 3, H, W]
+  ``grad/tap/<alias>``   d sum(seed * logits) / d tap, same shape as the tap
+"""
+
+from __future__ import annotations
+
+CONTRACT_VERSION = "1"
+
+INPUT = "input"
+SEED = "seed"
+RELU_RULE = "relu_rule"
+LOGITS = "logits"
+TAP_PREFIX = "tap/"
+GRAD_PREFIX = "grad/"
+GRAD_INPUT = GRAD_PREFIX + INPUT
+
+RELU_RULES: dict[str, int] = {"plain": 0, "guided": 1, "deconvnet": 2}
+
+# metadata_props keys; values are strings, JSON where structured
+META_PREFIX = "gradtap."
+META_CONTRACT = META_PREFIX + "contract_version"
+META_NAME = META_PREFIX + "model_name"  # e.g. "resnet18"
+META_SOURCE = META_PREFIX + "source"  # where the architecture came from
+META_WEIGHTS = META_PREFIX + "weights"  # what weights were loaded
+META_LABELS = META_PREFIX + "labels"  # JSON list of class names, index = class id
+META_INPUT_SIZE = META_PREFIX + "input_size"  # JSON [H, W] the graph expects
+META_RESIZE = META_PREFIX + "resize"  # JSON {"policy": "shorter_side_center_crop", "size": 256}
+META_NORMALIZATION = META_PREFIX + "normalization"  # JSON {"mean": [...], "std": [...], "in_graph": true}
+META_COLOR_ORDER = META_PREFIX + "color_order"  # "RGB"
+META_VALUE_RANGE = META_PREFIX + "value_range"  # JSON [0, 1]
+META_DEFAULT_TAP = META_PREFIX + "default_tap"  # alias of the default tap
+META_TAPS = META_PREFIX + "taps"  # JSON {alias: tensor name in the forward graph}
+META_RELU_RULES = META_PREFIX + "relu_rules"  # JSON RELU_RULES
+META_AUGMENTED = META_PREFIX + "augmented"  # "1" once the backward pass is in the graph
+
+RESIZE_POLICIES = frozenset({"shorter_side_center_crop", "stretch"})
+
+
+def tap_output(alias: str) -> str:
+    """Graph output name of a tap's feature map."""
+    return TAP_PREFIX + alias
+
+
+def tap_grad_output(alias: str) -> str:
+    """Graph output name of the gradient with respect to a tap."""
+    return GRAD_PREFIX + TAP_PREFIX + alias
