@@ -1,0 +1,243 @@
+"""The augmentation pass: a forward classifier graph in, the gradtap explanation graph out.
+
+Needs only onnx and numpy, so it runs on third-party graphs where torch is not installed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper, version_converter
+
+from gradtap.export.emitter import GraphInfo
+from gradtap.export.taps import alias_for, candidate_taps, default_tap
+from gradtap.export.vjp import add_vjp
+from gradtap.runtime import contract as c
+
+log = logging.getLogger(__name__)
+
+TARGET_OPSET = 17  # older graphs are converted; ScatterElements(reduction="add") needs >= 16
+STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
+
+
+def augment(
+    model: onnx.ModelProto,
+    *,
+    taps: Mapping[str, str] | Sequence[str] | None = None,
+    logits: str | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    labels: Sequence[str] | None = None,
+) -> onnx.ModelProto:
+    """Add taps, a seed input, a rectifier-rule input and the backward pass to a classifier.
+
+    Args:
+        model: forward graph with one image input [N, 3, H, W] and a logits output; not mutated.
+        taps: alias -> tensor name, or tensor names (aliases derived); default: the taps in the
+            model's gradtap metadata, else the last spatial feature map (see taps.default_tap).
+        logits: the tensor to explain (default: the graph's only output, or one named 'logits').
+        mean, std: per-channel normalisation in [0, 1] pixel units, prepended to the graph so
+            the result takes RGB pixels in [0, 1]; omit when the graph already takes those.
+        labels: class names (index = class id), stored in the metadata if given.
+
+    Returns:
+        The explanation graph described in gradtap.runtime.contract.
+    """
+    model = _upgrade(copy.deepcopy(model))
+    if any(m.key == c.META_AUGMENTED for m in model.metadata_props):
+        raise ValueError("the model is already augmented by gradtap; augment its forward graph")
+    _rename_io(model, logits)
+    if mean is not None or std is not None:
+        _prepend_normalization(model, mean, std)
+    meta = {m.key: m.value for m in model.metadata_props}
+    chosen = resolve_taps(model, taps, meta)
+    graph = model.graph
+    for alias, tensor in chosen.items():
+        graph.node.append(helper.make_node("Identity", [tensor], [c.tap_output(alias)], name=f"tap/{alias}"))
+        graph.output.append(helper.make_empty_tensor_value_info(c.tap_output(alias)))
+    wrt = {c.INPUT: c.GRAD_INPUT}
+    wrt.update({tensor: c.tap_grad_output(alias) for alias, tensor in chosen.items()})
+    out = add_vjp(model, seed_of=c.LOGITS, seed=c.SEED, wrt=wrt, relu_rule=c.RELU_RULE)
+    _add_inputs(out)
+    _stamp(out, meta, chosen, labels)
+    del out.graph.value_info[:]
+    out = onnx.shape_inference.infer_shapes(out, check_type=True, strict_mode=True)
+    _ensure(out)
+    return out
+
+
+def augment_file(src: str | Path, dst: str | Path, **options: object) -> onnx.ModelProto:
+    """Load ``src`` (external data beside it allowed), augment it, write ``dst`` atomically."""
+    model = load_model(src)
+    out = augment(model, **options)  # type: ignore[arg-type]
+    save_model(out, dst)
+    return out
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    """Load an ONNX file, refusing external-data paths that leave the file's folder."""
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf raises several unrelated types for garbage input
+        raise ValueError(f"{path}: not an ONNX model ({type(err).__name__})") from None
+    base = path.resolve().parent
+    for tensor in _external_tensors(model):
+        location = next(e.value for e in tensor.external_data if e.key == "location")
+        target = (base / location).resolve()
+        if not target.is_relative_to(base):
+            raise ValueError(f"{path}: external data {location!r} points outside the model's folder")
+    if any(True for _ in _external_tensors(model)):
+        onnx.load_external_data_for_model(model, str(base))
+    return model
+
+
+def save_model(model: onnx.ModelProto, dst: str | Path) -> None:
+    """Write ``model`` to ``dst`` through a temporary file, so no half-written file remains."""
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    try:
+        onnx.save(model, str(tmp))
+        tmp.replace(dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _external_tensors(model: onnx.ModelProto):  # noqa: ANN202
+    for tensor in model.graph.initializer:
+        if tensor.data_location == TensorProto.EXTERNAL:
+            yield tensor
+
+
+def resolve_taps(
+    model: onnx.ModelProto, taps: Mapping[str, str] | Sequence[str] | None, meta: Mapping[str, str]
+) -> dict[str, str]:
+    """alias -> tensor name, checked against the graph's feature maps."""
+    if taps is None and c.META_TAPS in meta:
+        taps = json.loads(meta[c.META_TAPS])
+    if taps is None:
+        found = default_tap(model)
+        taps = {meta.get(c.META_DEFAULT_TAP) or alias_for(found.name): found.name}
+    if not isinstance(taps, Mapping):
+        taps = {alias_for(t): t for t in taps}
+    produced = {o for n in model.graph.node for o in n.output}
+    for alias, tensor in taps.items():
+        if tensor not in produced:
+            names = [t.name for t in candidate_taps(model)][-8:]
+            raise ValueError(f"unknown tap tensor {tensor!r} (alias {alias!r}); feature maps near the head: {names}")
+    return dict(taps)
+
+
+def _upgrade(model: onnx.ModelProto) -> onnx.ModelProto:
+    opset = next((o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS), 0)
+    if opset < 16:
+        log.info("converting opset %d to %d", opset, TARGET_OPSET)
+        model = version_converter.convert_version(model, TARGET_OPSET)
+    return model
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    if old == new:
+        return
+    for node in graph.node:
+        node.input[:] = [new if i == old else i for i in node.input]
+        node.output[:] = [new if o == old else o for o in node.output]
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        if vi.name == old:
+            vi.name = new
+
+
+def _rename_io(model: onnx.ModelProto, logits: str | None) -> None:
+    """Name the image input 'input' and the explained output 'logits'; drop other outputs."""
+    graph = model.graph
+    inits = {i.name for i in graph.initializer}
+    images = [i for i in graph.input if i.name not in inits]
+    if len(images) != 1:
+        raise ValueError(f"expected one image input, found {[i.name for i in images]}")
+    dims = images[0].type.tensor_type.shape.dim
+    if len(dims) != 4 or (dims[1].HasField("dim_value") and dims[1].dim_value != 3):
+        raise ValueError(f"image input {images[0].name!r} must be [N, 3, H, W]")
+    _rename(graph, images[0].name, c.INPUT)
+    outputs = [o.name for o in graph.output]
+    if logits is None:
+        if len(outputs) != 1 and c.LOGITS not in outputs:
+            raise ValueError(f"several outputs {outputs}: say which holds the logits")
+        logits = c.LOGITS if c.LOGITS in outputs else outputs[0]
+    if logits not in {o for n in graph.node for o in n.output}:
+        raise ValueError(f"no tensor named {logits!r} in the graph")
+    if logits not in outputs:
+        graph.output.append(helper.make_empty_tensor_value_info(logits))
+    keep = [o for o in graph.output if o.name == logits]
+    del graph.output[:]
+    graph.output.extend(keep)
+    _rename(graph, logits, c.LOGITS)
+
+
+def _prepend_normalization(model: onnx.ModelProto, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+    graph = model.graph
+    m = np.asarray(mean if mean is not None else [0.0] * 3, np.float32).reshape(1, 3, 1, 1)
+    s = np.asarray(std if std is not None else [1.0] * 3, np.float32).reshape(1, 3, 1, 1)
+    inner = "input/normalized"
+    _rename(graph, c.INPUT, inner)
+    graph.input[[i.name for i in graph.input].index(inner)].name = c.INPUT
+    graph.initializer.extend([numpy_helper.from_array(m, "input/mean"), numpy_helper.from_array(s, "input/std")])
+    nodes = [
+        helper.make_node("Sub", [c.INPUT, "input/mean"], ["input/centered"], name="input/Sub"),
+        helper.make_node("Div", ["input/centered", "input/std"], [inner], name="input/Div"),
+    ]
+    graph.node[:0] = nodes
+    _set_meta(model, c.META_NORMALIZATION, json.dumps({"mean": m.ravel().tolist(), "std": s.ravel().tolist(), "in_graph": True}))
+
+
+def _add_inputs(model: onnx.ModelProto) -> None:
+    graph = model.graph
+    info = GraphInfo.of(model)
+    batch, classes = info.shape(c.LOGITS)
+    graph.input.append(helper.make_tensor_value_info(c.SEED, TensorProto.FLOAT, [batch, classes]))
+    graph.input.append(helper.make_tensor_value_info(c.RELU_RULE, TensorProto.INT64, []))
+    graph.initializer.append(numpy_helper.from_array(np.asarray(0, np.int64), c.RELU_RULE))
+
+
+def _set_meta(model: onnx.ModelProto, key: str, value: str) -> None:
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = value
+            return
+    model.metadata_props.add(key=key, value=value)
+
+
+def _stamp(model: onnx.ModelProto, meta: Mapping[str, str], taps: Mapping[str, str], labels: Sequence[str] | None) -> None:
+    defaults = {
+        c.META_COLOR_ORDER: "RGB",
+        c.META_VALUE_RANGE: "[0, 1]",
+        c.META_NORMALIZATION: json.dumps({"mean": [0.0] * 3, "std": [1.0] * 3, "in_graph": True}),
+    }
+    for key, value in defaults.items():
+        if key not in meta:
+            _set_meta(model, key, value)
+    default = meta.get(c.META_DEFAULT_TAP)
+    _set_meta(model, c.META_TAPS, json.dumps(dict(taps)))
+    _set_meta(model, c.META_DEFAULT_TAP, default if default in taps else next(iter(taps)))
+    _set_meta(model, c.META_RELU_RULES, json.dumps(c.RELU_RULES))
+    _set_meta(model, c.META_CONTRACT, c.CONTRACT_VERSION)
+    _set_meta(model, c.META_AUGMENTED, "1")
+    if labels is not None:
+        _set_meta(model, c.META_LABELS, json.dumps(list(labels)))
+    info = GraphInfo.of(model)
+    if c.META_INPUT_SIZE not in meta and all(isinstance(d, int) for d in info.shape(c.INPUT)[2:]):
+        _set_meta(model, c.META_INPUT_SIZE, json.dumps(list(info.shape(c.INPUT)[2:])))
+
+
+def _ensure(model: onnx.ModelProto) -> None:
+    """Postconditions: standard ops only, a valid model, strict shape inference passes."""
+    foreign = sorted({f"{n.domain}:{n.op_type}" for n in model.graph.node if n.domain not in STANDARD_DOMAINS})
+    if foreign:
+        raise ValueError(f"non-standard ops in the graph: {foreign}")
+    if model.ByteSize() < 2**31 - 2**20:
+        onnx.checker.check_model(model, full_check=True)

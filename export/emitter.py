@@ -1,0 +1,127 @@
+"""A small node emitter for backward rules, and what rules may know about the forward graph."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+Dim = int | str | None
+Shape = tuple[Dim, ...]
+
+
+@dataclass
+class GraphInfo:
+    """Static facts about the forward graph: inferred shapes, constant values, opset."""
+
+    shapes: dict[str, Shape]
+    dtypes: dict[str, int]
+    consts: dict[str, np.ndarray]
+    opset: int
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto) -> GraphInfo:
+        inferred = onnx.shape_inference.infer_shapes(model)
+        g = inferred.graph
+        shapes: dict[str, Shape] = {}
+        dtypes: dict[str, int] = {}
+        for vi in [*g.input, *g.value_info, *g.output]:
+            t = vi.type.tensor_type
+            dtypes[vi.name] = t.elem_type
+            if t.HasField("shape"):
+                shapes[vi.name] = tuple(_dim(d) for d in t.shape.dim)
+        consts = {init.name: numpy_helper.to_array(init) for init in g.initializer}
+        for node in g.node:
+            if node.op_type == "Constant" and node.attribute[0].name == "value":
+                consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        for name, value in consts.items():
+            shapes.setdefault(name, tuple(value.shape))
+            dtypes.setdefault(name, helper.np_dtype_to_tensor_dtype(value.dtype))
+        opset = next(
+            (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0
+        )
+        return cls(shapes, dtypes, consts, opset)
+
+    def shape(self, name: str) -> Shape:
+        if name not in self.shapes:
+            raise ValueError(f"no inferred shape for tensor {name!r}; shape inference failed there")
+        return self.shapes[name]
+
+    def static_shape(self, name: str) -> tuple[int, ...]:
+        shape = self.shape(name)
+        if not all(isinstance(d, int) for d in shape):
+            raise ValueError(f"tensor {name!r} needs a static shape here, got {list(shape)}")
+        return tuple(int(d) for d in shape)  # type: ignore[arg-type]
+
+    def rank(self, name: str) -> int:
+        return len(self.shape(name))
+
+    def const(self, name: str) -> np.ndarray | None:
+        """The value of an initializer or Constant output, or None when computed at run time."""
+        return self.consts.get(name) if name else None
+
+
+def _dim(d: onnx.TensorShapeProto.Dimension) -> Dim:
+    if d.HasField("dim_value"):
+        return int(d.dim_value)
+    return d.dim_param or None
+
+
+@dataclass
+class Emitter:
+    """Collects backward nodes and constants; every name is unique and traceable to its node.
+
+    ``em.op("Mul", a, b)`` emits one node and returns its output name; ``outputs=k`` returns a
+    list. Names read ``<prefix><forward node>/vjp/<k>``.
+    """
+
+    info: GraphInfo
+    prefix: str = "grad/"
+    scope: str = "graph"
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    initializers: list[onnx.TensorProto] = field(default_factory=list)
+    wanted: frozenset[str] = frozenset()  # tensors whose cotangent the walk needs
+    rectifier_flags: tuple[str, str] | None = None  # (is_plain, is_deconv) bool scalars
+    _count: int = 0
+
+    def fresh(self, hint: str = "") -> str:
+        self._count += 1
+        return f"{self.prefix}{self.scope}/vjp/{self._count}{hint}"
+
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs: object) -> str | list[str]:
+        if not onnx.defs.has(op_type):
+            raise ValueError(f"{op_type!r} is not an ai.onnx operator")
+        names = [self.fresh() for _ in range(outputs)]
+        self.nodes.append(
+            helper.make_node(op_type, list(inputs), names, name=names[0] + "/" + op_type, **attrs)
+        )
+        return names[0] if outputs == 1 else names
+
+    def const(self, value: np.ndarray | Sequence[int] | float, dtype: type = np.int64) -> str:
+        array = np.asarray(value, dtype=dtype) if not isinstance(value, np.ndarray) else value
+        name = self.fresh("/const")
+        self.initializers.append(numpy_helper.from_array(array, name))
+        return name
+
+    def ints(self, values: Sequence[int]) -> str:
+        return self.const(np.asarray(list(values), dtype=np.int64))
+
+    def scalar(self, value: float, like: str) -> str:
+        """A float scalar constant in the element type of tensor ``like``."""
+        dtype = helper.tensor_dtype_to_np_dtype(self.info.dtypes.get(like, TensorProto.FLOAT))
+        return self.const(np.asarray(value, dtype=dtype))
+
+    def zeros_like(self, name: str) -> str:
+        dtype = self.info.dtypes.get(name, TensorProto.FLOAT)
+        zero = helper.make_tensor("value", dtype, [1], [0])
+        return self.op("ConstantOfShape", self.op("Shape", name), value=zero)
+
+    def mask(self, condition: str, like: str) -> str:
+        """Cast a boolean tensor to the element type of ``like`` (1 where true, else 0)."""
+        return self.op("Cast", condition, to=self.info.dtypes.get(like, TensorProto.FLOAT))
+
+    def wants(self, name: str) -> bool:
+        return name in self.wanted
