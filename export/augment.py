@@ -146,8 +146,10 @@ def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
     if old == new:
         return
     for node in graph.node:
-        node.input[:] = [new if i == old else i for i in node.input]
-        node.output[:] = [new if o == old else o for o in node.output]
+        for names in (node.input, node.output):
+            for k, name in enumerate(names):
+                if name == old:
+                    names[k] = new
     for vi in [*graph.input, *graph.output, *graph.value_info]:
         if vi.name == old:
             vi.name = new
@@ -191,7 +193,9 @@ def _prepend_normalization(model: onnx.ModelProto, mean: Sequence[float] | None,
         helper.make_node("Sub", [c.INPUT, "input/mean"], ["input/centered"], name="input/Sub"),
         helper.make_node("Div", ["input/centered", "input/std"], [inner], name="input/Div"),
     ]
-    graph.node[:0] = nodes
+    rest = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + rest)
     _set_meta(model, c.META_NORMALIZATION, json.dumps({"mean": m.ravel().tolist(), "std": s.ravel().tolist(), "in_graph": True}))
 
 

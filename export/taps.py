@@ -47,15 +47,26 @@ def default_tap(model: onnx.ModelProto) -> TapCandidate:
     For VGG16 that is the rectified conv5_3 output (14x14 at 224), not the 7x7 pool after it;
     for ResNets the output of layer4; for a GAP head the map the pool averages.
     """
+    feeding = ancestors(model.graph, model.graph.output[0].name)
     spatial = [
         c
         for c in candidate_taps(model)
-        if c.op_type not in POOLING_OPS | PASS_THROUGH_OPS
+        if c.name in feeding
+        and c.op_type not in POOLING_OPS | PASS_THROUGH_OPS
         and not all(d == 1 for d in c.shape[2:])
     ]
     if not spatial:
         raise ValueError("the graph has no 4-D feature map to tap; name one with --tap")
     return spatial[-1]
+
+
+def ancestors(graph: onnx.GraphProto, target: str) -> set[str]:
+    """Every tensor ``target`` is computed from, ``target`` included."""
+    found = {target}
+    for node in reversed(graph.node):
+        if found.intersection(node.output):
+            found.update(node.input)
+    return found
 
 
 def alias_for(tensor: str) -> str:

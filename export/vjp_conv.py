@@ -53,7 +53,7 @@ def _transpose_geometry(
 
 
 def _spatial(em: Emitter, name: str) -> list[int]:
-    return list(em.info.static_shape(name)[2:]) if _static_spatial(em, name) else _fail(name)
+    return [int(d) for d in em.info.shape(name)[2:]] if _static_spatial(em, name) else _fail(name)  # type: ignore[arg-type]
 
 
 def _static_spatial(em: Emitter, name: str) -> bool:

@@ -58,3 +58,41 @@ def session(model: onnx.ModelProto, *, layout_opt: bool = False) -> ort.Inferenc
     )  # fmt: skip
     options.intra_op_num_threads = 1
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def tiny_cnn(*, classes: int = 3, size: int = 8, seed: int = 0, names: tuple[str, str] = ("input", "logits")) -> onnx.ModelProto:
+    """Conv-Relu-MaxPool-Conv-Relu-GlobalAveragePool-Flatten-Gemm, dynamic batch, random weights.
+
+    The second Relu's output ("features") is the natural tap: the head is GAP -> linear, so the
+    gradient of logit k with respect to it is W[k, c] / (h * w) everywhere (a hand-computed oracle).
+    """
+    rng = np.random.default_rng(seed)
+    inits = {
+        "w1": rng.normal(size=(4, 3, 3, 3)).astype(np.float32) * 0.5,
+        "b1": rng.normal(size=4).astype(np.float32) * 0.1,
+        "w2": rng.normal(size=(6, 4, 3, 3)).astype(np.float32) * 0.3,
+        "b2": rng.normal(size=6).astype(np.float32) * 0.1,
+        "fc_w": rng.normal(size=(classes, 6)).astype(np.float32),
+        "fc_b": rng.normal(size=classes).astype(np.float32),
+    }
+    x, out = names
+    nodes = [
+        helper.make_node("Conv", [x, "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("MaxPool", ["r1"], ["p1"], name="pool1", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["features"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["features"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], [out], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_cnn",
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["batch", classes])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    return model
