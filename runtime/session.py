@@ -1,0 +1,254 @@
+"""ExplainSession: one onnxruntime session over an augmented graph (the only onnxruntime import)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import onnxruntime as ort
+from gradtap.runtime import contract as c
+from gradtap.runtime.errors import ModelError, NonFiniteError, OptionError
+from gradtap.runtime.info import ModelInfo, parse_info
+
+logger = logging.getLogger(__name__)
+
+Array = npt.NDArray[np.float32]
+ModelSource = str | os.PathLike[str] | onnx.ModelProto | bytes
+
+DEFAULT_BATCH_SIZE = 16
+_GPU_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+@dataclass(frozen=True)
+class Pass:
+    """What one fused forward+backward call returned.
+
+    Attributes:
+        logits: [N, classes].
+        grad_input: d sum(seed * logits) / d input, [N, 3, H, W]; ``None`` when not fetched.
+        taps: tap alias -> feature map [N, C, h, w], for the taps fetched.
+        tap_grads: tap alias -> d sum(seed * logits) / d tap, for the tap gradients fetched.
+    """
+
+    logits: Array
+    grad_input: Array | None = None
+    taps: Mapping[str, Array] = field(default_factory=dict)
+    tap_grads: Mapping[str, Array] = field(default_factory=dict)
+
+
+def default_providers() -> list[str]:
+    """CUDA then CPU when onnxruntime-gpu sees a GPU, otherwise CPU only."""
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" in available and ort.get_device() == "GPU":
+        return list(_GPU_PROVIDERS)
+    return ["CPUExecutionProvider"]
+
+
+class ExplainSession:
+    """An augmented gradtap model loaded in onnxruntime.
+
+    Args:
+        model: path to a ``.gradtap.onnx`` file, a loaded ``onnx.ModelProto`` or its bytes.
+        providers: onnxruntime execution providers, in priority order; default
+            :func:`default_providers`.
+        threads: intra-op threads (onnxruntime's default when ``None``).
+        batch_size: the largest batch sent to onnxruntime in one call; bigger batches are split
+            so memory stays bounded.
+
+    Raises:
+        ModelError: the file cannot be loaded or is not an augmented gradtap model.
+        OptionError: an unknown provider, or a non-positive thread count or batch size.
+    """
+
+    def __init__(
+        self,
+        model: ModelSource,
+        *,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        if batch_size < 1:
+            raise OptionError(f"batch_size must be >= 1, got {batch_size}")
+        self._source = model
+        self._proto: onnx.ModelProto | None = model if isinstance(model, onnx.ModelProto) else None
+        self._session = _open(model, _providers(providers), _options(threads))
+        self.provider: str = self._session.get_providers()[0]
+        inputs = {i.name: list(i.shape) for i in self._session.get_inputs()}
+        inputs.update({i.name: list(i.shape) for i in self._session.get_overridable_initializers()})
+        outputs = {o.name: list(o.shape) for o in self._session.get_outputs()}
+        meta = self._session.get_modelmeta().custom_metadata_map
+        self.info: ModelInfo = parse_info(
+            meta, inputs=inputs, outputs=outputs, fallback_name=_stem(model)
+        )
+        fixed = inputs[c.INPUT][0]
+        self.batch_size = fixed if isinstance(fixed, int) and fixed > 0 else batch_size
+        self._has_rule_input = c.RELU_RULE in inputs
+        logger.info("model %s runs on %s", self.info.name, self.provider)
+
+    def run(
+        self,
+        x: Array,
+        seed: Array | None = None,
+        *,
+        relu_rule: str = "plain",
+        grad_input: bool = True,
+        taps: Sequence[str] = (),
+        tap_grads: bool = True,
+    ) -> Pass:
+        """One fused call: logits, and the gradients of ``sum(seed * logits)`` asked for.
+
+        Only the outputs asked for are computed: onnxruntime executes just the nodes on the
+        path to them, so fetching a tap gradient without ``grad_input`` skips the backward pass
+        below the tap, and fetching neither is a plain forward pass.
+
+        Args:
+            x: images [N, 3, H, W] float32 (RGB pixels in [0, 1]; normalisation is in-graph).
+            seed: cotangent on the logits [N, classes]; zeros when ``None``.
+            relu_rule: ``"plain"``, ``"guided"`` or ``"deconvnet"``.
+            grad_input: fetch ``grad/input``.
+            taps: aliases of the taps whose feature maps to fetch.
+            tap_grads: also fetch the gradient with respect to each tap in ``taps``.
+
+        Returns:
+            The :class:`Pass`; arrays not asked for are ``None`` / absent.
+
+        Raises:
+            OptionError: bad shapes, dtypes or relu rule. ModelError: an unknown tap.
+            NonFiniteError: the model produced NaN or Inf.
+        """
+        x = self.check_input(x)
+        seed = self._check_seed(seed, len(x))
+        aliases = [self.info.tap(t) for t in taps]
+        names = [c.LOGITS] + ([c.GRAD_INPUT] if grad_input else [])
+        names += [c.tap_output(t) for t in aliases]
+        names += [c.tap_grad_output(t) for t in aliases] if tap_grads else []
+        feeds: dict[str, Any] = {}
+        if relu_rule != "plain" or self._has_rule_input:
+            feeds[c.RELU_RULE] = np.array(self._rule(relu_rule), dtype=np.int64)
+        out = dict(zip(names, self._run_chunked(names, x, seed, feeds), strict=True))
+        _check_finite(out)
+        return Pass(
+            logits=out[c.LOGITS],
+            grad_input=out.get(c.GRAD_INPUT),
+            taps=MappingProxyType({a: out[c.tap_output(a)] for a in aliases}),
+            tap_grads=MappingProxyType(
+                {a: out[c.tap_grad_output(a)] for a in aliases} if tap_grads else {}
+            ),
+        )
+
+    def logits(self, x: Array) -> Array:
+        """Forward pass only: logits [N, classes] (the backward pass is not executed)."""
+        return self.run(x, None, grad_input=False).logits
+
+    def model_proto(self) -> onnx.ModelProto:
+        """The ONNX graph itself (loaded on first use), for methods that read weights from it."""
+        if self._proto is None:
+            src = self._source
+            proto = onnx.load_from_string(src) if isinstance(src, bytes) else onnx.load(src)
+            self._proto = proto
+        return self._proto
+
+    def check_input(self, x: Any) -> Array:
+        """Validate an input batch: float32 [N, 3, H, W] at the model's input size, finite."""
+        arr = np.asarray(x)
+        h, w = self.info.input_size
+        if arr.ndim != 4 or arr.shape[1:] != (3, h, w) or len(arr) == 0:
+            raise OptionError(f"input must be [N, 3, {h}, {w}] with N >= 1, got {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise OptionError(f"input must be float pixels in [0, 1], got dtype {arr.dtype}")
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            raise OptionError("input contains NaN or Inf")
+        return arr
+
+    def _check_seed(self, seed: Any, n: int) -> Array:
+        shape = (n, self.info.num_classes)
+        if seed is None:
+            return np.zeros(shape, np.float32)
+        arr = np.ascontiguousarray(seed, dtype=np.float32)
+        if arr.shape != shape:
+            raise OptionError(f"seed must be [N, classes] = {list(shape)}, got {list(arr.shape)}")
+        return arr
+
+    def _rule(self, relu_rule: str) -> int:
+        if relu_rule not in self.info.relu_rules:
+            raise OptionError(
+                f"relu_rule {relu_rule!r} not available in model {self.info.name!r}; "
+                f"valid: {list(self.info.relu_rules)}"
+            )
+        return c.RELU_RULES[relu_rule]
+
+    def _run_chunked(
+        self, names: list[str], x: Array, seed: Array, feeds: dict[str, Any]
+    ) -> list[Array]:
+        opts = ort.RunOptions()
+        opts.only_execute_path_to_fetches = True
+        parts: list[list[Array]] = []
+        for i in range(0, len(x), self.batch_size):
+            chunk = {c.INPUT: x[i : i + self.batch_size], c.SEED: seed[i : i + self.batch_size]}
+            parts.append(self._session.run(names, {**chunk, **feeds}, opts))
+        if len(parts) == 1:
+            return parts[0]
+        return [np.concatenate(arrays) for arrays in zip(*parts, strict=True)]
+
+
+def _providers(requested: Sequence[str] | None) -> list[str]:
+    if requested is None:
+        return default_providers()
+    available = ort.get_available_providers()
+    unknown = [p for p in requested if p not in available]
+    if unknown or not requested:
+        raise OptionError(
+            f"providers {list(unknown or requested)} not available; valid: {available}"
+        )
+    return list(requested)
+
+
+def _options(threads: int | None) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    if threads is not None:
+        if threads < 1:
+            raise OptionError(f"threads must be >= 1, got {threads}")
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return opts
+
+
+def _open(
+    model: ModelSource, providers: list[str], opts: ort.SessionOptions
+) -> ort.InferenceSession:
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    elif not isinstance(model, bytes):
+        path = Path(model)
+        if not path.is_file():
+            raise ModelError(f"model file {str(path)!r} does not exist")
+        model = str(path)
+    try:
+        return ort.InferenceSession(model, sess_options=opts, providers=providers)
+    except Exception as err:  # onnxruntime raises its own exception types for bad files
+        what = model if isinstance(model, str) else "<in-memory model>"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"cannot load {what!r} as an ONNX model: {first}") from err
+
+
+def _stem(model: ModelSource) -> str:
+    if isinstance(model, (onnx.ModelProto, bytes)):
+        return "<in-memory model>"
+    return Path(model).name.split(".")[0]
+
+
+def _check_finite(out: Mapping[str, Array]) -> None:
+    bad = [name for name, arr in out.items() if not np.isfinite(arr).all()]
+    if bad:
+        raise NonFiniteError(f"the model produced NaN or Inf in {bad}")

@@ -1,0 +1,128 @@
+"""Targets: which class each explanation is for, and the seeds (cotangents) that select them.
+
+A target is ``None`` (the predicted class), an int class index, a class name (exact, or a unique
+case-insensitive match), ``"top-k"`` (the k most probable classes), or a list of these, which
+explains every image once per entry (e.g. the correct label next to wrong ones, in one batch).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from gradtap.runtime.errors import TargetError
+
+Array = npt.NDArray[np.float32]
+Ints = npt.NDArray[np.int64]
+Target = int | str | None
+TargetSpec = Target | Sequence[int | str]
+
+_TOP_K = re.compile(r"^top-?(\d+)$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Explanation rows: row r explains image ``image_index[r]`` for class ``target[r]``."""
+
+    image_index: Ints
+    target: Ints
+
+
+def needs_logits(spec: TargetSpec) -> bool:
+    """Whether resolving ``spec`` needs the model's logits (predicted class or top-k)."""
+    items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    return any(t is None or (isinstance(t, str) and _TOP_K.match(t.strip())) for t in items)
+
+
+def resolve(
+    spec: TargetSpec, labels: Sequence[str], n_images: int, logits: Array | None = None
+) -> Rows:
+    """Expand a target spec into explanation rows, image by image.
+
+    Args:
+        spec: the target specification (see the module docstring).
+        labels: the model's class names.
+        n_images: number of images in the batch.
+        logits: [n_images, classes]; required when ``spec`` uses the prediction or top-k.
+
+    Raises:
+        TargetError: an index out of range, an unknown or ambiguous name, an empty list.
+    """
+    items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    if not items:
+        raise TargetError("empty target list; give at least one class index or name")
+    per_item = [_resolve_one(t, labels, n_images, logits) for t in items]
+    per_image = [[c for cols in per_item for c in cols[i]] for i in range(n_images)]
+    image_index = np.repeat(np.arange(n_images), [len(p) for p in per_image])
+    target = np.array([c for p in per_image for c in p], dtype=np.int64)
+    return Rows(image_index=image_index.astype(np.int64), target=target)
+
+
+def class_index(name_or_index: int | str, labels: Sequence[str]) -> int:
+    """One class index from an int, a digit string, or a class name.
+
+    Raises:
+        TargetError: out of range, unknown name or ambiguous name (with close matches listed).
+    """
+    n = len(labels)
+    if isinstance(name_or_index, (int, np.integer)) and not isinstance(name_or_index, bool):
+        if not 0 <= int(name_or_index) < n:
+            raise TargetError(f"target class {int(name_or_index)} out of range [0, {n - 1}]")
+        return int(name_or_index)
+    if not isinstance(name_or_index, str):
+        raise TargetError(f"target {name_or_index!r} must be an int index or a class name")
+    name = name_or_index.strip()
+    exact = [i for i, label in enumerate(labels) if label == name]
+    if not exact and name.isdigit():
+        return class_index(int(name), labels)
+    if not exact:
+        exact = [i for i, label in enumerate(labels) if label.lower() == name.lower()]
+    if len(exact) == 1:
+        return exact[0]
+    if len(exact) > 1:
+        raise TargetError(f"class name {name!r} is ambiguous: indices {exact}; use an index")
+    close = difflib.get_close_matches(name, list(labels), n=5, cutoff=0.6)
+    hint = f"; close matches: {close}" if close else "; give an index or an exact class name"
+    raise TargetError(f"unknown class name {name!r}{hint}")
+
+
+def _resolve_one(
+    t: Target, labels: Sequence[str], n_images: int, logits: Array | None
+) -> list[list[int]]:
+    top = _TOP_K.match(t.strip()) if isinstance(t, str) else None
+    if t is None or top:
+        if logits is None or logits.shape != (n_images, len(labels)):
+            raise TargetError(f"target {t!r} needs logits of shape [{n_images}, {len(labels)}]")
+        k = int(top.group(1)) if top else 1
+        if not 1 <= k <= len(labels):
+            raise TargetError(f"top-k needs 1 <= k <= {len(labels)}, got {k}")
+        order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+        return [[int(c) for c in row] for row in order]
+    return [[class_index(t, labels)]] * n_images
+
+
+def onehot(target: Sequence[int] | Ints, num_classes: int, dtype: type = np.float32) -> Array:
+    """One-hot rows [R, classes] for class indices ``target``."""
+    idx = np.asarray(target, dtype=np.int64)
+    if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= num_classes)):
+        raise TargetError(f"targets {idx.tolist()} must be a 1-D list in [0, {num_classes - 1}]")
+    out = np.zeros((idx.size, num_classes), dtype=dtype)
+    out[np.arange(idx.size), idx] = 1
+    return out
+
+
+def softmax(logits: Array) -> Array:
+    """Row-wise softmax, computed stably in float64 and returned as float32."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return (z / z.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def ce_seed(logits: Array, label: Sequence[int] | Ints) -> Array:
+    """Gradient of the cross-entropy loss with respect to the logits: softmax - onehot(label)."""
+    logits = np.asarray(logits)
+    return softmax(logits) - onehot(label, logits.shape[-1])
