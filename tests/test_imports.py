@@ -1,0 +1,34 @@
+"""The runtime, the CLI and the augmentation pass never import torch (checked in a fresh process)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+PROBE = textwrap.dedent(
+    """
+    import sys
+
+    class NoTorch:  # behave as if torch were not installed at all
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {"torch", "torchvision"}:
+                raise ImportError(f"{name} is blocked in this check")
+            return None
+
+    sys.meta_path.insert(0, NoTorch())
+    import gradtap.runtime, gradtap.cli.main
+    from gradtap.export.augment import augment
+    from tests.graphs import tiny_cnn
+
+    augment(tiny_cnn())
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in {"torch", "torchvision"})
+    print("LOADED", loaded)
+    """
+)
+
+
+def test_runtime_cli_and_augment_run_without_torch() -> None:
+    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "LOADED []" in done.stdout
