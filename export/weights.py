@@ -43,6 +43,13 @@ def looks_like_path(weights: str | Path) -> bool:
     )
 
 
+def _missing_file(path: str | Path) -> WeightsNotFoundError:
+    return WeightsNotFoundError(
+        f"weights file {str(path)!r} does not exist; pass an existing .pth/.pt file, "
+        f"a weights name such as 'DEFAULT', or {RANDOM!r}"
+    )
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint file as a dict, without executing pickled code.
 
@@ -57,10 +64,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     file = Path(path).expanduser()
     if not file.is_file():
-        raise WeightsNotFoundError(
-            f"weights file {str(file)!r} does not exist; pass an existing .pth/.pt file, "
-            f"a torchvision weights name, or {RANDOM!r}"
-        )
+        raise _missing_file(path)
     try:
         loaded = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file; report them all as one
@@ -173,6 +177,8 @@ def weights_tag(weights: str | Path) -> str:
     """
     if looks_like_path(weights):
         file = Path(weights).expanduser().resolve()
+        if not file.is_file():
+            raise _missing_file(weights)
         stat = file.stat()
         key = f"{file}|{stat.st_size}|{stat.st_mtime_ns}".encode()
         stem = re.sub(r"[^A-Za-z0-9_.]+", "_", file.stem)
