@@ -1,0 +1,176 @@
+"""Explainer: the typed facade over session, preprocessing, methods and presentation."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from gradtap.runtime.adversarial import Attack, Labels, fgsm, fool
+from gradtap.runtime.explanation import Explanation
+from gradtap.runtime.images import as_image, load_image
+from gradtap.runtime.info import ModelInfo
+from gradtap.runtime.localize import Localization, grabcut
+from gradtap.runtime.postprocess import heatmap
+from gradtap.runtime.preprocess import Geometry, ImageLike, to_batch, to_input
+from gradtap.runtime.registry import get_method
+from gradtap.runtime.session import ExplainSession, ModelSource
+from gradtap.runtime.targets import TargetSpec, softmax
+from gradtap.runtime.visualize import AscentConfig, Progress, Visualization, class_visualization
+
+Images = ImageLike | Sequence[ImageLike]
+
+
+class Explainer:
+    """Explain images with an augmented gradtap model.
+
+    Images are file paths or RGB(A)/grayscale arrays (one, or a list); they are preprocessed by
+    the model's own metadata, and results carry the geometry to map them back onto the
+    originals. ``target=None`` explains the predicted class.
+
+    Example::
+
+        ex = Explainer("models/resnet18.gradtap.onnx")
+        e = ex.gradcam("cat.jpg")
+        print(e.target_labels[0], e.target_prob[0])
+        heat = ex.heatmap(e)  # [H, W] in [0, 1] on the original image
+
+    Args:
+        model: path of a ``.gradtap.onnx`` file, or an ``onnx.ModelProto``.
+        **session_options: ``providers``, ``threads``, ``batch_size`` (see ExplainSession).
+    """
+
+    def __init__(self, model: ModelSource, **session_options: Any) -> None:
+        self.session = ExplainSession(model, **session_options)
+
+    @property
+    def info(self) -> ModelInfo:
+        """The model's metadata."""
+        return self.session.info
+
+    def inputs(self, images: Images) -> tuple[np.ndarray, tuple[Geometry, ...]]:
+        """Preprocess images into a model batch and their geometries."""
+        return to_batch(_as_list(images), self.info)
+
+    def explain(
+        self, method: str, images: Images, target: TargetSpec = None, **options: Any
+    ) -> Explanation:
+        """Run any method of ``METHODS`` by name; options go to the method."""
+        x, geometries = self.inputs(images)
+        result = get_method(method)(self.session, x, target, **options)
+        return replace(result, geometries=geometries)
+
+    def saliency(self, images: Images, target: TargetSpec = None, **options: Any) -> Explanation:
+        """Saliency maps [R, H, W]; options ``signed``, ``times_input``, ``input_scale``."""
+        return self.explain("saliency", images, target, **options)
+
+    def guided_backprop(self, images: Images, target: TargetSpec = None) -> Explanation:
+        """Guided backpropagation: colour maps [R, 3, H, W]."""
+        return self.explain("guided_backprop", images, target)
+
+    def deconvnet(self, images: Images, target: TargetSpec = None) -> Explanation:
+        """Deconvnet: colour maps [R, 3, H, W]."""
+        return self.explain("deconvnet", images, target)
+
+    def cam(self, images: Images, target: TargetSpec = None, **options: Any) -> Explanation:
+        """CAM at tap resolution; options ``tap``, ``relu``."""
+        return self.explain("cam", images, target, **options)
+
+    def gradcam(self, images: Images, target: TargetSpec = None, **options: Any) -> Explanation:
+        """Grad-CAM at tap resolution; options ``tap``, ``relu``."""
+        return self.explain("gradcam", images, target, **options)
+
+    def gradcampp(self, images: Images, target: TargetSpec = None, **options: Any) -> Explanation:
+        """Grad-CAM++ at tap resolution; option ``tap``."""
+        return self.explain("gradcam++", images, target, **options)
+
+    def guided_gradcam(
+        self, images: Images, target: TargetSpec = None, **options: Any
+    ) -> Explanation:
+        """Guided Grad-CAM, colour maps [R, 3, H, W]; options ``tap``, ``upsample``."""
+        return self.explain("guided_gradcam", images, target, **options)
+
+    def smoothgrad(self, images: Images, target: TargetSpec = None, **options: Any) -> Explanation:
+        """SmoothGrad; options ``samples``, ``noise``, ``squared``, ``seed``."""
+        return self.explain("smoothgrad", images, target, **options)
+
+    def integrated_gradients(
+        self, images: Images, target: TargetSpec = None, **options: Any
+    ) -> Explanation:
+        """Integrated Gradients; options ``baseline``, ``steps``, ``rule``, ``seed``."""
+        return self.explain("integrated_gradients", images, target, **options)
+
+    def occlusion(self, images: Images, target: TargetSpec = None, **options: Any) -> Explanation:
+        """Occlusion; options ``window``, ``stride``, ``baseline``."""
+        return self.explain("occlusion", images, target, **options)
+
+    def predict(self, images: Images, k: int = 5) -> list[list[tuple[str, float]]]:
+        """Top-``k`` (label, probability) per image."""
+        x, _ = self.inputs(images)
+        probs = softmax(self.session.logits(x))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return [
+            [(self.info.labels[c], float(p[c])) for c in row]
+            for p, row in zip(probs, order, strict=True)
+        ]
+
+    def fgsm(
+        self, images: Images, eps: float, *, label: Labels = None, target: Labels = None
+    ) -> Attack:
+        """FGSM at ``eps`` pixel units (see ``adversarial.fgsm``); images at model resolution."""
+        x, _ = self.inputs(images)
+        return fgsm(self.session, x, eps, label=label, target=target)
+
+    def fool(self, images: Images, target: Labels, **options: Any) -> Attack:
+        """Iterative fooling towards ``target``; options ``step``, ``eps``, ``max_steps``."""
+        x, _ = self.inputs(images)
+        return fool(self.session, x, target, **options)
+
+    def visualize(
+        self,
+        target: int | str | Sequence[int | str],
+        *,
+        init: str | ImageLike = "mean",
+        callback: Progress | None = None,
+        **settings: Any,
+    ) -> Visualization:
+        """Class-model visualisation; settings are :class:`AscentConfig` fields (steps, lr, ...).
+
+        ``init`` may be ``"mean"``, ``"zeros"``, ``"noise"``, or an image (path or array),
+        preprocessed to the model's input.
+        """
+        if not (isinstance(init, str) and init in ("mean", "zeros", "noise")):
+            x, _ = self.inputs(init)
+            init = x[0].transpose(1, 2, 0)
+        config = AscentConfig(**settings)
+        return class_visualization(
+            self.session, target, init=init, config=config, callback=callback
+        )
+
+    def localize(
+        self,
+        image: ImageLike,
+        target: TargetSpec = None,
+        *,
+        method: str = "saliency",
+        **grabcut_options: Any,
+    ) -> tuple[Localization, Explanation]:
+        """GrabCut localisation on the original image from a ``method`` map of one target."""
+        rgb = load_image(image) if isinstance(image, (str, os.PathLike)) else as_image(image)
+        x, geometry = to_input(rgb, self.info)
+        expl = replace(get_method(method)(self.session, x, target), geometries=(geometry,))
+        loc = grabcut(rgb, self.heatmap(expl, 0, outlier_perc=0), **grabcut_options)
+        return loc, expl
+
+    def heatmap(self, expl: Explanation, row: int = 0, *, outlier_perc: float = 2.0) -> np.ndarray:
+        """Row ``row`` of an explanation as an [H, W] map in [0, 1] on its original image."""
+        geometry = expl.geometries[expl.image_index[row]] if expl.geometries else None
+        return heatmap(expl.maps[row], geometry, outlier_perc=outlier_perc)
+
+
+def _as_list(images: Images) -> list[ImageLike]:
+    if isinstance(images, (str, os.PathLike, np.ndarray)):
+        return [images]
+    return list(images)
