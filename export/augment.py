@@ -227,7 +227,8 @@ def _stamp(model: onnx.ModelProto, meta: Mapping[str, str], taps: Mapping[str, s
             _set_meta(model, key, value)
     default = meta.get(c.META_DEFAULT_TAP)
     _set_meta(model, c.META_TAPS, json.dumps(dict(taps)))
-    _set_meta(model, c.META_DEFAULT_TAP, default if default in taps else next(iter(taps)))
+    if taps:
+        _set_meta(model, c.META_DEFAULT_TAP, default if default in taps else next(iter(taps)))
     _set_meta(model, c.META_RELU_RULES, json.dumps(c.RELU_RULES))
     _set_meta(model, c.META_CONTRACT, c.CONTRACT_VERSION)
     _set_meta(model, c.META_AUGMENTED, "1")

@@ -136,8 +136,8 @@ def average_pool_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     kernel, strides = list(at["kernel_shape"]), list(at["strides"])  # type: ignore[call-overload]
     pads = _explicit_pads(node, in_sizes, kernel, strides, [1] * n)
     counts = _pool_counts(in_sizes, out_sizes, kernel, strides, pads, bool(at["count_include_pad"]))
-    channels = int(em.info.static_shape(x)[1]) if isinstance(em.info.shape(x)[1], int) else None
-    if channels is None:
+    channels = em.info.shape(x)[1]
+    if not isinstance(channels, int):
         raise ValueError(f"AveragePool node {node.name!r}: the channel count must be static")
     pads, out_pad = _transpose_geometry(in_sizes, out_sizes, kernel, strides, [1] * n, pads)
     ones = em.const(np.ones([channels, 1, *kernel], dtype=np.float32), dtype=np.float32)
