@@ -176,6 +176,22 @@ def build(
     return model.eval(), spec
 
 
+def canonical_weights(name: str, weights: str | Path) -> str | Path:
+    """The canonical spelling of a weights choice: "DEFAULT" becomes the name it stands for.
+
+    Files and "random" are returned unchanged; no file is read and nothing is downloaded.
+    """
+    if looks_like_path(weights) or str(weights) != "DEFAULT":
+        return weights
+    if name == "efficientnet_lite0":
+        return EFFICIENTNET_WEIGHTS[0]
+    if name in TORCHVISION_MODELS:
+        from torchvision.models import get_model_weights
+
+        return get_model_weights(name).DEFAULT.name
+    return weights
+
+
 def _spec(
     name: str,
     labels: Sequence[str],

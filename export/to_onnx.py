@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import secrets
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from gradtap.export.models import (
     ModelSpec,
     UnknownModelError,
     build,
+    canonical_weights,
     pixel_space,
     tap_module,
 )
@@ -183,7 +185,7 @@ def cache_file(
         raise UnknownModelError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     kind = "gradtap" if augmented else "forward"
-    return folder / f"{name}-{weights_tag(weights)}.{kind}.onnx"
+    return folder / f"{name}-{weights_tag(canonical_weights(name, weights))}.{kind}.onnx"
 
 
 def model_path(
@@ -361,13 +363,13 @@ def _write_metadata(proto: onnx.ModelProto, spec: ModelSpec, taps: dict[str, str
 
 
 def _save_atomic(proto: onnx.ModelProto, path: Path) -> Path:
+    """Write through a temporary file in the same folder, so no half-written file remains."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        onnx.save(proto, tmp)
+        onnx.save(proto, str(tmp))
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path

@@ -223,6 +223,10 @@ def test_cache_file_names(tmp_path: Path) -> None:
     assert cache_file("vgg16", cache_dir=tmp_path, augmented=True).name == (
         "vgg16-random.gradtap.onnx"
     )
+    for name, default in [("resnet50", "imagenet1k_v2"), ("efficientnet_lite0", "imagenet1k")]:
+        assert cache_file(name, "DEFAULT", cache_dir=tmp_path).name == (
+            f"{name}-{default}.forward.onnx"
+        )
     with pytest.raises(ValueError, match="unknown model 'vgg19'"):
         cache_file("vgg19")
 
