@@ -262,8 +262,13 @@ def _build_smallcnn(
 
 
 def _checkpoint_description(path: str | Path, ckpt: dict[str, object]) -> str:
-    extras = [f"{k}={ckpt[k]}" for k in ("dataset", "accuracy") if k in ckpt]
-    return f"{Path(path).name}" + (f" ({', '.join(extras)})" if extras else "")
+    """E.g. "smallcnn.pt (dataset=synthetic(seed=1, n=6000), accuracy=0.9817)"."""
+    extras = [
+        f"{k}={ckpt[k]:.4g}" if isinstance(ckpt[k], float) else f"{k}={ckpt[k]}"
+        for k in ("dataset", "accuracy")
+        if k in ckpt
+    ]
+    return Path(path).name + (f" ({', '.join(extras)})" if extras else "")
 
 
 def _build_efficientnet(
