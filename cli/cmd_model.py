@@ -68,19 +68,36 @@ def export(cfg: Config, name: str, weights: str, output: Path | None, overwrite:
       gradtap export resnet18 --weights ./resnet18.pth -o resnet18.gradtap.onnx
     """
     to_onnx = _import_export()
+    from gradtap.export.weights import WeightsNotFoundError
+
+    try:
+        dst = _export(cfg, to_onnx, name, weights, output, overwrite)
+    except WeightsNotFoundError as err:
+        raise click.BadParameter(str(err), param_hint="--weights") from None
+    click.echo(str(dst))
+
+
+def _export(
+    cfg: Config, to_onnx, name: str, weights: str, output: Path | None, overwrite: bool
+) -> Path:  # noqa: ANN001
+    """Forward export into a temporary folder beside the output, then augment into place."""
     from gradtap.export.augment import augment_file
 
-    with user_errors("--weights"):
-        dst = output or to_onnx.cache_file(name, weights, cache_dir=cache_dir(), augmented=True)
+    dst = output or to_onnx.cache_file(name, weights, cache_dir=cache_dir(), augmented=True)
     if output is None:
         dst.parent.mkdir(parents=True, exist_ok=True)
     _check_target(dst, overwrite)
     if str(weights) == "random":
         cfg.note(f"note: {name} gets seeded random weights; pass --weights for trained ones")
+    from gradtap.export.weights import WeightsNotFoundError
+
     with user_errors("--weights"), tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
-        forward = to_onnx.export_forward(name, Path(tmp) / "forward.onnx", weights=weights)
+        try:
+            forward = to_onnx.export_forward(name, Path(tmp) / "forward.onnx", weights=weights)
+        except WeightsNotFoundError as err:  # a usage error: say how to supply weights
+            raise click.BadParameter(str(err), param_hint="--weights") from None
         augment_file(forward, dst)
-    click.echo(str(dst))
+    return dst
 
 
 def _parse_taps(values: Sequence[str]) -> dict[str, str] | None:
@@ -108,7 +125,7 @@ def _triple(value: str | None, name: str, *, positive: bool = False) -> list[flo
         nums = []
     if len(nums) != 3:
         raise click.BadParameter(f"{value!r}: give three numbers R,G,B", param_hint=name)
-    if any(v > 1.0 for v in nums):
+    if any(v > (10.0 if positive else 1.0) for v in nums):  # pixel stds are ~50-70 in 0-255
         raise click.BadParameter(
             f"{value!r} looks like 0-255 units; give [0, 1] pixel units (divide by 255)",
             param_hint=name,

@@ -62,12 +62,22 @@ def describe(path: Path) -> dict[str, Any]:
         "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
         "nodes": len(model.graph.node),
     }
+    ours = c.META_CONTRACT in meta  # contract names mean something only in gradtap graphs
     for key, values in ports.items():
         out[key] = [
-            {"name": v.name, "dtype": _dtype(v), "shape": _shape(v), "meaning": meaning(v.name)}
+            {
+                "name": v.name,
+                "dtype": _dtype(v),
+                "shape": _shape(v),
+                "meaning": meaning(v.name) if ours else "",
+            }
             for v in values
         ]
     out.update(_from_metadata(meta))
+    if not out["labels"].get("count") and out["outputs"]:
+        classes = out["outputs"][0]["shape"][-1:]  # the logits' class dimension
+        count = classes[0] if classes and isinstance(classes[0], int) else 0
+        out["labels"] = {"count": count, "first": []}
     out["metadata"] = {k: _short(k, v) for k, v in sorted(meta.items())}
     out["providers"] = _providers()
     return out
@@ -134,9 +144,11 @@ def to_text(info: dict[str, Any]) -> list[str]:
     lines.append("rules     " + (", ".join(f"{k}={v}" for k, v in rules.items()) or "-"))
     labels = info["labels"]
     first = ", ".join(labels.get("first", []))
-    lines.append(f"labels    {labels.get('count', 0)}" + (f"  ({first}, ...)" if first else ""))
-    lines.append(f"input     size {info['input_size']}  resize {info['resize']}")
-    lines.append(f"normalize {info['normalization']}")
+    names = f"  ({first}, ...)" if first else "  (no names in the metadata: class_<i>)"
+    lines.append(f"labels    {labels.get('count', 0)}{names}")
+    resize = json.dumps(info["resize"] or {"policy": "stretch"})
+    lines.append(f"input     size {json.dumps(info['input_size'])}  resize {resize}")
+    lines.append(f"normalize {json.dumps(info['normalization'])}")
     lines.append("metadata:")
     lines += [f"  {k} = {v}" for k, v in info["metadata"].items()]
     lines.append("providers " + ", ".join(info["providers"]))

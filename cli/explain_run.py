@@ -104,15 +104,13 @@ def _plan(
     """Predict, resolve each image's target rows, refuse images whose outputs exist."""
     if not loaded:
         return []
-    logits = attempt(
-        run, loaded[0].source.path, lambda: session.logits(np.concatenate([i.x for i in loaded]))
-    )
-    if logits is None:  # a batch-level failure: retry image by image
-        return (
-            [im for one in loaded for im in _plan(session, [one], s, out, run)]
-            if len(loaded) > 1
-            else []
-        )
+    try:
+        logits = session.logits(np.concatenate([im.x for im in loaded]))
+    except recoverable() as err:  # a batch-level failure: retry image by image
+        if len(loaded) == 1:
+            run.failures.add(loaded[0].source.path, err, what="predict")
+            return []
+        return [im for one in loaded for im in _plan(session, [one], s, out, run)]
     rows = resolve(s.target, session.info.labels, len(loaded), logits)
     keep = []
     for k, im in enumerate(loaded):
@@ -197,27 +195,19 @@ def _write_row(
     target = int(expl.target[r])
     raw = expl.maps[r]
     pics = pictures(raw, im.image, im.geometry)
-    label = f"{expl.labels[target]} ({target})"
     prob = float(expl.target_prob[r])
-    caption = f"target {label} p={prob:.3f}"
+    caption = f"target {expl.labels[target]} ({target}) p={prob:.3f}"
+    if "panel" in s.formats:
+        title = f"{method}: {caption} - {im.source.stem}"
+        pics["panel"] = explanation_panel(im.image, pics, title=title, colour=is_colour(raw))
     files: dict[str, str] = {}
     for fmt in s.formats:
-        rel = _name(im, method, target, fmt)
-        dst = out.root / rel
+        rel = files[fmt] = _name(im, method, target, fmt)
+        out.plan([rel])
         if fmt == "npy":
-            out.plan([rel])
-            write_npy(dst, raw)
-        elif fmt == "panel":
-            title = f"{method} - {im.source.stem}"
-            pic = explanation_panel(
-                im.image, pics, title=title, colour=is_colour(raw), caption=caption
-            )
-            out.plan([rel])
-            write_image(dst, pic)
+            write_npy(out.root / rel, raw)
         else:
-            out.plan([rel])
-            write_image(dst, pics[fmt])
-        files[fmt] = rel
+            write_image(out.root / rel, pics[fmt])
     run.items.append(
         {
             "key": _name(im, method, target, "overlay"),

@@ -31,7 +31,13 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_con
     type=click.IntRange(min=1),
     help="onnxruntime intra-op threads [default: all cores].",
 )
-@click.option("-v", "--verbose", count=True, show_default=False, help="More log output on stderr (-vv for debug).")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    show_default=False,
+    help="More log output on stderr (-vv for debug).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr; no progress bars.")
 @click.version_option(package_name="gradtap", prog_name="gradtap")
 @click.pass_context

@@ -59,15 +59,13 @@ def pictures(raw: npt.NDArray[np.float32], image: Image, geometry: Geometry) -> 
     return {"overlay": overlay, "heatmap": colorize(heat)}
 
 
-def explanation_panel(
-    image: Image, pics: dict[str, Rgb8], *, title: str, colour: bool, caption: str
-) -> Rgb8:
-    """Input | heat map | overlay, captioned, with ``title`` on top."""
+def explanation_panel(image: Image, pics: dict[str, Rgb8], *, title: str, colour: bool) -> Rgb8:
+    """Input | heat map | overlay (or gradient picture), captioned, with ``title`` on top."""
     third = "gradient" if colour else "overlay"
     tiles = [
         ("input", image),
         ("heat map", pics["heatmap"]),
-        (f"{third}\n{caption}", pics["overlay"]),
+        (third, pics["overlay"]),
     ]
     return panel(tiles, height=PANEL_HEIGHT, title=title)
 
