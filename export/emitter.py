@@ -84,7 +84,7 @@ class Emitter:
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     initializers: list[onnx.TensorProto] = field(default_factory=list)
     wanted: frozenset[str] = frozenset()  # tensors whose cotangent the walk needs
-    rectifier_flags: tuple[str, str] | None = None  # (is_plain, is_deconv) bool scalars
+    rectifier_flags: tuple[str, str] | None = None  # (gradient floor, is_deconv) scalars
     _count: int = 0
 
     def fresh(self, hint: str = "") -> str:

@@ -7,6 +7,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Mapping
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
@@ -94,8 +95,10 @@ def add_vjp(
     em = Emitter(info, wanted=frozenset(needed))
     if relu_rule is not None:
         em.scope = "relu_rule"
-        zero, two = em.const(0, dtype="int64"), em.const(2, dtype="int64")
-        em.rectifier_flags = (em.op("Equal", relu_rule, zero), em.op("Equal", relu_rule, two))
+        zero, two = em.const(0, dtype=np.int64), em.const(2, dtype=np.int64)
+        lowest = em.const(np.finfo(np.float32).min, dtype=np.float32)
+        floor = em.op("Where", em.op("Equal", relu_rule, zero), lowest, em.const(0.0, dtype=np.float32))
+        em.rectifier_flags = (floor, em.op("Equal", relu_rule, two))
 
     contributions: dict[str, list[str]] = defaultdict(list)
     contributions[seed_of].append(seed)

@@ -63,17 +63,19 @@ def unbroadcast(em: Emitter, grad: str, like: str, rank: int) -> str:
     return grad
 
 
-def rectified(em: Emitter, dy: str, mask: str) -> str:
-    """A rectifier's backward pass under the rule chosen at run time by ``relu_rule``.
+def rectified(em: Emitter, dy: str, passes: str, like: str) -> str:
+    """A rectifier's backward pass, ``passes`` being where the forward op has slope 1.
 
-    plain: dy * mask; guided backprop: relu(dy * mask); deconvnet: relu(dy).
+    plain: dy where passes; guided backprop: relu(dy) where passes; deconvnet: relu(dy)
+    everywhere. The rule is chosen at run time by the ``relu_rule`` input at the cost of two
+    extra elementwise ops: Or on the boolean mask and Max against a scalar floor that is the
+    lowest float for plain gradients and 0 otherwise.
     """
-    plain = em.op("Mul", dy, mask)
+    zero = em.scalar(0.0, like)
     if em.rectifier_flags is None:
-        return plain
-    is_plain, is_deconv = em.rectifier_flags
-    rectified_input = em.op("Where", is_deconv, dy, plain)
-    return em.op("Where", is_plain, plain, em.op("Relu", rectified_input))
+        return em.op("Where", passes, dy, zero)
+    floor, is_deconv = em.rectifier_flags
+    return em.op("Where", em.op("Or", passes, is_deconv), em.op("Max", dy, floor), zero)
 
 
 @vjp_rule("Identity", "Dropout")
@@ -98,7 +100,7 @@ def neg_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
 def relu_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     """dx = dy * (x > 0); subgradient 0 at x == 0; guided/deconvnet by relu_rule."""
     x = node.input[0]
-    return (rectified(em, dys[0], em.mask(em.op("Greater", x, em.scalar(0.0, x)), x)),)
+    return (rectified(em, dys[0], em.op("Greater", x, em.scalar(0.0, x)), x),)
 
 
 @vjp_rule("Clip")
@@ -119,9 +121,11 @@ def clip_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     if not conds:
         return (dys[0], *rest)
     cond = conds[0] if len(conds) == 1 else em.op("And", *conds)
-    mask = em.mask(cond, x)
     is_rectifier = low is not None and float(np.asarray(low)) == 0.0
-    dx = rectified(em, dys[0], mask) if is_rectifier else em.op("Mul", dys[0], mask)
+    if is_rectifier:
+        dx = rectified(em, dys[0], cond, x)
+    else:
+        dx = em.op("Where", cond, dys[0], em.scalar(0.0, x))
     return (dx, *rest)
 
 
