@@ -17,6 +17,7 @@ import onnxruntime as ort
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import ModelError, NonFiniteError, OptionError
 from gradtap.runtime.info import ModelInfo, parse_info
+from gradtap.runtime.prune import prune
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ Array = npt.NDArray[np.float32]
 ModelSource = str | os.PathLike[str] | onnx.ModelProto | bytes
 
 DEFAULT_BATCH_SIZE = 16
+FULL, TAPS, FORWARD = "full", "taps", "forward"
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
@@ -80,7 +82,9 @@ class ExplainSession:
             raise OptionError(f"batch_size must be >= 1, got {batch_size}")
         self._source = model
         self._proto: onnx.ModelProto | None = model if isinstance(model, onnx.ModelProto) else None
-        self._session = _open(model, _providers(providers), _options(threads))
+        self._providers, self._threads = _providers(providers), threads
+        self._session = _open(model, self._providers, _options(threads))
+        self._variants: dict[str, ort.InferenceSession] = {FULL: self._session}
         self.provider: str = self._session.get_providers()[0]
         inputs = {i.name: list(i.shape) for i in self._session.get_inputs()}
         inputs.update({i.name: list(i.shape) for i in self._session.get_overridable_initializers()})
@@ -91,7 +95,6 @@ class ExplainSession:
         )
         fixed = inputs[c.INPUT][0]
         self.batch_size = fixed if isinstance(fixed, int) and fixed > 0 else batch_size
-        self._has_rule_input = c.RELU_RULE in inputs
         logger.info("model %s runs on %s", self.info.name, self.provider)
 
     def run(
@@ -106,9 +109,9 @@ class ExplainSession:
     ) -> Pass:
         """One fused call: logits, and the gradients of ``sum(seed * logits)`` asked for.
 
-        Only the outputs asked for are computed: onnxruntime executes just the nodes on the
-        path to them, so fetching a tap gradient without ``grad_input`` skips the backward pass
-        below the tap, and fetching neither is a plain forward pass.
+        Only what is asked for is computed: without ``grad_input`` the call runs a copy of the
+        graph pruned to the taps (the backward pass stops at the tap), and without gradients at
+        all a forward-only copy (see :mod:`gradtap.runtime.prune`).
 
         Args:
             x: images [N, 3, H, W] float32 (RGB pixels in [0, 1]; normalisation is in-graph).
@@ -131,10 +134,9 @@ class ExplainSession:
         names = [c.LOGITS] + ([c.GRAD_INPUT] if grad_input else [])
         names += [c.tap_output(t) for t in aliases]
         names += [c.tap_grad_output(t) for t in aliases] if tap_grads else []
-        feeds: dict[str, Any] = {}
-        if relu_rule != "plain" or self._has_rule_input:
-            feeds[c.RELU_RULE] = np.array(self._rule(relu_rule), dtype=np.int64)
-        out = dict(zip(names, self._run_chunked(names, x, seed, feeds), strict=True))
+        rule = np.array(self._rule(relu_rule), dtype=np.int64)
+        kind = FULL if grad_input else (TAPS if aliases and tap_grads else FORWARD)
+        out = dict(zip(names, self._run_chunked(kind, names, x, seed, rule), strict=True))
         _check_finite(out)
         return Pass(
             logits=out[c.LOGITS],
@@ -187,15 +189,34 @@ class ExplainSession:
             )
         return c.RELU_RULES[relu_rule]
 
+    def variant(self, kind: str) -> ort.InferenceSession:
+        """The onnxruntime session of a graph variant, built on first use.
+
+        Args:
+            kind: ``"full"`` (everything), ``"taps"`` (logits, taps and tap gradients: the
+                backward pass stops at the taps) or ``"forward"`` (logits and taps only).
+        """
+        if kind not in self._variants:
+            if kind not in (TAPS, FORWARD):
+                raise OptionError(f"graph variant {kind!r} unknown; valid: {[FULL, TAPS, FORWARD]}")
+            outputs = [c.LOGITS] + [c.tap_output(t) for t in self.info.taps]
+            outputs += [c.tap_grad_output(t) for t in self.info.taps] if kind == TAPS else []
+            pruned = prune(self.model_proto(), outputs).SerializeToString()
+            self._variants[kind] = _open(pruned, self._providers, _options(self._threads))
+            logger.debug("built the %r variant of %s", kind, self.info.name)
+        return self._variants[kind]
+
     def _run_chunked(
-        self, names: list[str], x: Array, seed: Array, feeds: dict[str, Any]
+        self, kind: str, names: list[str], x: Array, seed: Array, rule: Array
     ) -> list[Array]:
-        opts = ort.RunOptions()
-        opts.only_execute_path_to_fetches = True
+        session = self.variant(kind)
+        wanted = {i.name for i in session.get_inputs()}
+        wanted |= {i.name for i in session.get_overridable_initializers()}
         parts: list[list[Array]] = []
         for i in range(0, len(x), self.batch_size):
-            chunk = {c.INPUT: x[i : i + self.batch_size], c.SEED: seed[i : i + self.batch_size]}
-            parts.append(self._session.run(names, {**chunk, **feeds}, opts))
+            feeds = {c.INPUT: x[i : i + self.batch_size], c.SEED: seed[i : i + self.batch_size]}
+            feeds[c.RELU_RULE] = rule
+            parts.append(session.run(names, {k: v for k, v in feeds.items() if k in wanted}))
         if len(parts) == 1:
             return parts[0]
         return [np.concatenate(arrays) for arrays in zip(*parts, strict=True)]

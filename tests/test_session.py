@@ -63,20 +63,27 @@ def test_run_matches_plain_onnxruntime(model: onnx.ModelProto, sess: ExplainSess
 
 
 def test_fetches_only_what_is_asked(sess: ExplainSession, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Grad-CAM-style calls fetch the tap and its gradient only, with path-only execution."""
-    seen: list[tuple[list[str], bool]] = []
-    real = sess._session.run
-
-    def spy(names, feeds, options):  # noqa: ANN001, ANN202
-        seen.append((list(names), options.only_execute_path_to_fetches))
-        return real(names, feeds, options)
-
-    monkeypatch.setattr(sess._session, "run", spy)
+    """Without grad/input the call runs a graph pruned at the taps; without gradients, forward."""
+    used: list[str] = []
+    real = sess.variant
+    monkeypatch.setattr(sess, "variant", lambda kind: used.append(kind) or real(kind))
     x = RNG.random((1, 3, 16, 16), dtype=np.float32)
     p = sess.run(x, np.ones((1, 3), np.float32), grad_input=False, taps=["features"])
     assert p.grad_input is None and set(p.tap_grads) == {"features"}
+    q = sess.run(x, None, grad_input=False, taps=["features"], tap_grads=False)
+    assert q.tap_grads == {} and set(q.taps) == {"features"}
     sess.logits(x)
-    assert seen == [([c.LOGITS, "tap/features", "grad/tap/features"], True), ([c.LOGITS], True)]
+    sess.run(x, np.ones((1, 3), np.float32))
+    assert used == ["taps", "forward", "forward", "full"]
+
+
+def test_variants_feed_and_fetch_only_their_part(sess: ExplainSession) -> None:
+    assert [i.name for i in sess.variant("forward").get_inputs()] == [c.INPUT]
+    assert [o.name for o in sess.variant("forward").get_outputs()] == [c.LOGITS, "tap/features"]
+    outs = [o.name for o in sess.variant("taps").get_outputs()]
+    assert outs == [c.LOGITS, "tap/features", "grad/tap/features"]
+    with pytest.raises(OptionError, match="graph variant 'half' unknown"):
+        sess.variant("half")
 
 
 def test_logits_ignore_the_backward_pass(model: onnx.ModelProto, sess: ExplainSession) -> None:
@@ -94,7 +101,7 @@ def test_large_batches_are_split(model: onnx.ModelProto) -> None:
     whole = ExplainSession(model, batch_size=64)
     calls: list[int] = []
     real = small._session.run
-    small._session.run = lambda n, f, o: calls.append(len(f[c.INPUT])) or real(n, f, o)  # type: ignore[method-assign]
+    small._session.run = lambda n, f: calls.append(len(f[c.INPUT])) or real(n, f)  # type: ignore[method-assign]
     a, b = small.run(x, seed), whole.run(x, seed)
     assert calls == [2, 2, 2, 1]
     np.testing.assert_allclose(a.grad_input, b.grad_input, rtol=1e-6, atol=1e-8)
