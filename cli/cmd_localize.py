@@ -71,7 +71,8 @@ def _one(session: ExplainSession, src: Source, opts: dict[str, Any], out: OutDir
     drawn = draw_box(image, loc.box, loc.mask)
     (out.root / src.stem).mkdir(parents=True, exist_ok=True)
     write_image(out.root / names["image"], drawn)
-    tiles = [("input", image), (f"{opts['method']} map", colorize(heat)), (f"box {box}", drawn)]
+    shown_map = colorize(heatmap(expl.maps[0], shown))  # percentile-normalised for the eye
+    tiles = [("input", image), (f"{opts['method']} map", shown_map), (f"box {box}", drawn)]
     write_image(
         out.root / names["panel"],
         panel(tiles, title=f"GrabCut localisation of {label} - {src.stem}"),
