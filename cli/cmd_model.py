@@ -6,6 +6,7 @@ import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 from gradtap.cli.config import Config
@@ -55,9 +56,12 @@ def _import_export():  # noqa: ANN202
     type=FILE,
     help=f"Output file [default: the cache, NAME-WEIGHTS{AUGMENTED_SUFFIX}].",
 )
+@click.option("--labels", type=EXISTING_FILE, help="Class names: one per line, or a JSON list.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.pass_obj
-def export(cfg: Config, name: str, weights: str, output: Path | None, overwrite: bool) -> None:
+def export(
+    cfg: Config, name: str, weights: str, output: Path | None, labels: Path | None, overwrite: bool
+) -> None:
     """Export a built-in model to an augmented explanation graph (needs torch).
 
     Runs the forward export, then the augmentation pass, in one go.
@@ -71,15 +75,21 @@ def export(cfg: Config, name: str, weights: str, output: Path | None, overwrite:
     from gradtap.export.weights import WeightsNotFoundError
 
     try:
-        dst = _export(cfg, to_onnx, name, weights, output, overwrite)
+        dst = _export(cfg, to_onnx, name, weights, output, overwrite, _read_labels(labels))
     except WeightsNotFoundError as err:
         raise click.BadParameter(str(err), param_hint="--weights") from None
     click.echo(str(dst))
 
 
 def _export(
-    cfg: Config, to_onnx, name: str, weights: str, output: Path | None, overwrite: bool
-) -> Path:  # noqa: ANN001
+    cfg: Config,
+    to_onnx: Any,
+    name: str,
+    weights: str,
+    output: Path | None,
+    overwrite: bool,
+    labels: list[str] | None,
+) -> Path:
     """Forward export into a temporary folder beside the output, then augment into place."""
     from gradtap.export.augment import augment_file
 
@@ -93,7 +103,8 @@ def _export(
 
     with user_errors("--weights"), tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         try:
-            forward = to_onnx.export_forward(name, Path(tmp) / "forward.onnx", weights=weights)
+            forward = Path(tmp) / "forward.onnx"
+            to_onnx.export_forward(name, forward, weights=weights, labels=labels)
         except WeightsNotFoundError as err:  # a usage error: say how to supply weights
             raise click.BadParameter(str(err), param_hint="--weights") from None
         augment_file(forward, dst)
