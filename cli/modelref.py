@@ -6,6 +6,7 @@ This module must not import torch: it mirrors the cache location of ``gradtap.ex
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ KNOWN_MODELS = ("smallcnn", "vgg16", "resnet18", "resnet50", "efficientnet_lite0
 CACHE_ENV = "GRADTAP_CACHE"
 MODEL_ENV = "GRADTAP_MODEL"
 AUGMENTED_SUFFIX = ".gradtap.onnx"
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from gradtap.runtime.session import ExplainSession
@@ -36,12 +38,12 @@ def cache_dir() -> Path:
 
 
 def cached_models(name: str) -> list[Path]:
-    """Augmented graphs of ``name`` in the cache, newest first."""
+    """Augmented graphs of ``name`` in the cache: trained weights before random, then newest."""
     folder = cache_dir()
     if not folder.is_dir():
         return []
     found = [p for p in folder.glob(f"{name}-*{AUGMENTED_SUFFIX}") if p.is_file()]
-    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+    return sorted(found, key=lambda p: (p.name.startswith(f"{name}-random."), -p.stat().st_mtime))
 
 
 def resolve_model(value: str | None) -> Path:
@@ -67,6 +69,7 @@ def resolve_model(value: str | None) -> Path:
     if value in KNOWN_MODELS or ("/" not in value and not value.endswith(".onnx")):
         found = cached_models(value)
         if found:
+            logger.info("model %s: using %s", value, found[0])
             return found[0]
         raise click.UsageError(
             f"--model: no exported {value!r} in {str(cache_dir())!r}; run `gradtap export "

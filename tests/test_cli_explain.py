@@ -418,3 +418,52 @@ def test_folders_globs_and_colliding_stems(
     assert result.stderr == ""  # -q, and no progress bar without a terminal
     nothing = explain(str(tmp_path / "*.webp"), "-M", models["augmented"], "-o", out)
     assert nothing.exit_code == 1 and "matches no image files" in nothing.stderr
+
+
+def test_a_failing_image_in_a_batch_is_isolated(
+    models: dict[str, Path],
+    photos: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gradtap.runtime.errors import NonFiniteError
+
+    real = METHODS["gradcam"]
+    bad_mean = float(model_input(models, photos["coffee"]).mean())
+
+    def flaky(session, x, target=None, **options):  # noqa: ANN001, ANN202
+        if any(np.isclose(float(xi.mean()), bad_mean, atol=1e-6) for xi in x):
+            raise NonFiniteError("the model produced NaN or Inf in ['grad/tap/features']")
+        return real(session, x, target, **options)
+
+    monkeypatch.setitem(METHODS, "gradcam", flaky)
+    out = tmp_path / "out"
+    result = explain(*photos.values(), "-M", models["augmented"], "-b", "2", "-o", out, "--json")
+    assert result.exit_code == 1
+    failures = json.loads(result.stdout)["failures"]
+    assert [Path(f["input"]).name for f in failures] == ["coffee.jpg"]
+    assert "NaN or Inf" in failures[0]["error"] and failures[0]["step"] == "gradcam"
+    assert (out / "chelsea" / "gradcam.png").is_file() and not (
+        out / "coffee" / "gradcam.png"
+    ).exists()
+
+
+def test_model_names_resolve_in_the_cache(
+    models: dict[str, Path],
+    photos: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("GRADTAP_CACHE", str(cache))
+    missing = explain(photos["chelsea"], "-M", "resnet18", "-o", tmp_path / "out")
+    assert missing.exit_code == 2 and "gradtap export resnet18" in missing.output
+    for tag in ("mine_1234abcd", "random"):  # the random export is newer, the trained one wins
+        (cache / f"resnet18-{tag}.gradtap.onnx").write_bytes(models["augmented"].read_bytes())
+    monkeypatch.setenv("GRADTAP_MODEL", "resnet18")
+    result = explain(photos["chelsea"], "-o", tmp_path / "out", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["model"]["file"].endswith(
+        "resnet18-mine_1234abcd.gradtap.onnx"
+    )
