@@ -85,8 +85,8 @@ def _is_image_name(path: Path) -> bool:
 
 
 def slug(text: str, *, max_len: int = 60) -> str:
-    """A file-name-safe version of ``text``: letters, digits, '.', '_' and '-' only."""
-    out = re.sub(r"[^\w.-]+", "_", text, flags=re.ASCII).strip("._")
+    """A file-name-safe version of ``text``: (Unicode) letters, digits, '.', '_' and '-' only."""
+    out = re.sub(r"[^\w.-]+", "_", text).strip("._")
     return out[:max_len] or "image"
 
 

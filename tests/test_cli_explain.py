@@ -467,3 +467,18 @@ def test_model_names_resolve_in_the_cache(
     assert json.loads(result.stdout)["model"]["file"].endswith(
         "resnet18-mine_1234abcd.gradtap.onnx"
     )
+
+
+def test_unicode_and_space_paths(
+    models: dict[str, Path], photos: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = tmp_path / "mes photos"
+    folder.mkdir()
+    photo = folder / "chat tigr\u00e9 \u732b.png"
+    photo.write_bytes(photos["chelsea"].read_bytes())
+    out = tmp_path / "sortie \u00e9"
+    result = explain(photo, "-M", models["augmented"], "-o", out)
+    assert result.exit_code == 0, result.output
+    assert (out / "chat_tigr\u00e9_\u732b" / "gradcam.panel.png").is_file()
+    for url in linked_files((out / "index.html").read_text("utf-8")):
+        assert (out / unquote(url)).is_file(), url

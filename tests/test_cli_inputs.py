@@ -53,7 +53,7 @@ def test_unique_stems_and_slugs() -> None:
     files = [Path("a/cat.png"), Path("b/cat.jpg"), Path("Cat.bmp"), Path("dog photo (1).png")]
     assert unique_stems(files) == ["cat", "cat-2", "Cat-3", "dog_photo_1"]
     assert slug("tabby, tabby cat") == "tabby_tabby_cat" and slug("../..") == "image"
-    assert slug("caf\u00e9") == "caf"
+    assert slug("caf\u00e9 \u732b/../x") == "caf\u00e9_\u732b_.._x"
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
