@@ -17,6 +17,7 @@ from gradtap.runtime.errors import (
 )
 from gradtap.runtime.explainer import Explainer
 from gradtap.runtime.explanation import Explanation
+from gradtap.runtime.figure import summary_panel
 from gradtap.runtime.images import as_image, load_image
 from gradtap.runtime.info import ModelInfo
 from gradtap.runtime.localize import Localization, grabcut
@@ -91,6 +92,7 @@ __all__ = [
     "saliency",
     "smoothgrad",
     "softmax",
+    "summary_panel",
     "to_batch",
     "to_input",
     "to_original",

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from gradtap.runtime.adversarial import Attack, Labels, fgsm, fool
 from gradtap.runtime.explanation import Explanation
+from gradtap.runtime.figure import summary_panel
 from gradtap.runtime.images import as_image, load_image
 from gradtap.runtime.info import ModelInfo
 from gradtap.runtime.localize import Localization, grabcut
@@ -163,6 +164,15 @@ class Explainer:
         expl = replace(get_method(method)(self.session, x, target), geometries=(geometry,))
         loc = grabcut(rgb, self.heatmap(expl, 0, outlier_perc=0), **grabcut_options)
         return loc, expl
+
+    def summary_panel(
+        self, image: ImageLike, target: int | str | None = None, **options: Any
+    ) -> np.ndarray:
+        """The labelled figure original | saliency | Grad-CAM | guided Grad-CAM | FGSM image.
+
+        Options: ``eps``, ``colormap``, ``height`` (see ``figure.summary_panel``).
+        """
+        return summary_panel(self.session, image, target, **options)
 
     def heatmap(self, expl: Explanation, row: int = 0, *, outlier_perc: float = 2.0) -> np.ndarray:
         """Row ``row`` of an explanation as an [H, W] map in [0, 1] on its original image."""
