@@ -187,3 +187,23 @@ def test_non_finite_logits_are_reported() -> None:
     s = ExplainSession(augment(forward, taps={"features": "features"}))
     with pytest.raises(NonFiniteError, match=r"NaN or Inf in \['logits'\]"):
         s.logits(np.zeros((1, 3, 16, 16), np.float32))
+
+
+def test_external_data_outside_the_model_folder_is_refused(
+    model: onnx.ModelProto, tmp_path
+) -> None:  # noqa: ANN001
+    (tmp_path / "models").mkdir()
+    (tmp_path / "secret.bin").write_bytes(np.ones(4 * 6 * 3 * 3, np.float32).tobytes())
+    other = onnx.ModelProto()
+    other.CopyFrom(model)
+    w = next(t for t in other.graph.initializer if t.name == "w2")
+    onnx.external_data_helper.set_external_data(
+        w, location="../secret.bin", offset=0, length=4 * 6 * 4 * 9
+    )
+    w.ClearField("raw_data")
+    w.data_location = onnx.TensorProto.EXTERNAL
+    onnx.save(other, tmp_path / "models" / "m.onnx")
+    with pytest.raises(
+        ModelError, match="cannot load .*m.onnx' as an ONNX model: .*escapes model directory"
+    ):
+        ExplainSession(tmp_path / "models" / "m.onnx")
