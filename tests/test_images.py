@@ -189,3 +189,15 @@ def test_as_image_accepts_arrays() -> None:
 def test_as_image_errors(arr: np.ndarray, message: str) -> None:
     with pytest.raises(ImageError, match=message):
         as_image(arr)
+
+
+def test_cmyk_jpeg_becomes_rgb(tmp_path: Path) -> None:
+    path = tmp_path / "cmyk.jpg"
+    Image.new("RGB", (8, 8), (220, 30, 40)).convert("CMYK").save(path, quality=95)
+    expected = np.asarray(Image.open(path).convert("RGB")) / 255
+    np.testing.assert_allclose(load_image(path), expected, atol=3 / 255)
+
+
+def test_one_pixel_image(tmp_path: Path) -> None:
+    path = save(Image.new("RGB", (1, 1), (1, 2, 3)), tmp_path / "dot.png")
+    np.testing.assert_allclose(load_image(path), [[[1 / 255, 2 / 255, 3 / 255]]], atol=1e-7)
