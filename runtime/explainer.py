@@ -11,7 +11,7 @@ import numpy as np
 from gradtap.runtime.adversarial import Attack, Labels, fgsm, fool
 from gradtap.runtime.explanation import Explanation
 from gradtap.runtime.figure import summary_panel
-from gradtap.runtime.images import as_image, load_image
+from gradtap.runtime.images import DEFAULT_MAX_PIXELS, as_image, load_image
 from gradtap.runtime.info import ModelInfo
 from gradtap.runtime.localize import Localization, grabcut
 from gradtap.runtime.postprocess import heatmap
@@ -40,11 +40,21 @@ class Explainer:
 
     Args:
         model: path of a ``.gradtap.onnx`` file, or an ``onnx.ModelProto``.
+        alpha: how image transparency is flattened: ``"white"``, ``"black"`` or ``"drop"``.
+        max_pixels: the largest image file accepted (refused from its header).
         **session_options: ``providers``, ``threads``, ``batch_size`` (see ExplainSession).
     """
 
-    def __init__(self, model: ModelSource, **session_options: Any) -> None:
+    def __init__(
+        self,
+        model: ModelSource,
+        *,
+        alpha: str = "white",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        **session_options: Any,
+    ) -> None:
         self.session = ExplainSession(model, **session_options)
+        self.alpha, self.max_pixels = alpha, max_pixels
 
     @property
     def info(self) -> ModelInfo:
@@ -53,7 +63,7 @@ class Explainer:
 
     def inputs(self, images: Images) -> tuple[np.ndarray, tuple[Geometry, ...]]:
         """Preprocess images into a model batch and their geometries."""
-        return to_batch(_as_list(images), self.info)
+        return to_batch(_as_list(images), self.info, alpha=self.alpha, max_pixels=self.max_pixels)
 
     def explain(
         self, method: str, images: Images, target: TargetSpec = None, **options: Any
@@ -159,7 +169,10 @@ class Explainer:
         **grabcut_options: Any,
     ) -> tuple[Localization, Explanation]:
         """GrabCut localisation on the original image from a ``method`` map of one target."""
-        rgb = load_image(image) if isinstance(image, (str, os.PathLike)) else as_image(image)
+        if isinstance(image, (str, os.PathLike)):
+            rgb = load_image(image, alpha=self.alpha, max_pixels=self.max_pixels)
+        else:
+            rgb = as_image(image, alpha=self.alpha)
         x, geometry = to_input(rgb, self.info)
         expl = replace(get_method(method)(self.session, x, target), geometries=(geometry,))
         loc = grabcut(rgb, self.heatmap(expl, 0, outlier_perc=0), **grabcut_options)

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 from gradtap.runtime.errors import ImageError
-from gradtap.runtime.images import as_image, load_image
+from gradtap.runtime.images import DEFAULT_MAX_PIXELS, as_image, load_image
 from gradtap.runtime.info import ModelInfo
 
 Array = npt.NDArray[np.float32]
@@ -48,18 +48,29 @@ def geometry_for(size: tuple[int, int], info: ModelInfo) -> Geometry:
     return Geometry((h, w), (rh, rw), (top, left, in_h, in_w))
 
 
-def to_input(image: ImageLike, info: ModelInfo) -> tuple[Array, Geometry]:
+def to_input(
+    image: ImageLike,
+    info: ModelInfo,
+    *,
+    alpha: str = "white",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[Array, Geometry]:
     """One image (path or array) to a model input [1, 3, H, W] float32 in [0, 1].
 
     Args:
         image: a file path (read with :func:`load_image`) or an RGB(A)/grayscale array
             (see :func:`as_image`).
         info: the model's metadata (input size and resize policy).
+        alpha: how transparency is flattened (see :func:`load_image`).
+        max_pixels: the largest image file accepted (see :func:`load_image`).
 
     Returns:
         The input batch of one, and the :class:`Geometry` to map results back.
     """
-    img = load_image(image) if isinstance(image, (str, os.PathLike)) else as_image(image)
+    if isinstance(image, (str, os.PathLike)):
+        img = load_image(image, alpha=alpha, max_pixels=max_pixels)
+    else:
+        img = as_image(image, alpha=alpha)
     geo = geometry_for(img.shape[:2], info)
     resized = resize(img, geo.resized_size)
     top, left, ch, cw = geo.crop
@@ -67,11 +78,16 @@ def to_input(image: ImageLike, info: ModelInfo) -> tuple[Array, Geometry]:
     return np.ascontiguousarray(crop.transpose(2, 0, 1)[None], dtype=np.float32), geo
 
 
-def to_batch(images: Sequence[ImageLike], info: ModelInfo) -> tuple[Array, tuple[Geometry, ...]]:
-    """Several images to one input batch [N, 3, H, W] and their geometries."""
+def to_batch(
+    images: Sequence[ImageLike], info: ModelInfo, **options: Any
+) -> tuple[Array, tuple[Geometry, ...]]:
+    """Several images to one input batch [N, 3, H, W] and their geometries.
+
+    ``options`` (``alpha``, ``max_pixels``) go to :func:`to_input`.
+    """
     if len(images) == 0:
         raise ImageError("no images given")
-    pairs = [to_input(img, info) for img in images]
+    pairs = [to_input(img, info, **options) for img in images]
     return np.concatenate([p[0] for p in pairs]), tuple(p[1] for p in pairs)
 
 
