@@ -25,7 +25,7 @@ demo: setup
 	$(BIN)/python -m gradtap.cli.demo
 
 bench: setup
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check export runtime cli tests bench

@@ -1,0 +1,1 @@
+"""gradtap benchmarks: gradtap (onnxruntime) against captum, pytorch-grad-cam and torch autograd."""
