@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper, version_converter
-
 from gradtap.export.emitter import GraphInfo
 from gradtap.export.taps import alias_for, candidate_taps, default_tap
 from gradtap.export.vjp import add_vjp
 from gradtap.runtime import contract as c
+from onnx import TensorProto, helper, numpy_helper, version_converter
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +58,14 @@ def augment(
     chosen = resolve_taps(model, taps, meta)
     graph = model.graph
     for alias, tensor in chosen.items():
-        graph.node.append(helper.make_node("Identity", [tensor], [c.tap_output(alias)], name=f"tap/{alias}"))
+        graph.node.append(
+            helper.make_node("Identity", [tensor], [c.tap_output(alias)], name=f"tap/{alias}")
+        )
         graph.output.append(helper.make_empty_tensor_value_info(c.tap_output(alias)))
     wrt = {c.INPUT: c.GRAD_INPUT}
     wrt.update({tensor: c.tap_grad_output(alias) for alias, tensor in chosen.items()})
-    out = add_vjp(model, seed_of=c.LOGITS, seed=c.SEED, wrt=wrt, relu_rule=c.RELU_RULE)
-    _add_inputs(out)
+    seed = _add_seed_inputs(model)
+    out = add_vjp(model, seed_of=c.LOGITS, seed=seed, wrt=wrt, relu_rule=c.RELU_RULE)
     _stamp(out, meta, chosen, labels)
     del out.graph.value_info[:]
     out = onnx.shape_inference.infer_shapes(out, check_type=True, strict_mode=True)
@@ -92,7 +93,9 @@ def load_model(path: str | Path) -> onnx.ModelProto:
         location = next(e.value for e in tensor.external_data if e.key == "location")
         target = (base / location).resolve()
         if not target.is_relative_to(base):
-            raise ValueError(f"{path}: external data {location!r} points outside the model's folder")
+            raise ValueError(
+                f"{path}: external data {location!r} points outside the model's folder"
+            )
     if any(True for _ in _external_tensors(model)):
         onnx.load_external_data_for_model(model, str(base))
     return model
@@ -130,7 +133,9 @@ def resolve_taps(
     for alias, tensor in taps.items():
         if tensor not in produced:
             names = [t.name for t in candidate_taps(model)][-8:]
-            raise ValueError(f"unknown tap tensor {tensor!r} (alias {alias!r}); feature maps near the head: {names}")
+            raise ValueError(
+                f"unknown tap tensor {tensor!r} (alias {alias!r}); feature maps near the head: {names}"
+            )
     return dict(taps)
 
 
@@ -181,14 +186,18 @@ def _rename_io(model: onnx.ModelProto, logits: str | None) -> None:
     _rename(graph, logits, c.LOGITS)
 
 
-def _prepend_normalization(model: onnx.ModelProto, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+def _prepend_normalization(
+    model: onnx.ModelProto, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> None:
     graph = model.graph
     m = np.asarray(mean if mean is not None else [0.0] * 3, np.float32).reshape(1, 3, 1, 1)
     s = np.asarray(std if std is not None else [1.0] * 3, np.float32).reshape(1, 3, 1, 1)
     inner = "input/normalized"
     _rename(graph, c.INPUT, inner)
     graph.input[[i.name for i in graph.input].index(inner)].name = c.INPUT
-    graph.initializer.extend([numpy_helper.from_array(m, "input/mean"), numpy_helper.from_array(s, "input/std")])
+    graph.initializer.extend(
+        [numpy_helper.from_array(m, "input/mean"), numpy_helper.from_array(s, "input/std")]
+    )
     nodes = [
         helper.make_node("Sub", [c.INPUT, "input/mean"], ["input/centered"], name="input/Sub"),
         helper.make_node("Div", ["input/centered", "input/std"], [inner], name="input/Div"),
@@ -196,16 +205,55 @@ def _prepend_normalization(model: onnx.ModelProto, mean: Sequence[float] | None,
     rest = list(graph.node)
     del graph.node[:]
     graph.node.extend(nodes + rest)
-    _set_meta(model, c.META_NORMALIZATION, json.dumps({"mean": m.ravel().tolist(), "std": s.ravel().tolist(), "in_graph": True}))
+    _set_meta(
+        model,
+        c.META_NORMALIZATION,
+        json.dumps({"mean": m.ravel().tolist(), "std": s.ravel().tolist(), "in_graph": True}),
+    )
 
 
-def _add_inputs(model: onnx.ModelProto) -> None:
+def _add_seed_inputs(model: onnx.ModelProto) -> str:
+    """Declare seed, relu_rule and seed_top1; return the cotangent the backward pass starts from.
+
+    That cotangent is ``seed + seed_top1 * onehot(argmax(logits))``, so the predicted class can
+    be explained in the same call that predicts it.
+    """
     graph = model.graph
-    info = GraphInfo.of(model)
-    batch, classes = info.shape(c.LOGITS)
+    batch, classes = GraphInfo.of(model).shape(c.LOGITS)
     graph.input.append(helper.make_tensor_value_info(c.SEED, TensorProto.FLOAT, [batch, classes]))
     graph.input.append(helper.make_tensor_value_info(c.RELU_RULE, TensorProto.INT64, []))
-    graph.initializer.append(numpy_helper.from_array(np.asarray(0, np.int64), c.RELU_RULE))
+    graph.input.append(helper.make_tensor_value_info(c.SEED_TOP1, TensorProto.FLOAT, []))
+    graph.initializer.extend([
+        numpy_helper.from_array(np.asarray(0, np.int64), c.RELU_RULE),
+        numpy_helper.from_array(np.asarray(0.0, np.float32), c.SEED_TOP1),
+        numpy_helper.from_array(np.asarray([0.0, 1.0], np.float32), "seed/onehot_values"),
+    ])  # fmt: skip
+    if isinstance(classes, int):
+        graph.initializer.append(
+            numpy_helper.from_array(np.asarray(classes, np.int64), "seed/depth")
+        )
+        depth = ["seed/depth"]
+    else:
+        graph.initializer.append(
+            numpy_helper.from_array(np.asarray([1], np.int64), "seed/class_axis")
+        )
+        depth = ["seed/depth"]
+        graph.node.append(
+            helper.make_node("Shape", [c.LOGITS], ["seed/logits_shape"], name="seed/Shape")
+        )
+        graph.node.append(
+            helper.make_node(
+                "Gather", ["seed/logits_shape", "seed/class_axis"], depth, name="seed/Gather"
+            )
+        )
+    graph.node.extend([
+        helper.make_node("ArgMax", [c.LOGITS], ["seed/top1"], name="seed/ArgMax", axis=1, keepdims=0),
+        helper.make_node("OneHot", ["seed/top1", *depth, "seed/onehot_values"], ["seed/top1_onehot"],
+                         name="seed/OneHot", axis=-1),
+        helper.make_node("Mul", ["seed/top1_onehot", c.SEED_TOP1], ["seed/top1_scaled"], name="seed/Mul"),
+        helper.make_node("Add", [c.SEED, "seed/top1_scaled"], ["seed/effective"], name="seed/Add"),
+    ])  # fmt: skip
+    return "seed/effective"
 
 
 def _set_meta(model: onnx.ModelProto, key: str, value: str) -> None:
@@ -216,7 +264,12 @@ def _set_meta(model: onnx.ModelProto, key: str, value: str) -> None:
     model.metadata_props.add(key=key, value=value)
 
 
-def _stamp(model: onnx.ModelProto, meta: Mapping[str, str], taps: Mapping[str, str], labels: Sequence[str] | None) -> None:
+def _stamp(
+    model: onnx.ModelProto,
+    meta: Mapping[str, str],
+    taps: Mapping[str, str],
+    labels: Sequence[str] | None,
+) -> None:
     defaults = {
         c.META_COLOR_ORDER: "RGB",
         c.META_VALUE_RANGE: "[0, 1]",
@@ -241,7 +294,9 @@ def _stamp(model: onnx.ModelProto, meta: Mapping[str, str], taps: Mapping[str, s
 
 def _ensure(model: onnx.ModelProto) -> None:
     """Postconditions: standard ops only, a valid model, strict shape inference passes."""
-    foreign = sorted({f"{n.domain}:{n.op_type}" for n in model.graph.node if n.domain not in STANDARD_DOMAINS})
+    foreign = sorted(
+        {f"{n.domain}:{n.op_type}" for n in model.graph.node if n.domain not in STANDARD_DOMAINS}
+    )
     if foreign:
         raise ValueError(f"non-standard ops in the graph: {foreign}")
     if model.ByteSize() < 2**31 - 2**20:

@@ -40,9 +40,7 @@ class GraphInfo:
         for name, value in consts.items():
             shapes.setdefault(name, tuple(value.shape))
             dtypes.setdefault(name, helper.np_dtype_to_tensor_dtype(value.dtype))
-        opset = next(
-            (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0
-        )
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
         return cls(shapes, dtypes, consts, opset)
 
     def shape(self, name: str) -> Shape:

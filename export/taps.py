@@ -6,11 +6,12 @@ import re
 from dataclasses import dataclass
 
 import onnx
-
 from gradtap.export.emitter import GraphInfo
 
 # Ops whose output is a pooled summary rather than a feature map worth explaining with.
-POOLING_OPS = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean"})
+POOLING_OPS = frozenset(
+    {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean"}
+)
 # Ops that merely pass a feature map along; a tap is better placed on their input's producer.
 PASS_THROUGH_OPS = frozenset({"Identity", "Dropout", "Flatten", "Reshape", "Cast"})
 

@@ -9,11 +9,10 @@ from collections.abc import Mapping
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
-
 from gradtap.export import vjp_conv, vjp_shape  # noqa: F401  (they register their rules)
 from gradtap.export.emitter import Emitter, GraphInfo
 from gradtap.export.vjp_rules import RULES, ZERO_GRAD_OPS, VjpRule
+from onnx import TensorProto, helper
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,9 @@ def check_coverage(nodes: list[onnx.NodeProto], rules: Mapping[str, VjpRule]) ->
                 node.name or node.output[0]
             )
     if missing:
-        listed = "; ".join(f"{op} (nodes: {', '.join(names)})" for op, names in sorted(missing.items()))
+        listed = "; ".join(
+            f"{op} (nodes: {', '.join(names)})" for op, names in sorted(missing.items())
+        )
         raise UnsupportedOpsError(
             f"no backward rule for {len(missing)} op type(s) on the gradient path: {listed}. "
             f"Supported: {', '.join(sorted(rules))}"
@@ -97,7 +98,9 @@ def add_vjp(
         em.scope = "relu_rule"
         zero, two = em.const(0, dtype=np.int64), em.const(2, dtype=np.int64)
         lowest = em.const(np.finfo(np.float32).min, dtype=np.float32)
-        floor = em.op("Where", em.op("Equal", relu_rule, zero), lowest, em.const(0.0, dtype=np.float32))
+        floor = em.op(
+            "Where", em.op("Equal", relu_rule, zero), lowest, em.const(0.0, dtype=np.float32)
+        )
         em.rectifier_flags = (floor, em.op("Equal", relu_rule, two))
 
     contributions: dict[str, list[str]] = defaultdict(list)
@@ -136,7 +139,9 @@ def add_vjp(
     for x, out in wrt.items():  # step 4: expose the requested gradients
         g = total(x)
         if g is None:
-            raise ValueError(f"tensor {x!r} does not influence {seed_of!r}; no gradient flows to it")
+            raise ValueError(
+                f"tensor {x!r} does not influence {seed_of!r}; no gradient flows to it"
+            )
         em.scope = "out"
         em.nodes.append(helper.make_node("Identity", [g], [out], name=f"{out}/Identity"))
         dtype = info.dtypes.get(x, TensorProto.FLOAT)

@@ -7,14 +7,17 @@ divisors are computed here from inferred shapes, once, at augmentation time.
 from __future__ import annotations
 
 import numpy as np
-from onnx import NodeProto
-
 from gradtap.export.emitter import Emitter
 from gradtap.export.vjp_rules import Grads, attrs_of, vjp_rule
+from onnx import NodeProto
 
 
 def _explicit_pads(
-    node: NodeProto, in_sizes: list[int], kernel: list[int], strides: list[int], dilations: list[int]
+    node: NodeProto,
+    in_sizes: list[int],
+    kernel: list[int],
+    strides: list[int],
+    dilations: list[int],
 ) -> list[int]:
     """Pads as [begin..., end...], resolving auto_pad SAME_UPPER/SAME_LOWER/VALID."""
     at = attrs_of(node, auto_pad="NOTSET")
@@ -33,8 +36,12 @@ def _explicit_pads(
 
 
 def _transpose_geometry(
-    in_sizes: list[int], out_sizes: list[int], kernel: list[int], strides: list[int],
-    dilations: list[int], pads: list[int],
+    in_sizes: list[int],
+    out_sizes: list[int],
+    kernel: list[int],
+    strides: list[int],
+    dilations: list[int],
+    pads: list[int],
 ) -> tuple[list[int], list[int]]:
     """Pads and output_padding making ConvTranspose produce exactly ``in_sizes``.
 
@@ -107,8 +114,12 @@ def max_pool_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
 
 
 def _pool_counts(
-    in_sizes: list[int], out_sizes: list[int], kernel: list[int], strides: list[int],
-    pads: list[int], include_pad: bool,
+    in_sizes: list[int],
+    out_sizes: list[int],
+    kernel: list[int],
+    strides: list[int],
+    pads: list[int],
+    include_pad: bool,
 ) -> np.ndarray:
     """How many elements each AveragePool window divides by (windows clipped at the borders)."""
     n, axes = len(in_sizes), []
@@ -154,7 +165,9 @@ def _mean_scale(em: Emitter, x: str, y: str) -> str:
     if all(isinstance(d, int) for d in xs + ys):
         return em.scalar(float(np.prod(ys)) / float(np.prod(xs)), x)
     to = em.info.dtypes[x]
-    return em.op("Div", em.op("Cast", em.op("Size", y), to=to), em.op("Cast", em.op("Size", x), to=to))
+    return em.op(
+        "Div", em.op("Cast", em.op("Size", y), to=to), em.op("Cast", em.op("Size", x), to=to)
+    )
 
 
 @vjp_rule("GlobalAveragePool")

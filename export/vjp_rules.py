@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from onnx import NodeProto, helper
-
 from gradtap.export.emitter import Emitter
+from onnx import NodeProto, helper
 
 Grads = tuple[str | None, ...]
 VjpRule = Callable[[NodeProto, Grads, Emitter], Grads]
@@ -151,7 +150,9 @@ def hard_sigmoid_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     a = attrs_of(node, alpha=0.2, beta=0.5)
     x, alpha = node.input[0], float(a["alpha"])  # type: ignore[arg-type]
     z = em.op("Add", em.op("Mul", x, em.scalar(alpha, x)), em.scalar(float(a["beta"]), x))  # type: ignore[arg-type]
-    inside = em.op("And", em.op("Greater", z, em.scalar(0.0, x)), em.op("Less", z, em.scalar(1.0, x)))
+    inside = em.op(
+        "And", em.op("Greater", z, em.scalar(0.0, x)), em.op("Less", z, em.scalar(1.0, x))
+    )
     return (em.op("Mul", dys[0], em.op("Mul", em.mask(inside, x), em.scalar(alpha, x))),)
 
 

@@ -9,6 +9,9 @@ inputs
   ``relu_rule``   int64 scalar, optional (defaults to 0): how rectifiers (Relu, and Clip with
                   min 0 such as ReLU6) pass gradients back: 0 plain gradient, 1 guided backprop,
                   2 deconvnet.
+  ``seed_top1``   float32 scalar, optional (defaults to 0): added to the seed on each row's
+                  top-1 class, so ``seed = 0, seed_top1 = 1`` explains the predicted class in
+                  one call, without a forward pass first to find it.
 
 outputs
   ``logits``             float32 [N, classes]
@@ -19,11 +22,12 @@ outputs
 
 from __future__ import annotations
 
-CONTRACT_VERSION = "1"
+CONTRACT_VERSION = "2"
 
 INPUT = "input"
 SEED = "seed"
 RELU_RULE = "relu_rule"
+SEED_TOP1 = "seed_top1"
 LOGITS = "logits"
 TAP_PREFIX = "tap/"
 GRAD_PREFIX = "grad/"
@@ -40,7 +44,8 @@ META_WEIGHTS = META_PREFIX + "weights"  # what weights were loaded
 META_LABELS = META_PREFIX + "labels"  # JSON list of class names, index = class id
 META_INPUT_SIZE = META_PREFIX + "input_size"  # JSON [H, W] the graph expects
 META_RESIZE = META_PREFIX + "resize"  # JSON {"policy": "shorter_side_center_crop", "size": 256}
-META_NORMALIZATION = META_PREFIX + "normalization"  # JSON {"mean": [...], "std": [...], "in_graph": true}
+# JSON {"mean": [...], "std": [...], "in_graph": true}
+META_NORMALIZATION = META_PREFIX + "normalization"
 META_COLOR_ORDER = META_PREFIX + "color_order"  # "RGB"
 META_VALUE_RANGE = META_PREFIX + "value_range"  # JSON [0, 1]
 META_DEFAULT_TAP = META_PREFIX + "default_tap"  # alias of the default tap

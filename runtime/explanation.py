@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -76,12 +76,25 @@ class Explanation:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A batch expanded to rows: ``x`` [R, 3, H, W], one-hot ``seed`` [R, classes]."""
+    """A batch expanded to rows: ``x`` [R, 3, H, W], one-hot ``seed`` [R, classes].
+
+    With ``top1`` the targets are the predicted classes, not known yet: the seed is zero and the
+    graph seeds each row's top-1 class itself (``seed_top1``), so one call predicts and explains.
+    """
 
     x: Array
     rows: Rows
     seed: Array
     image_logits: Array | None
+    top1: bool = False
+
+    def settled(self, logits: Array) -> Prepared:
+        """The same rows with deferred top-1 targets filled in from the call's ``logits``."""
+        if not self.top1:
+            return self
+        target = np.argmax(logits, axis=1).astype(np.int64)
+        rows = Rows(image_index=self.rows.image_index, target=target)
+        return replace(self, rows=rows, seed=onehot(target, logits.shape[1]), top1=False)
 
 
 def check_pixels(x: Array) -> None:
@@ -93,10 +106,22 @@ def check_pixels(x: Array) -> None:
         )
 
 
-def prepare(session: ExplainSession, x: Array, target: TargetSpec) -> Prepared:
-    """Validate ``x``, resolve ``target`` (one forward call if it needs the prediction)."""
+def prepare(
+    session: ExplainSession, x: Array, target: TargetSpec, *, defer_top1: bool = False
+) -> Prepared:
+    """Validate ``x``, resolve ``target`` (one forward call if it needs the prediction).
+
+    With ``defer_top1`` and ``target=None`` no forward call is made: the returned rows are
+    settled by :meth:`Prepared.settled` from the logits of the method's own call, which must
+    pass ``top1=prep.top1`` to :meth:`ExplainSession.run`.
+    """
     x = session.check_input(x)
     check_pixels(x)
+    if defer_top1 and target is None:
+        n = len(x)
+        rows = Rows(image_index=np.arange(n, dtype=np.int64), target=np.full(n, -1, np.int64))
+        seed = np.zeros((n, session.info.num_classes), np.float32)
+        return Prepared(x=x, rows=rows, seed=seed, image_logits=None, top1=True)
     logits = session.logits(x) if needs_logits(target) else None
     rows = resolve(target, session.info.labels, len(x), logits)
     seed = onehot(rows.target, session.info.num_classes)

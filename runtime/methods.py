@@ -49,9 +49,10 @@ def saliency(
     """
     if not input_scale > 0:
         raise OptionError(f"input_scale must be > 0, got {input_scale}")
-    prep = prepare(session, x, target)
+    prep = prepare(session, x, target, defer_top1=input_scale == 1.0)
     xin = prep.x * np.float32(input_scale)
-    run = session.run(xin, prep.seed)
+    run = session.run(xin, prep.seed, top1=prep.top1)
+    prep = prep.settled(run.logits)
     grad = run.grad_input * xin if times_input else run.grad_input
     logits = run.logits if input_scale == 1.0 else None
     return finish("saliency", saliency_map(grad, signed=signed), prep, session, row_logits=logits)
@@ -64,8 +65,9 @@ def guided_backprop(session: ExplainSession, x: Array, target: TargetSpec = None
         Colour gradient images [R, 3, H, W]: rectifiers pass back only positive gradients
         through positive activations. Every row of the batch is computed.
     """
-    prep = prepare(session, x, target)
-    run = session.run(prep.x, prep.seed, relu_rule="guided")
+    prep = prepare(session, x, target, defer_top1=True)
+    run = session.run(prep.x, prep.seed, relu_rule="guided", top1=prep.top1)
+    prep = prep.settled(run.logits)
     return finish("guided_backprop", run.grad_input, prep, session, row_logits=run.logits)
 
 
@@ -75,8 +77,9 @@ def deconvnet(session: ExplainSession, x: Array, target: TargetSpec = None) -> E
     Returns:
         Colour images [R, 3, H, W]: rectifiers pass back the rectified upstream gradient.
     """
-    prep = prepare(session, x, target)
-    run = session.run(prep.x, prep.seed, relu_rule="deconvnet")
+    prep = prepare(session, x, target, defer_top1=True)
+    run = session.run(prep.x, prep.seed, relu_rule="deconvnet", top1=prep.top1)
+    prep = prep.settled(run.logits)
     return finish("deconvnet", run.grad_input, prep, session, row_logits=run.logits)
 
 
@@ -143,8 +146,9 @@ def gradcam(
         Maps [R, h, w] at tap resolution.
     """
     alias = session.info.tap(tap)
-    prep = prepare(session, x, target)
-    run = session.run(prep.x, prep.seed, grad_input=False, taps=[alias])
+    prep = prepare(session, x, target, defer_top1=True)
+    run = session.run(prep.x, prep.seed, grad_input=False, taps=[alias], top1=prep.top1)
+    prep = prep.settled(run.logits)
     maps = gradcam_map(run.taps[alias], run.tap_grads[alias], relu=relu)
     return finish("gradcam", maps, prep, session, row_logits=run.logits)
 
@@ -158,8 +162,9 @@ def gradcampp(
         Maps [R, h, w] at tap resolution.
     """
     alias = session.info.tap(tap)
-    prep = prepare(session, x, target)
-    run = session.run(prep.x, prep.seed, grad_input=False, taps=[alias])
+    prep = prepare(session, x, target, defer_top1=True)
+    run = session.run(prep.x, prep.seed, grad_input=False, taps=[alias], top1=prep.top1)
+    prep = prep.settled(run.logits)
     maps = gradcampp_map(run.taps[alias], run.tap_grads[alias])
     return finish("gradcam++", maps, prep, session, row_logits=run.logits)
 
@@ -185,8 +190,9 @@ def guided_gradcam(
     if upsample not in UPSAMPLING:
         raise OptionError(f"upsample {upsample!r} unknown; valid: {list(UPSAMPLING)}")
     alias = session.info.tap(tap)
-    prep = prepare(session, x, target)
-    plain = session.run(prep.x, prep.seed, grad_input=False, taps=[alias])
+    prep = prepare(session, x, target, defer_top1=True)
+    plain = session.run(prep.x, prep.seed, grad_input=False, taps=[alias], top1=prep.top1)
+    prep = prep.settled(plain.logits)
     guided = session.run(prep.x, prep.seed, relu_rule="guided")
     cams = gradcam_map(plain.taps[alias], plain.tap_grads[alias])
     size = prep.x.shape[2:]

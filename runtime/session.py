@@ -106,6 +106,7 @@ class ExplainSession:
         grad_input: bool = True,
         taps: Sequence[str] = (),
         tap_grads: bool = True,
+        top1: bool = False,
     ) -> Pass:
         """One fused call: logits, and the gradients of ``sum(seed * logits)`` asked for.
 
@@ -120,6 +121,8 @@ class ExplainSession:
             grad_input: fetch ``grad/input``.
             taps: aliases of the taps whose feature maps to fetch.
             tap_grads: also fetch the gradient with respect to each tap in ``taps``.
+            top1: add each row's predicted class to the seed inside the graph (``seed_top1``),
+                so the predicted class is explained by this one call.
 
         Returns:
             The :class:`Pass`; arrays not asked for are ``None`` / absent.
@@ -136,7 +139,8 @@ class ExplainSession:
         names += [c.tap_grad_output(t) for t in aliases] if tap_grads else []
         rule = np.array(self._rule(relu_rule), dtype=np.int64)
         kind = FULL if grad_input else (TAPS if aliases and tap_grads else FORWARD)
-        out = dict(zip(names, self._run_chunked(kind, names, x, seed, rule), strict=True))
+        extra = {c.RELU_RULE: rule, c.SEED_TOP1: np.array(1.0 if top1 else 0.0, np.float32)}
+        out = dict(zip(names, self._run_chunked(kind, names, x, seed, extra), strict=True))
         _check_finite(out)
         return Pass(
             logits=out[c.LOGITS],
@@ -207,7 +211,7 @@ class ExplainSession:
         return self._variants[kind]
 
     def _run_chunked(
-        self, kind: str, names: list[str], x: Array, seed: Array, rule: Array
+        self, kind: str, names: list[str], x: Array, seed: Array, extra: dict[str, Array]
     ) -> list[Array]:
         session = self.variant(kind)
         wanted = {i.name for i in session.get_inputs()}
@@ -215,7 +219,7 @@ class ExplainSession:
         parts: list[list[Array]] = []
         for i in range(0, len(x), self.batch_size):
             feeds = {c.INPUT: x[i : i + self.batch_size], c.SEED: seed[i : i + self.batch_size]}
-            feeds[c.RELU_RULE] = rule
+            feeds.update(extra)
             parts.append(session.run(names, {k: v for k, v in feeds.items() if k in wanted}))
         if len(parts) == 1:
             return parts[0]

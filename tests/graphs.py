@@ -58,10 +58,14 @@ def session(model: onnx.ModelProto, *, layout_opt: bool = False) -> ort.Inferenc
     )  # fmt: skip
     options.intra_op_num_threads = 1
     options.log_severity_level = 3  # the relu_rule default is an overridable initializer, by design
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
 
 
-def tiny_cnn(*, classes: int = 3, size: int = 8, seed: int = 0, names: tuple[str, str] = ("input", "logits")) -> onnx.ModelProto:
+def tiny_cnn(
+    *, classes: int = 3, size: int = 8, seed: int = 0, names: tuple[str, str] = ("input", "logits")
+) -> onnx.ModelProto:
     """Conv-Relu-MaxPool-Conv-Relu-GlobalAveragePool-Flatten-Gemm, dynamic batch, random weights.
 
     The second Relu's output ("features") is the natural tap: the head is GAP -> linear, so the
@@ -80,7 +84,9 @@ def tiny_cnn(*, classes: int = 3, size: int = 8, seed: int = 0, names: tuple[str
     nodes = [
         helper.make_node("Conv", [x, "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("MaxPool", ["r1"], ["p1"], name="pool1", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node(
+            "MaxPool", ["r1"], ["p1"], name="pool1", kernel_shape=[2, 2], strides=[2, 2]
+        ),
         helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c2"], ["features"], name="relu2"),
         helper.make_node("GlobalAveragePool", ["features"], ["gap"], name="gap"),

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
-from onnx.reference import ReferenceEvaluator
-
 from gradtap.export.augment import augment, augment_file, load_model
 from gradtap.export.vjp import UnsupportedOpsError
 from gradtap.runtime import contract as c
+from onnx import helper
+from onnx.reference import ReferenceEvaluator
+
 from tests.graphs import session, tiny_cnn
 
 RNG = np.random.default_rng(7)
@@ -34,7 +34,7 @@ def feeds(batch: int, classes: int = 3, rule: int = 0) -> dict[str, np.ndarray]:
 def test_contract_names_and_metadata(aug: onnx.ModelProto) -> None:
     inputs = [i.name for i in aug.graph.input]
     outputs = [o.name for o in aug.graph.output]
-    assert inputs[:1] == [c.INPUT] and c.SEED in inputs and c.RELU_RULE in inputs
+    assert inputs[:1] == [c.INPUT] and {c.SEED, c.RELU_RULE, c.SEED_TOP1} <= set(inputs)
     assert outputs == [c.LOGITS, "tap/features", c.GRAD_INPUT, "grad/tap/features"]
     meta = {m.key: m.value for m in aug.metadata_props}
     assert meta[c.META_CONTRACT] == c.CONTRACT_VERSION and meta[c.META_AUGMENTED] == "1"
@@ -64,7 +64,9 @@ def test_tap_gradient_is_the_linear_head_row(aug: onnx.ModelProto) -> None:
     (dtap,) = session(aug).run(["grad/tap/features"], f)
     weights = {i.name: onnx.numpy_helper.to_array(i) for i in aug.graph.initializer}
     expected = (f[c.SEED] @ weights["fc_w"]) / (4 * 4)
-    np.testing.assert_allclose(dtap, np.broadcast_to(expected[:, :, None, None], dtap.shape), rtol=1e-6)
+    np.testing.assert_allclose(
+        dtap, np.broadcast_to(expected[:, :, None, None], dtap.shape), rtol=1e-6
+    )
 
 
 def test_relu_rules_from_one_file(aug: onnx.ModelProto) -> None:
@@ -171,3 +173,15 @@ def test_augment_file_round_trip(tmp_path) -> None:
     augment_file(src, dst)
     assert dst.exists() and not list(tmp_path.glob(".*.tmp"))
     assert {m.key for m in onnx.load(str(dst)).metadata_props} >= {c.META_AUGMENTED, c.META_TAPS}
+
+
+def test_seed_top1_explains_the_predicted_class_in_one_call(aug: onnx.ModelProto) -> None:
+    sess = session(aug)
+    f = feeds(3)
+    logits = sess.run([c.LOGITS], f)[0]
+    onehot = np.eye(3, dtype=np.float32)[logits.argmax(1)]
+    expected = sess.run([c.GRAD_INPUT], {**f, c.SEED: onehot})[0]
+    zero_seed = {**f, c.SEED: np.zeros_like(onehot), c.SEED_TOP1: np.asarray(1.0, np.float32)}
+    np.testing.assert_array_equal(sess.run([c.GRAD_INPUT], zero_seed)[0], expected)
+    # seed_top1 defaults to 0: a zero seed then gives a zero gradient
+    assert not sess.run([c.GRAD_INPUT], {**f, c.SEED: np.zeros_like(onehot)})[0].any()

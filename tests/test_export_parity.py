@@ -22,11 +22,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from torch import nn  # noqa: E402
-
 from gradtap.export.models import build, pixel_space, tap_module  # noqa: E402
 from gradtap.export.to_onnx import model_path  # noqa: E402
 from gradtap.runtime import contract as c  # noqa: E402
+from torch import nn  # noqa: E402
+
 from tests.graphs import session  # noqa: E402
 
 RULES = tuple(c.RELU_RULES)
@@ -112,7 +112,9 @@ def _load(path):  # noqa: ANN001, ANN202
 
 def onnx_grads(path: str, rule: str, x: np.ndarray, seed: np.ndarray, *, layout_opt: bool):
     sess = session(_load(path), layout_opt=layout_opt)
-    alias = next(o.name for o in sess.get_outputs() if o.name.startswith(c.GRAD_PREFIX + c.TAP_PREFIX))
+    alias = next(
+        o.name for o in sess.get_outputs() if o.name.startswith(c.GRAD_PREFIX + c.TAP_PREFIX)
+    )
     feeds = {c.INPUT: x, c.SEED: seed, c.RELU_RULE: np.asarray(c.RELU_RULES[rule], np.int64)}
     return [a.astype(np.float64) for a in sess.run([c.LOGITS, c.GRAD_INPUT, alias], feeds)]
 

@@ -29,6 +29,8 @@ PROBE = textwrap.dedent(
 
 
 def test_runtime_cli_and_augment_run_without_torch() -> None:
-    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert "LOADED []" in done.stdout

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import pytest
+from gradtap.export.vjp import add_vjp
 from onnx import TensorProto, helper
 
-from gradtap.export.vjp import add_vjp
 from tests.graphs import one_node_model, session
 
 F32, F64 = np.float32, np.float64
@@ -106,7 +106,9 @@ def draw(case: VjpCase, shape: tuple[int, ...], rng: np.random.Generator) -> np.
     return x.astype(case.dtype)
 
 
-def with_seed_input(model: onnx.ModelProto, y_shape: tuple[int, ...], dtype: type) -> onnx.ModelProto:
+def with_seed_input(
+    model: onnx.ModelProto, y_shape: tuple[int, ...], dtype: type
+) -> onnx.ModelProto:
     elem = TensorProto.DOUBLE if dtype is F64 else TensorProto.FLOAT
     model.graph.input.append(helper.make_tensor_value_info("v", elem, list(y_shape)))
     return model
@@ -115,7 +117,9 @@ def with_seed_input(model: onnx.ModelProto, y_shape: tuple[int, ...], dtype: typ
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.op_type}-{c.id}" if c.id else c.op_type)
 def test_vjp_matches_finite_differences(case: VjpCase) -> None:
     rng = np.random.default_rng(0)
-    consts = tuple(np.asarray(v, case.dtype) if v.dtype.kind == "f" and v.ndim else v for v in case.consts)
+    consts = tuple(
+        np.asarray(v, case.dtype) if v.dtype.kind == "f" and v.ndim else v for v in case.consts
+    )
     if case.op_type == "Clip":
         consts = tuple(np.asarray(v, case.dtype) for v in case.consts)
     fwd = one_node_model(case.op_type, case.x_shape, consts=consts, extra_inputs=case.extra,
