@@ -14,9 +14,13 @@ _MEANING = {
     c.SEED: "cotangent on the logits: the graph differentiates sum(seed * logits)",
     c.RELU_RULE: "rectifier backward rule (int64 scalar, optional): "
     + ", ".join(f"{v} {k}" for k, v in c.RELU_RULES.items()),
+    c.SEED_TOP1: "float32 scalar, optional: added to the seed on each row's predicted class",
     c.LOGITS: "class scores (before softmax)",
     c.GRAD_INPUT: "d sum(seed * logits) / d input",
 }
+
+
+OPTIONAL_INPUTS = frozenset({c.RELU_RULE, c.SEED_TOP1})
 
 
 def meaning(name: str) -> str:
@@ -52,7 +56,9 @@ def describe(path: Path) -> dict[str, Any]:
     inits = {i.name for i in model.graph.initializer}
     meta = {p.key: p.value for p in model.metadata_props}
     ports = {
-        "inputs": [v for v in model.graph.input if v.name not in inits or v.name == c.RELU_RULE],
+        "inputs": [
+            v for v in model.graph.input if v.name not in inits or v.name in OPTIONAL_INPUTS
+        ],
         "outputs": list(model.graph.output),
     }
     out: dict[str, Any] = {
