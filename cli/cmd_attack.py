@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 import numpy as np
+
 from gradtap.cli.common import (
     Progress,
     Run,

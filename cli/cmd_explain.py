@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from gradtap.cli.common import Progress, Run, finish, model_record, output_options, sources
 from gradtap.cli.config import Config
 from gradtap.cli.errors import user_errors

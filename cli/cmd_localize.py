@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from gradtap.cli.common import (
     Progress,
     Run,

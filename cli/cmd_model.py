@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from gradtap.cli.config import Config
 from gradtap.cli.errors import user_errors
 from gradtap.cli.modelref import AUGMENTED_SUFFIX, KNOWN_MODELS, cache_dir

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 import numpy as np
+
 from gradtap.cli.common import Progress, Run, finish, model_record, output_options
 from gradtap.cli.config import Config
 from gradtap.cli.errors import user_errors

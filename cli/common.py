@@ -12,6 +12,7 @@ from typing import Any
 import click
 import numpy as np
 import numpy.typing as npt
+
 from gradtap.cli.config import Config
 from gradtap.cli.errors import Failures, recoverable
 from gradtap.cli.inputs import expand, unique_stems

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import click
+
 from gradtap.cli.gallery import esc, href
 from gradtap.cli.outputs import write_text
 
@@ -57,6 +58,7 @@ def write_photos(folder: Path, names: Sequence[str]) -> list[Path]:
 def write_shapes(folder: Path, count: int, size: int = 128) -> list[Path]:
     """Held-out images of the synthetic shapes the custom CNN is trained on."""
     import cv2
+
     from gradtap.runtime.synthetic import CLASS_NAMES, TEST_SEED, make_sample
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+
 from gradtap.runtime import contract as c
 
 _MEANING = {

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
+
 from gradtap.runtime.errors import GradtapError, OptionError, TargetError
 
 logger = logging.getLogger(__name__)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from gradtap.cli.common import Array, Progress, Run, Source, attempt, chunks, top_k
 from gradtap.cli.errors import recoverable
 from gradtap.cli.outputs import OutDir, OutputExistsError, write_npy

@@ -6,6 +6,7 @@ Only ``gradtap export`` imports torch, lazily; every other command runs on onnxr
 from __future__ import annotations
 
 import click
+
 from gradtap.cli.cmd_attack import attack
 from gradtap.cli.cmd_explain import explain
 from gradtap.cli.cmd_localize import localize

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+
 from gradtap.cli.config import Config
 from gradtap.cli.errors import about, one_line
 

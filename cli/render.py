@@ -11,6 +11,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 import numpy.typing as npt
+
 from gradtap.runtime.overlay import colorize, overlay_heatmap, panel
 from gradtap.runtime.postprocess import gradient_image, heatmap
 from gradtap.runtime.preprocess import Geometry, to_original

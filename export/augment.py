@@ -6,6 +6,8 @@ Needs only onnx and numpy, so it runs on third-party graphs where torch is not i
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -13,14 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper, numpy_helper, version_converter
+
 from gradtap.export.emitter import GraphInfo
 from gradtap.export.taps import alias_for, candidate_taps, default_tap
 from gradtap.export.vjp import add_vjp
 from gradtap.runtime import contract as c
-from onnx import TensorProto, helper, numpy_helper, version_converter
 
 log = logging.getLogger(__name__)
 
+PASS_MODULES = ("augment", "emitter", "taps", "vjp", "vjp_rules", "vjp_conv", "vjp_shape")
 TARGET_OPSET = 17  # older graphs are converted; ScatterElements(reduction="add") needs >= 16
 STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
 
@@ -71,6 +75,15 @@ def augment(
     out = onnx.shape_inference.infer_shapes(out, check_type=True, strict_mode=True)
     _ensure(out)
     return out
+
+
+@functools.cache
+def pass_version() -> str:
+    """A short hash of the augmentation pass's source: caches rebuild when the pass changes."""
+    digest = hashlib.sha256()
+    for module in PASS_MODULES:
+        digest.update((Path(__file__).parent / f"{module}.py").read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def augment_file(src: str | Path, dst: str | Path, **options: object) -> onnx.ModelProto:
@@ -285,6 +298,7 @@ def _stamp(
     _set_meta(model, c.META_RELU_RULES, json.dumps(c.RELU_RULES))
     _set_meta(model, c.META_CONTRACT, c.CONTRACT_VERSION)
     _set_meta(model, c.META_AUGMENTED, "1")
+    _set_meta(model, c.META_PASS_VERSION, pass_version())
     if labels is not None:
         _set_meta(model, c.META_LABELS, json.dumps(list(labels)))
     info = GraphInfo.of(model)

@@ -19,6 +19,8 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+from torch import nn
+
 from gradtap.export.efficientnet_lite import (
     LITE0_INPUT_SIZE,
     LITE0_MEAN,
@@ -36,7 +38,6 @@ from gradtap.export.weights import (
     seeded_init,
     state_dict_of,
 )
-from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -307,8 +308,9 @@ def _build_torchvision(
 
 
 def _torchvision_hub_file(name: str, weights: str) -> tuple[Path, str]:
-    from gradtap.export.weights import hub_cached_file
     from torchvision.models import get_model_weights
+
+    from gradtap.export.weights import hub_cached_file
 
     enum = get_model_weights(name)
     names = [w.name for w in enum]

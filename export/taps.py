@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 import onnx
+
 from gradtap.export.emitter import GraphInfo
 
 # Ops whose output is a pooled summary rather than a feature map worth explaining with.

@@ -25,6 +25,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
+from onnx.reference import ReferenceEvaluator
+from torch import nn
+
 from gradtap.export.models import (
     MODEL_NAMES,
     ModelSpec,
@@ -36,9 +40,6 @@ from gradtap.export.models import (
 )
 from gradtap.export.weights import RANDOM, weights_tag
 from gradtap.runtime import contract as c
-from onnx import numpy_helper
-from onnx.reference import ReferenceEvaluator
-from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +219,12 @@ def model_path(
     return path
 
 
+def _pass_version() -> str:
+    from .augment import pass_version
+
+    return pass_version()
+
+
 def _augment_file(src: Path, dst: Path) -> None:
     from gradtap.export.augment import augment_file
 
@@ -236,6 +243,7 @@ def _is_current(path: Path, name: str, augmented: bool) -> bool:
         meta.get(c.META_CONTRACT) == c.CONTRACT_VERSION
         and meta.get(c.META_NAME) == name
         and (meta.get(c.META_AUGMENTED) == "1") == augmented
+        and (not augmented or meta.get(c.META_PASS_VERSION) == _pass_version())
     )
     if not current:
         log.info("cache file %s is stale; rebuilding", path)

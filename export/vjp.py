@@ -9,10 +9,11 @@ from collections.abc import Mapping
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper
+
 from gradtap.export import vjp_conv, vjp_shape  # noqa: F401  (they register their rules)
 from gradtap.export.emitter import Emitter, GraphInfo
 from gradtap.export.vjp_rules import RULES, ZERO_GRAD_OPS, VjpRule
-from onnx import TensorProto, helper
 
 log = logging.getLogger(__name__)
 

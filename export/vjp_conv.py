@@ -7,9 +7,10 @@ divisors are computed here from inferred shapes, once, at augmentation time.
 from __future__ import annotations
 
 import numpy as np
+from onnx import NodeProto
+
 from gradtap.export.emitter import Emitter
 from gradtap.export.vjp_rules import Grads, attrs_of, vjp_rule
-from onnx import NodeProto
 
 
 def _explicit_pads(

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from gradtap.export.emitter import Emitter
 from onnx import NodeProto, helper
+
+from gradtap.export.emitter import Emitter
 
 Grads = tuple[str | None, ...]
 VjpRule = Callable[[NodeProto, Grads, Emitter], Grads]

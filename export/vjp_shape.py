@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+from onnx import NodeProto
+
 from gradtap.export.emitter import Emitter
 from gradtap.export.vjp_rules import Grads, attrs_of, unbroadcast, vjp_rule
-from onnx import NodeProto
 
 
 @vjp_rule("Flatten", "Reshape", "Squeeze", "Unsqueeze")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
 from gradtap.runtime.errors import OptionError, TargetError
 from gradtap.runtime.explanation import check_pixels
 from gradtap.runtime.session import ExplainSession

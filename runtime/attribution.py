@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 import cv2
 import numpy as np
 import numpy.typing as npt
+
 from gradtap.runtime.errors import OptionError
 from gradtap.runtime.explanation import Explanation, finish, prepare
 from gradtap.runtime.methods import saliency_map

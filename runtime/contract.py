@@ -52,6 +52,7 @@ META_DEFAULT_TAP = META_PREFIX + "default_tap"  # alias of the default tap
 META_TAPS = META_PREFIX + "taps"  # JSON {alias: tensor name in the forward graph}
 META_RELU_RULES = META_PREFIX + "relu_rules"  # JSON RELU_RULES
 META_AUGMENTED = META_PREFIX + "augmented"  # "1" once the backward pass is in the graph
+META_PASS_VERSION = META_PREFIX + "pass_version"  # hash of the augmentation pass that wrote it
 
 RESIZE_POLICIES = frozenset({"shorter_side_center_crop", "stretch"})
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+
 from gradtap.runtime.adversarial import Attack, Labels, fgsm, fool
 from gradtap.runtime.explanation import Explanation
 from gradtap.runtime.figure import summary_panel

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from gradtap.runtime.errors import OptionError
 from gradtap.runtime.preprocess import Geometry
 from gradtap.runtime.session import ExplainSession

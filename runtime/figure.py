@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import numpy.typing as npt
+
 from gradtap.runtime.adversarial import fgsm
 from gradtap.runtime.errors import TargetError
 from gradtap.runtime.images import as_image, load_image

@@ -7,9 +7,10 @@ import json
 import numpy as np
 import numpy.typing as npt
 import onnx
+from onnx import numpy_helper
+
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import ModelError
-from onnx import numpy_helper
 
 _PASS_THROUGH = frozenset({"Identity", "Dropout", "Flatten", "Reshape", "Squeeze"})
 

@@ -13,6 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 import numpy.typing as npt
+
 from gradtap.runtime.errors import ImageError
 from gradtap.runtime.exif import exif_orientation, header_size
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import numpy.typing as npt
+
 from gradtap.runtime.errors import OptionError
 
 Array = npt.NDArray[np.float32]

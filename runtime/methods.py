@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+
 from gradtap.runtime.errors import OptionError
 from gradtap.runtime.explanation import Explanation, finish, prepare
 from gradtap.runtime.head import class_weights

@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import numpy.typing as npt
+
 from gradtap.runtime.errors import ImageError, OptionError
 
 Array = npt.NDArray[np.float32]

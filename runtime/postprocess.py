@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+
 from gradtap.runtime.errors import OptionError
 from gradtap.runtime.preprocess import Geometry, resize, to_original
 

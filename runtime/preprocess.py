@@ -10,6 +10,7 @@ from typing import Any
 import cv2
 import numpy as np
 import numpy.typing as npt
+
 from gradtap.runtime.errors import ImageError
 from gradtap.runtime.images import DEFAULT_MAX_PIXELS, as_image, load_image
 from gradtap.runtime.info import ModelInfo

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import onnx
+
 from gradtap.runtime.errors import ModelError
 
 

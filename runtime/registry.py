@@ -6,6 +6,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
 from gradtap.runtime.attribution import integrated_gradients, occlusion, smoothgrad
 from gradtap.runtime.errors import OptionError
 from gradtap.runtime.explanation import Explanation

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import onnxruntime as ort
+
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import ModelError, NonFiniteError, OptionError
 from gradtap.runtime.info import ModelInfo, parse_info

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
 from gradtap.runtime.errors import TargetError
 
 Array = npt.NDArray[np.float32]

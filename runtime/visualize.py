@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import numpy.typing as npt
+
 from gradtap.runtime.errors import OptionError
 from gradtap.runtime.session import ExplainSession
 from gradtap.runtime.targets import class_index, onehot, softmax

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx
-from gradtap.export.augment import augment
-from gradtap.runtime import contract as c
 from onnx import TensorProto, helper, numpy_helper
 
+from gradtap.export.augment import augment
+from gradtap.runtime import contract as c
 from tests.graphs import OPSET, tiny_cnn
 
 LABELS = ("tabby cat", "Dog", "dog house")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from gradtap.runtime import attribution as a
 from gradtap.runtime.errors import OptionError
 from gradtap.runtime.methods import saliency
 from gradtap.runtime.session import ExplainSession
-
 from tests.runtime_graphs import linear_model, tiny_model
 
 RNG = np.random.default_rng(5)

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import onnx
 import pytest
-from gradtap.export.augment import augment, augment_file, load_model
-from gradtap.export.vjp import UnsupportedOpsError
-from gradtap.runtime import contract as c
 from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
+from gradtap.export.augment import augment, augment_file, load_model
+from gradtap.export.vjp import UnsupportedOpsError
+from gradtap.runtime import contract as c
 from tests.graphs import session, tiny_cnn
 
 RNG = np.random.default_rng(7)

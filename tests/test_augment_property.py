@@ -12,13 +12,13 @@ import copy
 
 import numpy as np
 import onnx
-from gradtap.export.augment import augment
-from gradtap.runtime import contract as c
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from gradtap.export.augment import augment
+from gradtap.runtime import contract as c
 from tests.graphs import OPSET, session
 
 

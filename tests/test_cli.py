@@ -13,12 +13,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner, Result
+from onnx import helper
+
 from gradtap.cli.main import cli
 from gradtap.cli.modelref import KNOWN_MODELS
 from gradtap.export.augment import augment
 from gradtap.runtime import contract as c
-from onnx import helper
-
 from tests.graphs import tiny_cnn
 
 LABELS = ["cat", "dog", "bird"]

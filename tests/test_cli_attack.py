@@ -17,14 +17,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner, Result
+from onnx import TensorProto, helper, numpy_helper
+from skimage import data
+
 from gradtap.cli.main import cli
 from gradtap.export.augment import augment
 from gradtap.runtime.images import load_image
 from gradtap.runtime.preprocess import to_input
 from gradtap.runtime.session import ExplainSession
-from onnx import TensorProto, helper, numpy_helper
-from skimage import data
-
 from tests.graphs import tiny_cnn
 
 LABELS = ["cat", "dog", "bird"]

@@ -50,7 +50,16 @@ def test_every_model_is_listed() -> None:
 
 def test_the_contract_table_names_every_input_output_and_key() -> None:
     table = section("The explanation graph (for C, C++ and other runtimes)")
-    for name in (c.INPUT, c.SEED, c.RELU_RULE, c.SEED_TOP1, c.LOGITS, c.GRAD_INPUT, c.TAP_PREFIX, c.GRAD_PREFIX):
+    for name in (
+        c.INPUT,
+        c.SEED,
+        c.RELU_RULE,
+        c.SEED_TOP1,
+        c.LOGITS,
+        c.GRAD_INPUT,
+        c.TAP_PREFIX,
+        c.GRAD_PREFIX,
+    ):
         assert f"`{name}" in table, name
     keys = [v for k, v in vars(c).items() if k.startswith("META_") and k != "META_PREFIX"]
     for key in keys:

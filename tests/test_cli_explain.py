@@ -18,15 +18,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner, Result
+from onnx import helper, numpy_helper
+from skimage import data
+
 from gradtap.cli.main import cli
 from gradtap.export.augment import augment
 from gradtap.runtime.images import load_image
 from gradtap.runtime.preprocess import to_input
 from gradtap.runtime.registry import METHODS
 from gradtap.runtime.session import ExplainSession
-from onnx import helper, numpy_helper
-from skimage import data
-
 from tests.graphs import tiny_cnn
 
 LABELS = ["cat", "dog", "bird"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from gradtap.cli.config import expand_providers
 from gradtap.cli.errors import Failures, about
 from gradtap.cli.inputs import expand, slug, unique_stems

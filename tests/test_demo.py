@@ -12,8 +12,9 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from gradtap.cli import demo
 from skimage import data
+
+from gradtap.cli import demo
 
 
 def links(page: str) -> list[str]:

@@ -6,8 +6,9 @@ import io
 
 import numpy as np
 import pytest
-from gradtap.runtime.exif import exif_orientation, header_size
 from PIL import Image
+
+from gradtap.runtime.exif import exif_orientation, header_size
 
 FORMATS = [
     ("PNG", {}),

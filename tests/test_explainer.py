@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from PIL import Image
+
 from gradtap.runtime import METHODS, Explainer, get_method, softmax
 from gradtap.runtime.errors import OptionError
 from gradtap.runtime.preprocess import to_original
-from PIL import Image
-
 from tests.runtime_graphs import LABELS, tiny_model
 
 

@@ -22,11 +22,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from torch import nn  # noqa: E402
+
 from gradtap.export.models import build, pixel_space, tap_module  # noqa: E402
 from gradtap.export.to_onnx import model_path  # noqa: E402
 from gradtap.runtime import contract as c  # noqa: E402
-from torch import nn  # noqa: E402
-
 from tests.graphs import session  # noqa: E402
 
 RULES = tuple(c.RELU_RULES)

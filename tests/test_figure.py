@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from gradtap.runtime.errors import TargetError
 from gradtap.runtime.figure import summary_panel
 from gradtap.runtime.session import ExplainSession
-
 from tests.runtime_graphs import tiny_model
 
 

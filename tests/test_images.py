@@ -12,9 +12,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from PIL import Image, ImageOps
+
 from gradtap.runtime.errors import ImageError
 from gradtap.runtime.images import as_image, load_image
-from PIL import Image, ImageOps
 
 
 def save(img: Image.Image, path: Path, **kw: object) -> Path:

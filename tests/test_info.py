@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import ModelError
 from gradtap.runtime.info import parse_info

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from gradtap.runtime.errors import OptionError
 from gradtap.runtime.localize import grabcut, largest_component
 

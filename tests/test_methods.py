@@ -9,12 +9,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+
 from gradtap.export.augment import augment
 from gradtap.runtime import methods as m
 from gradtap.runtime.errors import ModelError, OptionError
 from gradtap.runtime.session import ExplainSession
-from onnx import TensorProto, helper, numpy_helper
-
 from tests.graphs import OPSET
 from tests.runtime_graphs import LABELS, linear_model, tiny_model
 

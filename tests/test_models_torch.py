@@ -11,6 +11,8 @@ torch = pytest.importorskip("torch")
 
 import cv2  # noqa: E402
 import skimage.data  # noqa: E402
+from torch import nn  # noqa: E402
+
 from gradtap.export.efficientnet_lite import same_padding  # noqa: E402
 from gradtap.export.models import (  # noqa: E402
     MODEL_NAMES,
@@ -28,7 +30,6 @@ from gradtap.export.weights import (  # noqa: E402
     hub_checkpoint_dir,
     weights_tag,
 )
-from torch import nn  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ESPRESSO = 967

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from gradtap.runtime.errors import ImageError, OptionError
 from gradtap.runtime.images import load_image
 from gradtap.runtime.overlay import (
@@ -18,7 +20,6 @@ from gradtap.runtime.overlay import (
     to_uint8,
     write_image,
 )
-from PIL import Image
 
 
 def test_jet_runs_from_blue_to_red() -> None:

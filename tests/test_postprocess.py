@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from gradtap.runtime.errors import OptionError
 from gradtap.runtime.postprocess import gradient_image, heatmap, minmax, normalize, reduce_channels
 from gradtap.runtime.preprocess import Geometry

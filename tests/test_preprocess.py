@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from gradtap.runtime.errors import ImageError
 from gradtap.runtime.info import ModelInfo
 from gradtap.runtime.preprocess import Geometry, geometry_for, to_batch, to_input, to_original
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 def info(policy: str = "shorter_side_center_crop", size: int = 256, hw=(224, 224)) -> ModelInfo:

@@ -6,10 +6,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import ModelError
 from gradtap.runtime.prune import prune
-
 from tests.runtime_graphs import tiny_model
 
 FORWARD_OPS = {"Conv", "Relu", "MaxPool", "GlobalAveragePool", "Flatten", "Gemm", "Identity"}

@@ -13,6 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import skimage.data  # noqa: E402
+
 from gradtap.export.models import build, pixel_space  # noqa: E402
 from gradtap.export.to_onnx import model_path  # noqa: E402
 from gradtap.runtime import Explainer, softmax  # noqa: E402

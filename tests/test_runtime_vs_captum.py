@@ -27,13 +27,14 @@ from captum.attr import (  # noqa: E402
     Saliency,
 )
 from captum.robust import FGSM  # noqa: E402
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+
 from gradtap.export.models import build, pixel_space, tap_module  # noqa: E402
 from gradtap.export.to_onnx import model_path  # noqa: E402
 from gradtap.runtime import adversarial, attribution, methods  # noqa: E402
 from gradtap.runtime.postprocess import minmax  # noqa: E402
 from gradtap.runtime.preprocess import resize  # noqa: E402
 from gradtap.runtime.session import ExplainSession  # noqa: E402
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
 TARGETS = [3, 7]
 MODELS = ["smallcnn", pytest.param("resnet18", marks=pytest.mark.slow)]

@@ -8,11 +8,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import numpy_helper
+
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import ModelError, NonFiniteError, OptionError
 from gradtap.runtime.session import ExplainSession, default_providers
-from onnx import numpy_helper
-
 from tests.graphs import tiny_cnn
 from tests.runtime_graphs import LABELS, tiny_model
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from gradtap.runtime.errors import TargetError
 from gradtap.runtime.targets import (
     ce_seed,

@@ -13,6 +13,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from torch import nn  # noqa: E402
+
 from gradtap.export.models import build, pixel_space  # noqa: E402
 from gradtap.export.to_onnx import (  # noqa: E402
     CACHE_ENV,
@@ -25,7 +27,6 @@ from gradtap.export.to_onnx import (  # noqa: E402
     read_metadata,
 )
 from gradtap.runtime import contract as c  # noqa: E402
-from torch import nn  # noqa: E402
 
 # Ops the augmentation pass differentiates (the brief of the core issue).
 DIFFERENTIABLE_OPS = frozenset(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from gradtap.runtime.errors import OptionError, TargetError
 from gradtap.runtime.session import ExplainSession
 from gradtap.runtime.visualize import AscentConfig, class_visualization
-
 from tests.runtime_graphs import LABELS, linear_model, tiny_model
 
 RNG = np.random.default_rng(4)

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import pytest
-from gradtap.export.vjp import add_vjp
 from onnx import TensorProto, helper
 
+from gradtap.export.vjp import add_vjp
 from tests.graphs import one_node_model, session
 
 F32, F64 = np.float32, np.float64
