@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from gradtap.cli.cmd_attack import attack
+from gradtap.cli.cmd_evaluate import evaluate_cmd
 from gradtap.cli.cmd_explain import explain
 from gradtap.cli.cmd_localize import localize
 from gradtap.cli.cmd_model import augment, export, info
@@ -60,7 +61,7 @@ def cli(
     ctx.obj = Config(providers=expand_providers(providers), threads=threads, verbosity=verbosity)
 
 
-for _command in (export, augment, info, explain, attack, visualize, localize):
+for _command in (export, augment, info, explain, attack, visualize, localize, evaluate_cmd):
     cli.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,337 @@
+"""Evaluate explanation methods against ground truth and against the model itself (no torch).
+
+For every map method on an :class:`~gradtap.runtime.evaluate_data.EvalSet`, explained for the
+ground-truth class:
+
+- pointing game and energy-based pointing game against the ground-truth masks;
+- deletion and insertion AUC (Petsiuk et al. 2018) of the target's softmax probability, deletion
+  to a fixed substrate (black by default), insertion from the Gaussian-blurred image, a fixed
+  number of pixels per stage, trapezoid AUC; the ``random`` map is the baseline to beat;
+- GrabCut localisation (seeded from the map) box IoU against the ground-truth boxes;
+- the model-randomisation sanity check (:mod:`gradtap.runtime.evaluate_sanity`).
+
+Example::
+
+    session = ExplainSession("models/smallcnn.gradtap.onnx")
+    data = synthetic_set(session.info, 50)
+    result = evaluate(session, data, EvalConfig(methods=("saliency", "gradcam", "random")))
+    print(result.to_markdown())
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from gradtap.runtime import metrics
+from gradtap.runtime.errors import OptionError
+from gradtap.runtime.evaluate_data import EvalSet
+from gradtap.runtime.evaluate_maps import (
+    MAP_METHODS,
+    RANDOM,
+    MapSettings,
+    compute_maps,
+    not_applicable,
+)
+from gradtap.runtime.evaluate_sanity import Progress, SanityCurve, sanity_check
+from gradtap.runtime.localize import grabcut
+from gradtap.runtime.session import ExplainSession
+from gradtap.runtime.targets import softmax
+
+logger = logging.getLogger(__name__)
+
+Array = npt.NDArray[np.float32]
+Floats = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What to measure, and how much work to spend on it.
+
+    Attributes:
+        methods: map methods (``MAP_METHODS``; ``"random"`` is the baseline).
+        curve_steps: stages of the deletion and insertion curves; each stage moves
+            ``ceil(H * W / curve_steps)`` pixels.
+        substrate: what deleted pixels become: ``"zeros"`` (black), ``"mean"``, ``"blur"``.
+        blur_sigma: Gaussian blur (pixels) of the insertion start; ``None``: input side / 32.
+        tolerance: pointing-game tolerance in pixels.
+        maps: settings of the sampling methods.
+        sanity: run the model-randomisation sanity check.
+        sanity_images: images (the first ones of the set) used by the sanity check.
+        sanity_steps: cascade depths evaluated (0 = every layer).
+        seed: seed of the re-initialisation.
+        examples: images whose maps are kept for the example figure.
+    """
+
+    methods: tuple[str, ...] = MAP_METHODS
+    curve_steps: int = 32
+    substrate: str = "zeros"
+    blur_sigma: float | None = None
+    tolerance: float = 0.0
+    maps: MapSettings = field(default_factory=MapSettings)
+    sanity: bool = True
+    sanity_images: int = 8
+    sanity_steps: int = 8
+    seed: int = 0
+    examples: int = 3
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in MAP_METHODS]
+        if unknown or not self.methods:
+            raise OptionError(f"unknown methods {unknown}; valid: {list(MAP_METHODS)}")
+        if len(set(self.methods)) != len(self.methods):
+            raise OptionError(f"methods listed twice: {list(self.methods)}")
+        for name in ("curve_steps", "sanity_images"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise OptionError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
+        if self.substrate not in metrics.SUBSTRATES:
+            raise OptionError(f"substrate {self.substrate!r}; valid: {sorted(metrics.SUBSTRATES)}")
+        if self.blur_sigma is not None and not self.blur_sigma > 0:
+            raise OptionError(f"blur_sigma must be > 0, got {self.blur_sigma}")
+        if self.tolerance < 0 or self.sanity_steps < 0 or self.examples < 0:
+            raise OptionError("tolerance, sanity_steps and examples must be >= 0")
+
+
+@dataclass(frozen=True)
+class MethodScores:
+    """One method's per-image scores and mean curves.
+
+    Attributes:
+        method: method name.
+        pointing: [N] pointing game hits (tied maxima score their share of hits).
+        energy: [N] share of positive map energy inside the mask.
+        deletion: [N] deletion AUC (lower is better).
+        insertion: [N] insertion AUC (higher is better).
+        iou: [N] GrabCut box IoU (0 where GrabCut found nothing or the map was constant).
+        seconds: time spent computing the maps, all images.
+        fractions: [S] curve abscissae (share of pixels moved).
+        deletion_curve: [S] mean deletion curve.
+        insertion_curve: [S] mean insertion curve.
+    """
+
+    method: str
+    pointing: Floats
+    energy: Floats
+    deletion: Floats
+    insertion: Floats
+    iou: Floats
+    seconds: float
+    fractions: Floats
+    deletion_curve: Floats
+    insertion_curve: Floats
+
+
+@dataclass(frozen=True)
+class Examples:
+    """A few images with their ground truth and every method's maps, for the example figure."""
+
+    images: Array
+    boxes: npt.NDArray[np.int64]
+    maps: Mapping[str, Array]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Everything ``evaluate`` measured; ``to_markdown()`` gives the table."""
+
+    model: str
+    weights: str | None
+    dataset: str
+    mask_kind: str
+    targets: npt.NDArray[np.int64]
+    correct: npt.NDArray[np.bool_]
+    labels: tuple[str, ...]
+    config: EvalConfig
+    step: int
+    blur_sigma: float
+    scores: tuple[MethodScores, ...]
+    sanity: tuple[SanityCurve, ...]
+    skipped: Mapping[str, str]
+    examples: Examples
+    seconds: float
+
+    @property
+    def n_images(self) -> int:
+        """Number of images evaluated."""
+        return len(self.targets)
+
+    @property
+    def accuracy(self) -> float:
+        """Share of images whose top-1 class is one of the ground-truth classes."""
+        return float(self.correct.mean())
+
+    def score(self, method: str) -> MethodScores:
+        """The scores of one method."""
+        for s in self.scores:
+            if s.method == method:
+                return s
+        raise OptionError(
+            f"method {method!r} was not evaluated; have {[s.method for s in self.scores]}"
+        )
+
+    def curve(self, method: str) -> SanityCurve:
+        """The sanity-check curve of one method."""
+        for c in self.sanity:
+            if c.method == method:
+                return c
+        raise OptionError(f"no sanity curve for {method!r}; have {[c.method for c in self.sanity]}")
+
+    def to_markdown(self) -> str:
+        """The results table (and settings) as markdown."""
+        from gradtap.runtime.evaluate_report import to_markdown
+
+        return to_markdown(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record: settings, means and per-image scores, curves, sanity."""
+        from gradtap.runtime.evaluate_report import to_dict
+
+        return to_dict(self)
+
+
+def pick_targets(
+    logits: Array, classes: Sequence[tuple[int, ...]]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Per image, the most probable ground-truth class, and whether the top-1 class is one."""
+    targets = np.array([max(c, key=lambda k: logits[i, k]) for i, c in enumerate(classes)])
+    correct = np.array([int(np.argmax(logits[i])) in c for i, c in enumerate(classes)])
+    return targets.astype(np.int64), correct.astype(bool)
+
+
+def _grabcut_iou(image: Array, m: Array, box: npt.NDArray[np.int64]) -> float:
+    try:
+        found = grabcut(image, m).box
+    except OptionError:  # a constant map seeds nothing
+        return 0.0
+    return 0.0 if found is None else metrics.box_iou(found, box)
+
+
+def _score(
+    method: str,
+    maps: Array,
+    seconds: float,
+    data: EvalSet,
+    targets: npt.NDArray[np.int64],
+    session: ExplainSession,
+    config: EvalConfig,
+    *,
+    step: int,
+    sigma: float,
+    progress: Progress | None,
+) -> MethodScores:
+    def prob_fn(batch: Array) -> Array:
+        return softmax(session.logits(batch))
+
+    x = data.batch
+    rows: list[tuple[float, float, float, float, float]] = []
+    del_curves, ins_curves = [], []
+    for i, m in enumerate(maps):
+        t = int(targets[i])
+        dele = metrics.deletion(
+            prob_fn, x[i], m, t, step=step, substrate=config.substrate, batch_size=64
+        )
+        ins = metrics.insertion(prob_fn, x[i], m, t, step=step, blur_sigma=sigma, batch_size=64)
+        point = metrics.pointing_game(m, data.masks[i], tolerance=config.tolerance)
+        energy = metrics.energy_pointing_game(m, data.masks[i])
+        rows.append(
+            (point, energy, dele.auc, ins.auc, _grabcut_iou(data.images[i], m, data.boxes[i]))
+        )
+        del_curves.append(dele.scores)
+        ins_curves.append(ins.scores)
+        if progress is not None:
+            progress(method, i + 1, len(maps))
+    cols = np.array(rows, dtype=np.float64).T
+    return MethodScores(
+        method, *cols, seconds, dele.fractions, np.mean(del_curves, 0), np.mean(ins_curves, 0)
+    )
+
+
+def evaluate(
+    session: ExplainSession,
+    data: EvalSet,
+    config: EvalConfig | None = None,
+    *,
+    progress: Progress | None = None,
+) -> EvalResult:
+    """Score every method of ``config`` on ``data`` with the model of ``session``.
+
+    Args:
+        session: the augmented model.
+        data: images at the model's input size with ground truth (see ``evaluate_data``).
+        config: what to measure; default :class:`EvalConfig`.
+        progress: called as ``progress(stage, done, total)``; stages are method names (per
+            image) and ``"sanity"`` (per cascade depth).
+
+    Returns:
+        The :class:`EvalResult`. Methods that do not apply to the model (CAM without a global
+        average pool -> linear head, tap methods without a tap) are listed in ``skipped``.
+    """
+    config = config or EvalConfig()
+    start = time.perf_counter()
+    x = session.check_input(data.batch)
+    h, w = x.shape[2:]
+    targets, correct = pick_targets(session.logits(x), data.classes)
+    skipped = {m: why for m in config.methods if (why := not_applicable(session, m))}
+    methods = [m for m in config.methods if m not in skipped]
+    step = math.ceil(h * w / config.curve_steps)
+    sigma = config.blur_sigma or min(h, w) / 32
+    scores, kept = [], {}
+    for m in methods:
+        t0 = time.perf_counter()
+        maps = compute_maps(session, m, x, targets, config.maps)
+        seconds = time.perf_counter() - t0
+        scores.append(
+            _score(
+                m,
+                maps,
+                seconds,
+                data,
+                targets,
+                session,
+                config,
+                step=step,
+                sigma=sigma,
+                progress=progress,
+            )
+        )
+        kept[m] = maps[: config.examples]
+        logger.info("%s: %.1f s for %d maps", m, seconds, len(maps))
+    curves: list[SanityCurve] = []
+    checked = [m for m in methods if m != RANDOM]
+    if config.sanity and checked:
+        k = min(config.sanity_images, len(x))
+        curves = sanity_check(
+            session,
+            x[:k],
+            targets[:k],
+            checked,
+            config.maps,
+            steps=config.sanity_steps,
+            seed=config.seed,
+            progress=progress,
+        )
+    n_ex = min(config.examples, len(x))
+    return EvalResult(
+        model=session.info.name,
+        weights=session.info.weights,
+        dataset=data.name,
+        mask_kind=data.mask_kind,
+        targets=targets,
+        correct=correct,
+        labels=session.info.labels,
+        config=config,
+        step=step,
+        blur_sigma=float(sigma),
+        scores=tuple(scores),
+        sanity=tuple(curves),
+        skipped=skipped,
+        examples=Examples(data.images[:n_ex], data.boxes[:n_ex], kept),
+        seconds=time.perf_counter() - start,
+    )
