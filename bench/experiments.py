@@ -26,11 +26,11 @@ import click
 import numpy as np
 import onnx
 import onnxruntime as ort
+
+from bench import config as cfg
 from gradtap.runtime import ExplainSession, fgsm, gradcam, onehot, saliency
 from gradtap.runtime import contract as c
 from gradtap.runtime.prune import prune
-
-from bench import config as cfg
 
 OPTIONS: dict[str, dict[str, str]] = {
     "default": {},

@@ -15,19 +15,38 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
-from gradtap.runtime import contract as c
 from onnx import shape_inference
+
+from gradtap.runtime import contract as c
 
 COUNTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 PEAK_SIZE = 2048
+_PEAK_SETUP = {
+    "numpy": "mm = lambda: a @ b",
+    "torch": (
+        "import torch; torch.set_num_threads(threads); ta, tb = torch.from_numpy(a), "
+        "torch.from_numpy(b); mm = lambda: ta @ tb"
+    ),
+    "onnxruntime": (
+        "import onnx, onnxruntime as ort; from onnx import helper as h, TensorProto as T\n"
+        "v = lambda name: h.make_tensor_value_info(name, T.FLOAT, [n, n])\n"
+        "g = h.make_graph([h.make_node('MatMul', ['A', 'B'], ['C'])], 'mm', [v('A'), v('B')], "
+        "[v('C')])\n"
+        "m = h.make_model(g, opset_imports=[h.make_opsetid('', 17)], ir_version=8)\n"
+        "o = ort.SessionOptions(); o.intra_op_num_threads = threads\n"
+        "s = ort.InferenceSession(m.SerializeToString(), o, providers=['CPUExecutionProvider'])\n"
+        "mm = lambda: s.run(None, {'A': a, 'B': b})"
+    ),
+}
 _PEAK_CODE = """
 import time, numpy as np
-n = {n}
+n, threads = {n}, {threads}
 a = np.random.default_rng(0).random((n, n), dtype=np.float32)
 b = np.random.default_rng(1).random((n, n), dtype=np.float32)
+{setup}
 best = float("inf")
 for _ in range(8):
-    t0 = time.perf_counter(); a @ b; best = min(best, time.perf_counter() - t0)
+    t0 = time.perf_counter(); mm(); best = min(best, time.perf_counter() - t0)
 print(2 * n ** 3 / best / 1e9)
 """
 
@@ -114,12 +133,15 @@ def count(path: str | Path, tap: str) -> GraphFlops:
     return GraphFlops(total(fwd), total(to_input), total(to_tap))
 
 
-def matmul_peak(threads: int) -> float:
-    """GFLOP/s of numpy float32 ``PEAK_SIZE``-square matmul, best of 8, in a fresh process."""
+def matmul_peak(threads: int, library: str = "numpy") -> float:
+    """GFLOP/s of a float32 ``PEAK_SIZE``-square matmul, best of 8, in a fresh process.
+
+    ``library`` is "numpy" (its BLAS), "torch" or "onnxruntime" (a one-node MatMul graph).
+    """
     env = dict(os.environ)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
-    code = _PEAK_CODE.format(n=PEAK_SIZE)
+    code = _PEAK_CODE.format(n=PEAK_SIZE, threads=threads, setup=_PEAK_SETUP[library])
     done = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )

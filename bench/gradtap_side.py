@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+from bench import config as cfg
 from gradtap.runtime import (
     AscentConfig,
     ExplainSession,
@@ -20,8 +22,6 @@ from gradtap.runtime import (
     saliency,
     smoothgrad,
 )
-
-from bench import config as cfg
 
 Array = npt.NDArray[np.float32]
 Case = Callable[[], object]

@@ -20,10 +20,9 @@ TORCHVISION = ("vgg16", "resnet18", "resnet50")
 
 def prepare(name: str, weights: str, folder: Path, *, coldstart: bool) -> dict[str, Any]:
     """Graph path, default tap, FLOPs and, for the cold start, a state dict and a photo."""
+    from bench.flops import count
     from gradtap.export.to_onnx import model_path, read_metadata
     from gradtap.runtime import contract as c
-
-    from bench.flops import count
 
     graph = model_path(name, weights, augmented=True)
     tap = read_metadata(graph)[c.META_DEFAULT_TAP]
@@ -32,6 +31,7 @@ def prepare(name: str, weights: str, folder: Path, *, coldstart: bool) -> dict[s
     if coldstart and name in TORCHVISION:
         found["photo"] = str(write_photo(folder / "cat.jpg"))
         import torch
+
         from gradtap.export.models import build
 
         model, _ = build(name, weights)

@@ -115,7 +115,7 @@ def flops_table(
         "backward GFLOP/image",
         "batch",
         "gradtap GFLOP/s",
-        "% of matmul peak",
+        "% of best matmul",
         "torch autograd GFLOP/s",
     ]
     lines = [_row(head), _row(["---"] + ["---:"] * (len(head) - 1))]

@@ -14,11 +14,11 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 import torch
-from gradtap.export.models import build, pixel_space, tap_module
 from torch import nn
 
 from bench import config as cfg
 from bench import torch_autograd
+from gradtap.export.models import build, pixel_space, tap_module
 
 Array = npt.NDArray[np.float32]
 Case = Callable[[], object]
