@@ -218,7 +218,13 @@ def _curve(
         scores.append(_probs(prob_fn, batch.reshape(-1, c, h, w).astype(np.float32), target))
     fractions = counts / (h * w)
     values = np.concatenate(scores)
-    return Curve(fractions, values, float(np.trapezoid(values, fractions)))
+    return Curve(fractions, values, trapezoid_auc(fractions, values))
+
+
+def trapezoid_auc(x: npt.ArrayLike, y: npt.ArrayLike) -> float:
+    """Area under the piecewise-linear curve through the points ``(x[i], y[i])``."""
+    xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    return float((np.diff(xs) * (ys[1:] + ys[:-1]) / 2.0).sum())
 
 
 def deletion(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gradtap.runtime import metrics
 from scipy import ndimage, stats
 from skimage.metrics import structural_similarity
+
+from gradtap.runtime import metrics
 
 # ---------------------------------------------------------------- pointing games
 
@@ -290,3 +291,11 @@ def test_mask_iou_rejects_empty_and_mismatched() -> None:
         metrics.mask_iou(np.zeros((3, 3), bool), np.zeros((3, 3), bool))
     with pytest.raises(ValueError, match="shape"):
         metrics.mask_iou(np.zeros((3, 3), bool), np.zeros((3, 4), bool))
+
+
+def test_trapezoid_auc_matches_scipy_on_uneven_steps() -> None:
+    from scipy.integrate import trapezoid
+
+    x = np.array([0.0, 0.1, 0.45, 0.5, 1.0])
+    y = np.array([1.0, 0.2, 0.7, 0.1, 0.0])
+    assert metrics.trapezoid_auc(x, y) == pytest.approx(trapezoid(y, x), abs=1e-15)
