@@ -162,6 +162,7 @@ def make_composite(index: int, *, size: tuple[int, int] = (224, 224), seed: int 
     oh, ow = patch.shape[:2]
     y0, x0 = int(rng.integers(0, h - oh + 1)), int(rng.integers(0, w - ow + 1))
     image[y0 : y0 + oh, x0 : x0 + ow] = patch
+    np.clip(image, 0.0, 1.0, out=image)  # area resampling can overshoot by a rounding error
     mask = np.zeros((h, w), bool)
     mask[y0 : y0 + oh, x0 : x0 + ow] = True
     box = (x0, y0, x0 + ow, y0 + oh)

@@ -69,9 +69,13 @@ def _vertical_text(img: Rgb8, text: str, centre: tuple[int, int]) -> None:
 
 
 def _ticks(lo: float, hi: float) -> list[float]:
-    """Round tick values from ``lo`` to ``hi``, about five of them."""
+    """Round tick values from ``lo`` to ``hi``: steps of 1, 2, 2.5 or 5 times a power of ten,
+    at most seven ticks."""
     span = hi - lo
-    step = next((s for s in (0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 5.0) if span / s <= 6), span / 4)
+    if not span > 0:
+        return [lo]
+    unit = 10.0 ** math.floor(math.log10(span / 5))
+    step = next(unit * m for m in (1, 2, 2.5, 5, 10) if span / (unit * m) <= 6)
     first = math.ceil(lo / step - 1e-9) * step
     return [first + k * step for k in range(int((hi - first) / step + 1e-9) + 1)]
 
@@ -120,7 +124,9 @@ def line_chart(
     palette = palette or colours(list(series))
     for k, (name, (x, y)) in enumerate(series.items()):
         colour = palette.get(name, PALETTE[k % len(PALETTE)])
-        points = [(px(a, b), math.isnan(b)) for a, b in zip(x, y, strict=True)]
+        points = [
+            (px(a, 0.0 if math.isnan(b) else b), math.isnan(b)) for a, b in zip(x, y, strict=True)
+        ]
         for (p, gap), (q, gap2) in zip(points, points[1:], strict=False):
             if not (gap or gap2):
                 cv2.line(img, p, q, colour, 2, cv2.LINE_AA)
