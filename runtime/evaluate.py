@@ -23,9 +23,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +39,7 @@ from gradtap.runtime.evaluate_maps import (
     compute_maps,
     not_applicable,
 )
+from gradtap.runtime.evaluate_result import EvalResult, Examples, MethodScores
 from gradtap.runtime.evaluate_sanity import Progress, SanityCurve, sanity_check
 from gradtap.runtime.localize import grabcut
 from gradtap.runtime.session import ExplainSession
@@ -99,103 +99,6 @@ class EvalConfig:
             raise OptionError("tolerance, sanity_steps and examples must be >= 0")
 
 
-@dataclass(frozen=True)
-class MethodScores:
-    """One method's per-image scores and mean curves.
-
-    Attributes:
-        method: method name.
-        pointing: [N] pointing game hits (tied maxima score their share of hits).
-        energy: [N] share of positive map energy inside the mask.
-        deletion: [N] deletion AUC (lower is better).
-        insertion: [N] insertion AUC (higher is better).
-        iou: [N] GrabCut box IoU (0 where GrabCut found nothing or the map was constant).
-        seconds: time spent computing the maps, all images.
-        fractions: [S] curve abscissae (share of pixels moved).
-        deletion_curve: [S] mean deletion curve.
-        insertion_curve: [S] mean insertion curve.
-    """
-
-    method: str
-    pointing: Floats
-    energy: Floats
-    deletion: Floats
-    insertion: Floats
-    iou: Floats
-    seconds: float
-    fractions: Floats
-    deletion_curve: Floats
-    insertion_curve: Floats
-
-
-@dataclass(frozen=True)
-class Examples:
-    """A few images with their ground truth and every method's maps, for the example figure."""
-
-    images: Array
-    boxes: npt.NDArray[np.int64]
-    maps: Mapping[str, Array]
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """Everything ``evaluate`` measured; ``to_markdown()`` gives the table."""
-
-    model: str
-    weights: str | None
-    dataset: str
-    mask_kind: str
-    targets: npt.NDArray[np.int64]
-    correct: npt.NDArray[np.bool_]
-    labels: tuple[str, ...]
-    config: EvalConfig
-    step: int
-    blur_sigma: float
-    scores: tuple[MethodScores, ...]
-    sanity: tuple[SanityCurve, ...]
-    skipped: Mapping[str, str]
-    examples: Examples
-    seconds: float
-
-    @property
-    def n_images(self) -> int:
-        """Number of images evaluated."""
-        return len(self.targets)
-
-    @property
-    def accuracy(self) -> float:
-        """Share of images whose top-1 class is one of the ground-truth classes."""
-        return float(self.correct.mean())
-
-    def score(self, method: str) -> MethodScores:
-        """The scores of one method."""
-        for s in self.scores:
-            if s.method == method:
-                return s
-        raise OptionError(
-            f"method {method!r} was not evaluated; have {[s.method for s in self.scores]}"
-        )
-
-    def curve(self, method: str) -> SanityCurve:
-        """The sanity-check curve of one method."""
-        for c in self.sanity:
-            if c.method == method:
-                return c
-        raise OptionError(f"no sanity curve for {method!r}; have {[c.method for c in self.sanity]}")
-
-    def to_markdown(self) -> str:
-        """The results table (and settings) as markdown."""
-        from gradtap.runtime.evaluate_report import to_markdown
-
-        return to_markdown(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready record: settings, means and per-image scores, curves, sanity."""
-        from gradtap.runtime.evaluate_report import to_dict
-
-        return to_dict(self)
-
-
 def pick_targets(
     logits: Array, classes: Sequence[tuple[int, ...]]
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
@@ -213,43 +116,50 @@ def _grabcut_iou(image: Array, m: Array, box: npt.NDArray[np.int64]) -> float:
     return 0.0 if found is None else metrics.box_iou(found, box)
 
 
-def _score(
-    method: str,
-    maps: Array,
-    seconds: float,
-    data: EvalSet,
-    targets: npt.NDArray[np.int64],
-    session: ExplainSession,
-    config: EvalConfig,
-    *,
-    step: int,
-    sigma: float,
-    progress: Progress | None,
-) -> MethodScores:
-    def prob_fn(batch: Array) -> Array:
-        return softmax(session.logits(batch))
+@dataclass(frozen=True)
+class _Job:
+    """What scoring one method's maps needs."""
 
-    x = data.batch
-    rows: list[tuple[float, float, float, float, float]] = []
-    del_curves, ins_curves = [], []
+    session: ExplainSession
+    data: EvalSet
+    x: Array
+    targets: npt.NDArray[np.int64]
+    config: EvalConfig
+    step: int
+    sigma: float
+    progress: Progress | None
+
+    def probs(self, batch: Array) -> Array:
+        return softmax(self.session.logits(batch))
+
+
+def _image(job: _Job, i: int, m: Array) -> tuple[tuple[float, ...], metrics.Curve, metrics.Curve]:
+    """The five scores of map ``m`` of image ``i``, and its deletion and insertion curves."""
+    t, mask, c = int(job.targets[i]), job.data.masks[i], job.config
+    dele = metrics.deletion(
+        job.probs, job.x[i], m, t, step=job.step, substrate=c.substrate, batch_size=64
+    )
+    ins = metrics.insertion(
+        job.probs, job.x[i], m, t, step=job.step, blur_sigma=job.sigma, batch_size=64
+    )
+    point = metrics.pointing_game(m, mask, tolerance=c.tolerance)
+    energy = metrics.energy_pointing_game(m, mask)
+    iou = _grabcut_iou(job.data.images[i], m, job.data.boxes[i])
+    return (point, energy, dele.auc, ins.auc, iou), dele, ins
+
+
+def _score(job: _Job, method: str, maps: Array, seconds: float) -> MethodScores:
+    rows, deletions, insertions = [], [], []
     for i, m in enumerate(maps):
-        t = int(targets[i])
-        dele = metrics.deletion(
-            prob_fn, x[i], m, t, step=step, substrate=config.substrate, batch_size=64
-        )
-        ins = metrics.insertion(prob_fn, x[i], m, t, step=step, blur_sigma=sigma, batch_size=64)
-        point = metrics.pointing_game(m, data.masks[i], tolerance=config.tolerance)
-        energy = metrics.energy_pointing_game(m, data.masks[i])
-        rows.append(
-            (point, energy, dele.auc, ins.auc, _grabcut_iou(data.images[i], m, data.boxes[i]))
-        )
-        del_curves.append(dele.scores)
-        ins_curves.append(ins.scores)
-        if progress is not None:
-            progress(method, i + 1, len(maps))
+        row, dele, ins = _image(job, i, m)
+        rows.append(row)
+        deletions.append(dele.scores)
+        insertions.append(ins.scores)
+        if job.progress is not None:
+            job.progress(method, i + 1, len(maps))
     cols = np.array(rows, dtype=np.float64).T
     return MethodScores(
-        method, *cols, seconds, dele.fractions, np.mean(del_curves, 0), np.mean(ins_curves, 0)
+        method, *cols, seconds, dele.fractions, np.mean(deletions, 0), np.mean(insertions, 0)
     )
 
 
@@ -282,27 +192,15 @@ def evaluate(
     methods = [m for m in config.methods if m not in skipped]
     step = math.ceil(h * w / config.curve_steps)
     sigma = config.blur_sigma or min(h, w) / 32
+    job = _Job(session, data, x, targets, config, step, sigma, progress)
     scores, kept = [], {}
     for m in methods:
         t0 = time.perf_counter()
         maps = compute_maps(session, m, x, targets, config.maps)
         seconds = time.perf_counter() - t0
-        scores.append(
-            _score(
-                m,
-                maps,
-                seconds,
-                data,
-                targets,
-                session,
-                config,
-                step=step,
-                sigma=sigma,
-                progress=progress,
-            )
-        )
-        kept[m] = maps[: config.examples]
         logger.info("%s: %.1f s for %d maps", m, seconds, len(maps))
+        scores.append(_score(job, m, maps, seconds))
+        kept[m] = maps[: config.examples]
     curves: list[SanityCurve] = []
     checked = [m for m in methods if m != RANDOM]
     if config.sanity and checked:

@@ -17,7 +17,7 @@ from gradtap.runtime.overlay import overlay_heatmap, panel
 from gradtap.runtime.postprocess import normalize
 
 if TYPE_CHECKING:
-    from gradtap.runtime.evaluate import EvalResult
+    from gradtap.runtime.evaluate_result import EvalResult
 
 Rgb8 = npt.NDArray[np.uint8]
 Series = Mapping[str, tuple[Sequence[float], Sequence[float]]]

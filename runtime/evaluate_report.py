@@ -14,7 +14,7 @@ from gradtap.runtime.evaluate_maps import RANDOM
 from gradtap.runtime.overlay import write_image
 
 if TYPE_CHECKING:
-    from gradtap.runtime.evaluate import EvalResult, MethodScores
+    from gradtap.runtime.evaluate_result import EvalResult, MethodScores
     from gradtap.runtime.evaluate_sanity import SanityCurve
 
 Floats = npt.NDArray[np.float64]
