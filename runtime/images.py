@@ -1,12 +1,17 @@
 """Reading images: the only BGR -> RGB conversion, EXIF orientation, and a pixel limit.
 
-Every image leaves this module as float32 RGB, H x W x 3, in [0, 1].
+Every image leaves this module as float32 RGB, H x W x 3, in [0, 1]. Files are checked before
+any decoder sees them: regular files only (no folders, pipes or devices; symlink loops named as
+such), and the size in the header against the pixel limit, so a decompression bomb is refused
+without being decoded.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +19,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from gradtap.runtime.decode import decode
 from gradtap.runtime.errors import ImageError
 from gradtap.runtime.exif import exif_orientation, header_size
 
@@ -23,6 +29,10 @@ Image = npt.NDArray[np.float32]
 
 DEFAULT_MAX_PIXELS = 100_000_000
 ALPHA_MODES = ("white", "black", "drop")
+# No image within the pixel limit needs more bytes than 16-bit RGBA pixels plus metadata.
+BYTES_PER_PIXEL = 8
+FORMATS = "PNG, JPEG, GIF, BMP, WebP, TIFF, PNM or JPEG 2000"
+METADATA_BYTES = 64 << 20
 
 
 def load_image(
@@ -35,29 +45,32 @@ def load_image(
 
     Grayscale is repeated over three channels, 16-bit images keep their precision, the EXIF
     orientation of JPEG and PNG files is applied, and an alpha channel is handled per ``alpha``.
-    Images larger than ``max_pixels`` are refused from their header, before decoding.
+    Images larger than ``max_pixels`` are refused from their header, before decoding; files whose
+    header gives no size are not decoded at all.
 
     Args:
-        path: the image file (any format OpenCV decodes).
+        path: the image file: PNG, JPEG, GIF, BMP, WebP, TIFF, PNM/PAM or JPEG 2000.
         alpha: ``"white"`` composites transparent pixels on white, ``"black"`` on black,
             ``"drop"`` ignores the alpha channel.
         max_pixels: the largest width * height accepted.
 
     Raises:
-        ImageError: missing, empty, truncated, undecodable or too large files.
+        ImageError: missing, empty, truncated, damaged, undecodable or too large files.
     """
     _check_alpha(alpha)
-    data = _read_bytes(Path(path))
+    if max_pixels < 1:
+        raise ImageError(f"max_pixels must be >= 1, got {max_pixels}")
+    data = _read_bytes(Path(path), max_bytes=max_pixels * BYTES_PER_PIXEL + METADATA_BYTES)
     name = str(path)
     size = header_size(data)
-    if size is not None and size[0] * size[1] > max_pixels:
+    if size is None:
+        raise ImageError(f"cannot decode {name!r} as an image (not {FORMATS}, or corrupt)")
+    if size[0] * size[1] > max_pixels:
         raise ImageError(
             f"image {name!r} is {size[0]}x{size[1]} pixels, over the limit of {max_pixels}"
         )
     _check_complete(data, name)
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if decoded is None or decoded.size == 0:
-        raise ImageError(f"cannot decode {name!r} as an image (not an image, or corrupt)")
+    decoded = decode(data, name)
     if decoded.shape[0] * decoded.shape[1] > max_pixels:
         raise ImageError(f"image {name!r} has {decoded.shape[:2]} pixels, over {max_pixels}")
     oriented = _orient(decoded, exif_orientation(data))
@@ -85,18 +98,39 @@ def _check_alpha(alpha: str) -> None:
         raise ImageError(f"alpha mode {alpha!r} unknown; valid: {list(ALPHA_MODES)}")
 
 
-def _read_bytes(path: Path) -> bytes:
-    if not path.exists():
-        raise ImageError(f"image file {str(path)!r} does not exist")
-    if not path.is_file():
-        raise ImageError(f"image path {str(path)!r} is not a file")
+def _read_bytes(path: Path, *, max_bytes: int) -> bytes:
+    name = str(path)
+    try:
+        st = path.stat()
+    except OSError as err:
+        raise ImageError(_missing(path, err)) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError(f"image path {name!r} is not a file but a folder")
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError(f"image path {name!r} is not a file (a pipe, socket or device)")
+    if st.st_size > max_bytes:
+        raise ImageError(
+            f"image file {name!r} has {st.st_size} bytes, more than any image within the "
+            f"pixel limit needs ({max_bytes})"
+        )
     try:
         data = path.read_bytes()
     except OSError as err:
-        raise ImageError(f"cannot read image {str(path)!r}: {err.strerror}") from None
+        raise ImageError(f"cannot read image {name!r}: {err.strerror}") from None
     if not data:
-        raise ImageError(f"image file {str(path)!r} is empty (0 bytes)")
+        raise ImageError(f"image file {name!r} is empty (0 bytes)")
     return data
+
+
+def _missing(path: Path, err: OSError) -> str:
+    name = str(path)
+    if err.errno == errno.ELOOP:
+        return f"image path {name!r} is a symlink loop"
+    if err.errno == errno.ENOENT and path.is_symlink():
+        return f"image path {name!r} is a broken symlink (to {os.readlink(path)!r})"
+    if err.errno == errno.ENOENT:
+        return f"image file {name!r} does not exist"
+    return f"cannot read image {name!r}: {err.strerror}"
 
 
 def _check_complete(data: bytes, name: str) -> None:
