@@ -14,6 +14,7 @@ import numpy.typing as npt
 from gradtap.runtime.errors import ImageError
 from gradtap.runtime.images import DEFAULT_MAX_PIXELS, as_image, load_image
 from gradtap.runtime.info import ModelInfo
+from gradtap.runtime.resample import MAX_RESIZED_PIXELS, resized_crop, uncrop
 
 Array = npt.NDArray[np.float32]
 ImageLike = str | os.PathLike[str] | np.ndarray
@@ -73,9 +74,11 @@ def to_input(
     else:
         img = as_image(image, alpha=alpha)
     geo = geometry_for(img.shape[:2], info)
-    resized = resize(img, geo.resized_size)
     top, left, ch, cw = geo.crop
-    crop = resized[top : top + ch, left : left + cw]
+    if _huge(geo):
+        crop = resized_crop(img, geo.resized_size, geo.crop)
+    else:
+        crop = resize(img, geo.resized_size)[top : top + ch, left : left + cw]
     return np.ascontiguousarray(crop.transpose(2, 0, 1)[None], dtype=np.float32), geo
 
 
@@ -115,9 +118,19 @@ def to_original(
         raise ImageError(f"to_original expects an H x W map or H x W x C image, got {arr.shape}")
     top, left, ch, cw = geometry.crop
     inside = resize(arr, (ch, cw), nearest=nearest)
+    if _huge(geometry):
+        size = geometry.original_size
+        return uncrop(
+            inside, geometry.resized_size, geometry.crop, size, fill=fill, nearest=nearest
+        )
     canvas = np.full(geometry.resized_size + arr.shape[2:], fill, dtype=np.float32)
     canvas[top : top + ch, left : left + cw] = inside
     return resize(canvas, geometry.original_size, nearest=nearest)
+
+
+def _huge(geometry: Geometry) -> bool:
+    """Whether the resized image is too large to build (extreme aspect ratios); see resample."""
+    return geometry.resized_size[0] * geometry.resized_size[1] > MAX_RESIZED_PIXELS
 
 
 def resize(arr: Array, size: tuple[int, int], *, nearest: bool = False) -> Array:
