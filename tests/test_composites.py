@@ -109,3 +109,21 @@ def test_missing_scikit_image_is_one_clear_error(monkeypatch: pytest.MonkeyPatch
         assert "\n" not in str(err.value)
     finally:
         photo.cache_clear()
+
+
+@pytest.mark.slow
+def test_efficientnet_sees_the_pasted_objects_and_gradcam_finds_them() -> None:
+    pytest.importorskip("torch")  # builds the ImageNet model into the cache on first use
+    from gradtap.export.to_onnx import model_path
+    from gradtap.runtime.evaluate import EvalConfig, evaluate
+    from gradtap.runtime.session import ExplainSession
+
+    session = ExplainSession(model_path("efficientnet_lite0", "IMAGENET1K", augmented=True))
+    data = composite_set(session.info, 12)
+    config = EvalConfig(methods=("gradcam", "random"), curve_steps=8, sanity=False)
+    result = evaluate(session, data, config)
+    assert result.accuracy >= 0.6
+    gradcam, rnd = result.score("gradcam"), result.score("random")
+    assert gradcam.pointing.mean() >= 0.75 > rnd.pointing.mean()
+    assert gradcam.energy.mean() > rnd.energy.mean() + 0.15
+    assert gradcam.deletion.mean() < rnd.deletion.mean()
