@@ -21,6 +21,7 @@ from gradtap.export.emitter import GraphInfo
 from gradtap.export.taps import alias_for, candidate_taps, default_tap
 from gradtap.export.vjp import add_vjp
 from gradtap.runtime import contract as c
+from gradtap.runtime.modelfile import check_external_data, external_locations
 
 log = logging.getLogger(__name__)
 
@@ -95,21 +96,21 @@ def augment_file(src: str | Path, dst: str | Path, **options: object) -> onnx.Mo
 
 
 def load_model(path: str | Path) -> onnx.ModelProto:
-    """Load an ONNX file, refusing external-data paths that leave the file's folder."""
+    """Load an ONNX file, refusing external-data paths that leave the file's folder.
+
+    Every tensor is checked (initializers, node attributes, subgraphs, functions) before any
+    external data is read; an empty or graph-less file is not an ONNX model.
+    """
     path = Path(path)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # protobuf raises several unrelated types for garbage input
         raise ValueError(f"{path}: not an ONNX model ({type(err).__name__})") from None
+    if not model.graph.node:
+        raise ValueError(f"{path}: not an ONNX model (no graph nodes)")
+    check_external_data(path)
     base = path.resolve().parent
-    for tensor in _external_tensors(model):
-        location = next(e.value for e in tensor.external_data if e.key == "location")
-        target = (base / location).resolve()
-        if not target.is_relative_to(base):
-            raise ValueError(
-                f"{path}: external data {location!r} points outside the model's folder"
-            )
-    if any(True for _ in _external_tensors(model)):
+    if external_locations(path):
         onnx.load_external_data_for_model(model, str(base))
     return model
 
@@ -123,12 +124,6 @@ def save_model(model: onnx.ModelProto, dst: str | Path) -> None:
         tmp.replace(dst)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _external_tensors(model: onnx.ModelProto):  # noqa: ANN202
-    for tensor in model.graph.initializer:
-        if tensor.data_location == TensorProto.EXTERNAL:
-            yield tensor
 
 
 def resolve_taps(

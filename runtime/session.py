@@ -18,6 +18,7 @@ import onnxruntime as ort
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import ModelError, NonFiniteError, OptionError
 from gradtap.runtime.info import ModelInfo, parse_info
+from gradtap.runtime.modelfile import check_external_data
 from gradtap.runtime.prune import prune
 
 logger = logging.getLogger(__name__)
@@ -255,10 +256,17 @@ def _open(
 ) -> ort.InferenceSession:
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
-    elif not isinstance(model, bytes):
+    if isinstance(model, bytes):
+        check_external_data(model)
+    else:
         path = Path(model)
+        if path.is_dir():
+            raise ModelError(f"model path {str(path)!r} is a folder, not an ONNX file")
         if not path.is_file():
             raise ModelError(f"model file {str(path)!r} does not exist")
+        if path.stat().st_size == 0:
+            raise ModelError(f"model file {str(path)!r} is empty (0 bytes)")
+        check_external_data(path)  # before onnxruntime reads any of it
         model = str(path)
     try:
         return ort.InferenceSession(model, sess_options=opts, providers=providers)

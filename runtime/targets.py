@@ -23,6 +23,7 @@ Target = int | str | None
 TargetSpec = Target | Sequence[int | str]
 
 _TOP_K = re.compile(r"^top-?(\d+)$", re.IGNORECASE)
+_INDEX = re.compile(r"^[+-]?\d+$")
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def class_index(name_or_index: int | str, labels: Sequence[str]) -> int:
         raise TargetError(f"target {name_or_index!r} must be an int index or a class name")
     name = name_or_index.strip()
     exact = [i for i, label in enumerate(labels) if label == name]
-    if not exact and name.isdigit():
+    if not exact and _INDEX.match(name):
         return class_index(int(name), labels)
     if not exact:
         exact = [i for i, label in enumerate(labels) if label.lower() == name.lower()]

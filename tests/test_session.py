@@ -203,7 +203,7 @@ def test_external_data_outside_the_model_folder_is_refused(
     w.ClearField("raw_data")
     w.data_location = onnx.TensorProto.EXTERNAL
     onnx.save(other, tmp_path / "models" / "m.onnx")
-    with pytest.raises(
-        ModelError, match="cannot load .*m.onnx' as an ONNX model: .*escapes model directory"
+    with pytest.raises(  # refused by gradtap itself, whatever the onnxruntime version
+        ModelError, match="external data '../secret.bin' of tensor 'w2' points outside the model"
     ):
         ExplainSession(tmp_path / "models" / "m.onnx")

@@ -1,0 +1,172 @@
+"""Checking an ONNX file before anything loads it: external-data references stay in its folder.
+
+An ONNX tensor can keep its bytes in another file (``external_data`` with a ``location``). A model
+from elsewhere could point that at ``../../home/me/.ssh/id_rsa`` or an absolute path, and older
+onnxruntime versions would read it. :func:`check_external_data` finds every such reference by
+walking the protobuf wire format (initializers, sparse initializers, tensor attributes of nodes,
+subgraphs and functions) without copying the tensor payloads, so it costs milliseconds even for
+a 500 MB model, and refuses locations that resolve (symlinks included) outside the model's folder.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from gradtap.runtime.errors import ModelError
+
+# Field numbers of onnx.proto3 messages, and which fields hold which submessages.
+_MODEL, _GRAPH, _NODE, _ATTRIBUTE, _FUNCTION, _SPARSE, _TENSOR = range(7)
+_CHILDREN: dict[int, dict[int, int]] = {
+    _MODEL: {7: _GRAPH, 25: _FUNCTION},
+    _GRAPH: {1: _NODE, 5: _TENSOR, 15: _SPARSE},
+    _NODE: {5: _ATTRIBUTE},
+    _ATTRIBUTE: {5: _TENSOR, 6: _GRAPH, 10: _TENSOR, 11: _GRAPH, 22: _SPARSE, 23: _SPARSE},
+    _FUNCTION: {7: _NODE},
+    _SPARSE: {1: _TENSOR, 2: _TENSOR},
+}
+_TENSOR_NAME, _TENSOR_EXTERNAL = 8, 13
+_MAX_DEPTH = 64
+
+
+class _Malformed(Exception):
+    """The bytes are not a well-formed protobuf message."""
+
+
+def check_external_data(model: str | os.PathLike[str] | bytes, *, base: Path | None = None) -> None:
+    """Refuse external-data locations outside the model's folder.
+
+    Args:
+        model: an ONNX file, or serialized model bytes.
+        base: the folder locations are relative to (default: the file's folder, or the current
+            folder for bytes, as onnxruntime resolves them).
+
+    Raises:
+        ModelError: a location is absolute or resolves outside ``base``, or the file is not a
+            well-formed protobuf message.
+    """
+    name = "<in-memory model>" if isinstance(model, bytes) else str(model)
+    if base is None:
+        base = Path.cwd() if isinstance(model, bytes) else Path(model).resolve().parent
+    root = base.resolve()
+    for tensor, location in external_locations(model):
+        target = (root / location).resolve()
+        if Path(location).is_absolute() or not target.is_relative_to(root):
+            raise ModelError(
+                f"{name}: external data {location!r} of tensor {tensor!r} points outside the "
+                "model's folder; refused"
+            )
+
+
+def external_locations(model: str | os.PathLike[str] | bytes) -> list[tuple[str, str]]:
+    """(tensor name, location) of every tensor whose data lives in another file.
+
+    Raises:
+        ModelError: the file cannot be read or is not a well-formed protobuf message.
+    """
+    if isinstance(model, bytes):
+        return _scan(memoryview(model), "<in-memory model>")
+    path = Path(model)
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                return []
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                view = memoryview(mm)
+                try:
+                    return _scan(view, str(path))
+                finally:
+                    view.release()
+    except OSError as err:
+        raise ModelError(f"cannot read model {str(path)!r}: {err.strerror}") from None
+
+
+def _scan(buf: memoryview, name: str) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    try:
+        _walk(buf, 0, len(buf), _MODEL, found, 0)
+    except _Malformed as err:
+        raise ModelError(
+            f"cannot load {name!r} as an ONNX model: not a protobuf file ({err})"
+        ) from None
+    return found
+
+
+def _walk(buf: memoryview, start: int, end: int, kind: int, found: list, depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        raise _Malformed("nested too deeply")
+    if kind == _TENSOR:
+        _tensor(buf, start, end, found)
+        return
+    children = _CHILDREN[kind]
+    for number, lo, hi in _fields(buf, start, end):
+        if number in children and hi >= 0:
+            _walk(buf, lo, hi, children[number], found, depth + 1)
+
+
+def _tensor(buf: memoryview, start: int, end: int, found: list) -> None:
+    name, location = "", ""
+    for number, lo, hi in _fields(buf, start, end):
+        if number == _TENSOR_NAME and hi >= 0:
+            name = bytes(buf[lo:hi]).decode("utf-8", "replace")
+        elif number == _TENSOR_EXTERNAL and hi >= 0:
+            entry = {k: bytes(buf[a:b]) for k, a, b in _fields(buf, lo, hi) if b >= 0}
+            if entry.get(1) == b"location":
+                location = entry.get(2, b"").decode("utf-8", "replace")
+    if location:
+        found.append((name, location))
+
+
+def _fields(buf: memoryview, pos: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(field number, start, end) of each field; end is -1 for fields that are not bytes."""
+    while pos < end:
+        number, wire, lo, hi, pos = _field(buf, pos, end)
+        if wire == 4:
+            raise _Malformed("an end of group outside a group")
+        yield number, lo, hi if wire == 2 else -1
+
+
+def _field(buf: memoryview, pos: int, end: int) -> tuple[int, int, int, int, int]:
+    """One field at ``pos``: (number, wire type, value start, value end, next position)."""
+    key, pos = _varint(buf, pos, end)
+    number, wire = key >> 3, key & 7
+    start = pos
+    if wire == 0:
+        _, pos = _varint(buf, pos, end)
+    elif wire == 2:
+        size, start = _varint(buf, pos, end)
+        pos = start + size
+    elif wire in (1, 5):
+        pos += 8 if wire == 1 else 4
+    elif wire == 3:  # a (deprecated) group: protobuf parsers skip it as an unknown field
+        pos = _skip_group(buf, pos, end, number)
+    elif wire != 4:
+        raise _Malformed(f"unexpected wire type {wire}")
+    if pos > end:
+        raise _Malformed("a field runs past the end of the data")
+    return number, wire, start, pos, pos
+
+
+def _skip_group(buf: memoryview, pos: int, end: int, number: int) -> int:
+    """The position after the end-group tag that closes group ``number``."""
+    while pos < end:
+        inner, wire, _, _, pos = _field(buf, pos, end)
+        if wire == 4:
+            if inner != number:
+                raise _Malformed("mismatched end of group")
+            return pos
+    raise _Malformed("an unterminated group")
+
+
+def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while pos < end and shift < 70:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise _Malformed("a truncated number")
