@@ -8,7 +8,6 @@ baseline: uniform noise seeded by the image's index, so it never depends on the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +18,7 @@ from gradtap.runtime.head import class_weights
 from gradtap.runtime.metrics import random_map
 from gradtap.runtime.postprocess import reduce_channels
 from gradtap.runtime.preprocess import resize
-from gradtap.runtime.registry import METHODS
+from gradtap.runtime.registry import METHODS, Method
 from gradtap.runtime.session import ExplainSession
 
 Array = npt.NDArray[np.float32]
@@ -38,6 +37,7 @@ MAP_METHODS: tuple[str, ...] = (
     RANDOM,
 )
 NEEDS_TAP = frozenset({"cam", "gradcam", "gradcam++", "guided_gradcam"})
+NEEDS_RULE = {"guided_backprop": "guided", "guided_gradcam": "guided", "deconvnet": "deconvnet"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,9 @@ def not_applicable(session: ExplainSession, method: str) -> str | None:
     """Why ``method`` cannot run on this model, or ``None`` when it can."""
     if method not in MAP_METHODS:
         raise OptionError(f"unknown method {method!r}; valid: {list(MAP_METHODS)}")
+    rule = NEEDS_RULE.get(method)
+    if rule is not None and rule not in session.info.relu_rules:
+        return f"model {session.info.name!r} has no {rule!r} rectifier rule (no relu_rule input)"
     try:
         if method in NEEDS_TAP:
             tap = session.info.tap(None)
@@ -116,11 +119,11 @@ def compute_maps(
         for i, k in enumerate(ids):
             out[i] = random_map(size, seed=settings.seed * 1_000_003 + int(k))
         return out
-    func: Callable[..., object] = METHODS[method]
+    func: Method = METHODS[method]
     options = _options(method, size, settings)
     for cls in np.unique(targets):
         rows = np.flatnonzero(targets == cls)
         expl = func(session, x[rows], int(cls), **options)
-        for r, raw in zip(rows, expl.maps, strict=True):  # type: ignore[attr-defined]
+        for r, raw in zip(rows, expl.maps, strict=True):
             out[r] = _to_map(raw, size)
     return out

@@ -202,3 +202,18 @@ def test_all_methods_are_known() -> None:
             np.zeros((1, 4), np.int64),
             "m",
         )
+
+
+def test_methods_needing_a_missing_rectifier_rule_are_not_applicable() -> None:
+    from types import SimpleNamespace
+
+    from gradtap.runtime.evaluate_maps import not_applicable
+
+    info = SimpleNamespace(name="plain-only", relu_rules=("plain",), tap=lambda alias: "t")
+    fake = SimpleNamespace(info=info)
+    assert "no 'guided' rectifier rule" in not_applicable(fake, "guided_backprop")
+    assert "no 'guided' rectifier rule" in not_applicable(fake, "guided_gradcam")
+    assert "no 'deconvnet' rectifier rule" in not_applicable(fake, "deconvnet")
+    assert not_applicable(fake, "saliency") is None
+    with pytest.raises(OptionError, match="unknown method 'lime'"):
+        not_applicable(fake, "lime")
