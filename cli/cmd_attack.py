@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from gradtap.cli.common import (
     Source,
     attempt,
     finish,
+    interruptible,
+    max_pixels_option,
     model_record,
     output_options,
     sources,
@@ -22,7 +25,7 @@ from gradtap.cli.common import (
 from gradtap.cli.config import Config
 from gradtap.cli.errors import user_errors
 from gradtap.cli.modelref import model_option, open_session, resolve_model
-from gradtap.cli.outputs import OutDir, write_npy
+from gradtap.cli.outputs import OutDir, save_npy
 from gradtap.cli.render import perturbation_picture
 from gradtap.runtime.adversarial import Attack, fgsm, fool
 from gradtap.runtime.images import load_image
@@ -33,6 +36,18 @@ from gradtap.runtime.targets import class_index
 
 FGSM_EPS = 0.01
 UNIT = click.FloatRange(min=0.0, max=1.0, min_open=True)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What ``attack`` was asked to do, per image."""
+
+    tag: str
+    target: int | None
+    eps: float | None
+    steps: int
+    step_size: float
+    max_pixels: int
 
 
 def _tag(target: int | None, steps: int) -> str:
@@ -92,7 +107,6 @@ def _write(
     title: str,
 ) -> dict[str, str]:
     names = _names(src, tag)
-    (out.root / src.stem).mkdir(parents=True, exist_ok=True)
     adv = attack.x[k].transpose(1, 2, 0)
     b, a = row["before"], row["after"]
     tiles = [
@@ -100,9 +114,14 @@ def _write(
         (f"perturbation\nLinf={row['linf']:.4f}", perturbation_picture(attack.perturbation[k])),
         (f"after: {a['label']}\np={a['prob']:.3f}", adv),
     ]
-    write_image(out.root / names["image"], adv)
-    write_image(out.root / names["panel"], panel(tiles, title=title))
-    write_npy(out.root / names["npy"], attack.x[k])
+    pictures = {"image": adv, "panel": panel(tiles, title=title)}
+    out.write_all(
+        {
+            names["image"]: lambda p: write_image(p, pictures["image"]),
+            names["panel"]: lambda p: write_image(p, pictures["panel"]),
+            names["npy"]: lambda p: save_npy(p, attack.x[k]),
+        }
+    )
     return names
 
 
@@ -133,6 +152,7 @@ def _write(
     default=1 / 255,
     help="Step of the iterative attack, in [0, 1] pixel units.",
 )
+@max_pixels_option
 @output_options("gradtap-out")
 @click.pass_obj
 def attack(
@@ -143,6 +163,7 @@ def attack(
     target_class: str | None,
     steps: int,
     step_size: float,
+    max_pixels: int,
     out: Path,
     overwrite: bool,
     as_json: bool,
@@ -169,42 +190,36 @@ def attack(
             )
     run = Run("attack", model=model_record(session, path))
     run.options = {"eps": eps, "target_class": target, "steps": steps, "step_size": step_size}
-    files = sources(images, run)
     outdir = OutDir(out, overwrite=overwrite)
     with user_errors("--out"):
         outdir.check_writable()
-    tag = _tag(target, steps)
+    files = sources(images, run, cfg)
+    settings = Settings(_tag(target, steps), target, eps, steps, step_size, max_pixels)
     bar = Progress(cfg, len(files), "attacking")
-    for src in files:
-        attempt(
-            run,
-            src.path,
-            lambda s=src: _one(session, s, tag, target, eps, steps, step_size, outdir, run),
-            what="attack",
-        )
-        bar.update()
-    bar.close()
+
+    def work() -> None:
+        for src in files:
+            attempt(
+                run, src.path, lambda s=src: _one(session, s, settings, outdir, run), what="attack"
+            )
+            bar.update()
+
+    try:
+        interruptible(run, work)
+    finally:
+        bar.close()
     finish(cfg, outdir, run, as_json=as_json)
 
 
-def _one(
-    session: ExplainSession,
-    src: Source,
-    tag: str,
-    target: int | None,
-    eps: float | None,
-    steps: int,
-    step_size: float,
-    out: OutDir,
-    run: Run,
-) -> None:
+def _one(session: ExplainSession, src: Source, s: Settings, out: OutDir, run: Run) -> None:
+    tag, target, eps, steps = s.tag, s.target, s.eps, s.steps
     out.plan(list(_names(src, tag).values()))
-    x, _ = to_input(load_image(src.path), session.info)
+    x, _ = to_input(load_image(src.path, max_pixels=s.max_pixels), session.info)
     run.groups[src.stem] = {
         "source": str(src.path),
         "predictions": top_k(session.logits(x), session.info.labels)[0],
     }
-    result = _attack(session, x, target, eps, steps, step_size)
+    result = _attack(session, x, target, eps, steps, s.step_size)
     row = _row(result, 0, session)
     kind = f"fool towards {row['class_label']}" if steps > 1 else f"fgsm eps={eps or FGSM_EPS:g}"
     files = _write(out, src, tag, x, result, 0, row, f"{kind} - {src.stem}")

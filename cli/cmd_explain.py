@@ -9,7 +9,16 @@ from typing import Any
 
 import click
 
-from gradtap.cli.common import Progress, Run, finish, model_record, output_options, sources
+from gradtap.cli.common import (
+    Progress,
+    Run,
+    finish,
+    interruptible,
+    max_pixels_option,
+    model_record,
+    output_options,
+    sources,
+)
 from gradtap.cli.config import Config
 from gradtap.cli.errors import user_errors
 from gradtap.cli.modelref import model_option, open_session, resolve_model
@@ -132,6 +141,7 @@ def _check_tap(session: Any, tap: str | None) -> None:
 @click.option(
     "-r", "--recursive", is_flag=True, help="Also take images in subfolders of folder arguments."
 )
+@max_pixels_option
 @output_options("gradtap-out")
 @click.pass_obj
 def explain(
@@ -146,6 +156,7 @@ def explain(
     batch_size: int,
     max_side: int,
     recursive: bool,
+    max_pixels: int,
     out: Path,
     overwrite: bool,
     as_json: bool,
@@ -173,14 +184,14 @@ def explain(
     target = parse_target(targets, session.info.labels)
     run = Run("explain", model=model_record(session, path))
     run.options = {"methods": list(chosen), "target": target, "formats": list(fmt), "set": options}
-    files = sources(images, run, recursive=recursive)
     outdir = OutDir(out, overwrite=overwrite)
     with user_errors("--out"):
         outdir.check_writable()
-    settings_ = Settings(chosen, target, fmt, options, batch_size, max_side)
+    files = sources(images, run, cfg, recursive=recursive)
+    settings_ = Settings(chosen, target, fmt, options, batch_size, max_side, max_pixels)
     bar = Progress(cfg, len(files) * len(chosen), "explaining")
     try:
-        run_explain(session, files, settings_, outdir, run, bar)
+        interruptible(run, lambda: run_explain(session, files, settings_, outdir, run, bar))
     finally:
         bar.close()
     finish(cfg, outdir, run, as_json=as_json)

@@ -13,6 +13,8 @@ from gradtap.cli.common import (
     Source,
     attempt,
     finish,
+    interruptible,
+    max_pixels_option,
     model_record,
     output_options,
     sources,
@@ -54,7 +56,7 @@ def _scale_box(
 def _one(session: ExplainSession, src: Source, opts: dict[str, Any], out: OutDir, run: Run) -> None:
     names = {"image": f"{src.stem}/{TAG}.png", "panel": f"{src.stem}/{TAG}.panel.png"}
     out.plan(list(names.values()))
-    rgb = load_image(src.path)
+    rgb = load_image(src.path, max_pixels=opts["max_pixels"])
     x, geometry = to_input(rgb, session.info)
     image, shown = for_display(rgb, geometry, opts["max_side"])
     expl = METHODS[opts["method"]](session, x, opts["target"])
@@ -70,13 +72,14 @@ def _one(session: ExplainSession, src: Source, opts: dict[str, Any], out: OutDir
     target = int(expl.target[0])
     label = f"{expl.labels[target]} ({target})"
     drawn = draw_box(image, loc.box, loc.mask)
-    (out.root / src.stem).mkdir(parents=True, exist_ok=True)
-    write_image(out.root / names["image"], drawn)
     shown_map = colorize(heatmap(expl.maps[0], shown))  # percentile-normalised for the eye
     tiles = [("input", image), (f"{opts['method']} map", shown_map), (f"box {box}", drawn)]
-    write_image(
-        out.root / names["panel"],
-        panel(tiles, title=f"GrabCut localisation of {label} - {src.stem}"),
+    pan = panel(tiles, title=f"GrabCut localisation of {label} - {src.stem}")
+    out.write_all(
+        {
+            names["image"]: lambda p: write_image(p, drawn),
+            names["panel"]: lambda p: write_image(p, pan),
+        }
     )
     run.groups[src.stem] = {
         "source": str(src.path),
@@ -130,6 +133,7 @@ def _one(session: ExplainSession, src: Source, opts: dict[str, Any], out: OutDir
 @click.option(
     "--max-side", type=click.IntRange(min=16), default=512, help="Longest side GrabCut works at."
 )
+@max_pixels_option
 @output_options("gradtap-out")
 @click.pass_obj
 def localize(
@@ -142,6 +146,7 @@ def localize(
     bg_quantile: float,
     iterations: int,
     max_side: int,
+    max_pixels: int,
     out: Path,
     overwrite: bool,
     as_json: bool,
@@ -172,15 +177,22 @@ def localize(
         "bg_quantile": bg_quantile,
         "iterations": iterations,
         "max_side": max_side,
+        "max_pixels": max_pixels,
     }
     run.options = dict(opts)
-    files = sources(images, run)
     outdir = OutDir(out, overwrite=overwrite)
     with user_errors("--out"):
         outdir.check_writable()
+    files = sources(images, run, cfg)
     bar = Progress(cfg, len(files), "localizing")
-    for src in files:
-        attempt(run, src.path, lambda s=src: _one(session, s, opts, outdir, run), what=TAG)
-        bar.update()
-    bar.close()
+
+    def work() -> None:
+        for src in files:
+            attempt(run, src.path, lambda s=src: _one(session, s, opts, outdir, run), what=TAG)
+            bar.update()
+
+    try:
+        interruptible(run, work)
+    finally:
+        bar.close()
     finish(cfg, outdir, run, as_json=as_json)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,9 @@ def _check_target(dst: Path, overwrite: bool) -> None:
     if dst.exists() and not overwrite:
         raise click.ClickException(f"{str(dst)!r} exists; pass --overwrite to replace it")
     if not dst.parent.is_dir():
-        raise click.ClickException(f"output folder {str(dst.parent)!r} does not exist")
+        raise click.UsageError(f"--output: output folder {str(dst.parent)!r} does not exist")
+    if not os.access(dst.parent, os.W_OK):
+        raise click.UsageError(f"--output: output folder {str(dst.parent)!r} is not writable")
 
 
 def _import_export():  # noqa: ANN202
@@ -209,7 +212,7 @@ def augment(
     from gradtap.export.augment import augment as run_augment
     from gradtap.export.augment import load_model, save_model
 
-    with user_errors():
+    with user_errors(path=source):
         model = load_model(source)
     if list_taps:
         _print_taps(model)
@@ -223,9 +226,29 @@ def augment(
         "mean": _triple(mean, "--mean"),
         "std": _triple(std, "--std", positive=True),
     }
-    with user_errors():
+    _check_names(model, options["taps"], logits)
+    with user_errors(path=source):
         save_model(run_augment(model, **options), dst)
     click.echo(str(dst))
+
+
+def _check_names(model: Any, taps: dict[str, str] | None, logits: str | None) -> None:
+    """--tap and --logits must name tensors of the graph (usage errors, listing the choices)."""
+    from gradtap.export.taps import candidate_taps
+
+    produced = {o for n in model.graph.node for o in n.output}
+    for tensor in (taps or {}).values():
+        if tensor not in produced:
+            near = [t.name for t in candidate_taps(model)][-8:]
+            raise click.BadParameter(
+                f"no tensor {tensor!r} in the graph; feature maps near the head: {near}",
+                param_hint="--tap",
+            )
+    if logits is not None and logits not in produced:
+        outputs = [o.name for o in model.graph.output]
+        raise click.BadParameter(
+            f"no tensor {logits!r} in the graph; graph outputs: {outputs}", param_hint="--logits"
+        )
 
 
 def _print_taps(model) -> None:  # noqa: ANN001
@@ -257,7 +280,7 @@ def info(file: Path, as_json: bool) -> None:
     """
     from gradtap.cli.describe import describe, to_text
 
-    with user_errors():
+    with user_errors(path=file):
         data = describe(file)
     if as_json:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))

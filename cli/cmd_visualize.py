@@ -8,7 +8,14 @@ from typing import Any
 import click
 import numpy as np
 
-from gradtap.cli.common import Progress, Run, finish, model_record, output_options
+from gradtap.cli.common import (
+    Progress,
+    Run,
+    finish,
+    max_pixels_option,
+    model_record,
+    output_options,
+)
 from gradtap.cli.config import Config
 from gradtap.cli.errors import user_errors
 from gradtap.cli.inputs import slug
@@ -23,7 +30,7 @@ FOLDER = "classes"
 _DEFAULTS = AscentConfig()
 
 
-def _init(value: str, session: Any) -> str | np.ndarray:
+def _init(value: str, session: Any, max_pixels: int) -> str | np.ndarray:
     """``--init``: a named start, or an image file preprocessed to the model's input."""
     if value in INITS:
         return value
@@ -35,7 +42,7 @@ def _init(value: str, session: Any) -> str | np.ndarray:
             f"{value!r} is neither {', '.join(INITS)} nor an image file", param_hint="--init"
         )
     with user_errors("--init"):
-        x, _ = to_input(load_image(value), session.info)
+        x, _ = to_input(load_image(value, max_pixels=max_pixels), session.info)
     return x[0].transpose(1, 2, 0)
 
 
@@ -46,8 +53,14 @@ def _items(vis: Visualization, out: OutDir, names: list[str]) -> list[dict[str, 
         image, pan = f"{FOLDER}/{names[k]}.png", f"{FOLDER}/{names[k]}.panel.png"
         logit0, logit1, prob1 = vis.logits[k, 0], vis.logits[k, -1], vis.probs[k, -1]
         caption = [f"{label} ({int(cls)})", f"logit {logit0:.2f} -> {logit1:.2f}, p={prob1:.3f}"]
-        write_image(out.root / image, vis.images[k])
-        write_image(out.root / pan, panel([("\n".join(caption), vis.images[k])], height=224))
+        picture = vis.images[k]
+        tile = panel([("\n".join(caption), picture)], height=224)
+        out.write_all(
+            {
+                image: lambda p, img=picture: write_image(p, img),
+                pan: lambda p, img=tile: write_image(p, img),
+            }
+        )
         items.append(
             {
                 "key": image,
@@ -114,6 +127,7 @@ def _items(vis: Visualization, out: OutDir, names: list[str]) -> list[dict[str, 
     "--init", "init", default="mean", metavar="mean|zeros|noise|IMAGE", help="Start image."
 )
 @click.option("--seed", type=int, default=0, help="Random seed for jitter and noise.")
+@max_pixels_option
 @output_options("gradtap-out")
 @click.pass_obj
 def visualize(
@@ -128,6 +142,7 @@ def visualize(
     jitter: int,
     init: str,
     seed: int,
+    max_pixels: int,
     out: Path,
     overwrite: bool,
     as_json: bool,
@@ -170,7 +185,7 @@ def visualize(
             for k in ("steps", "lr", "l2", "blur_every", "blur_sigma", "jitter", "seed")
         },
     }
-    start = _init(init, session)
+    start = _init(init, session, max_pixels)
     bar = Progress(cfg, steps, "ascending")
     try:
         with user_errors():

@@ -14,9 +14,10 @@ import numpy as np
 import numpy.typing as npt
 
 from gradtap.cli.config import Config
-from gradtap.cli.errors import Failures, recoverable
+from gradtap.cli.errors import EXIT_INTERRUPTED, Failures, recoverable
 from gradtap.cli.inputs import expand, unique_stems
-from gradtap.cli.outputs import GALLERY, OutDir, merge_summary
+from gradtap.cli.outputs import GALLERY, SUMMARY, OutDir, merge_summary
+from gradtap.runtime.images import DEFAULT_MAX_PIXELS
 from gradtap.runtime.targets import softmax
 
 Array = npt.NDArray[np.float32]
@@ -45,6 +46,18 @@ def output_options(default_out: str) -> Callable[[Callable[..., Any]], Callable[
     return decorate
 
 
+def max_pixels_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--max-pixels``: the decompression-bomb limit, checked from the file header."""
+    return click.option(
+        "--max-pixels",
+        type=click.IntRange(min=1),
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help="Refuse images of more than N pixels (width x height), read from the file's header "
+        "before anything is decoded.",
+    )(func)
+
+
 @dataclass
 class Run:
     """What one command did: written into summary.json and printed with --json."""
@@ -55,6 +68,8 @@ class Run:
     groups: dict[str, Any] = field(default_factory=dict)
     items: list[dict[str, Any]] = field(default_factory=list)
     failures: Failures = field(default_factory=Failures)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    interrupted: bool = False
     started: float = field(default_factory=time.time)
 
     def record(self) -> dict[str, Any]:
@@ -68,6 +83,8 @@ class Run:
             "groups": self.groups,
             "items": self.items,
             "failures": self.failures.items,
+            "skipped": self.skipped,
+            "interrupted": self.interrupted,
         }
 
 
@@ -101,8 +118,13 @@ class Source:
     stem: str
 
 
-def sources(images: Sequence[str], run: Run, *, recursive: bool = False) -> list[Source]:
+def sources(
+    images: Sequence[str], run: Run, cfg: Config, *, recursive: bool = False
+) -> list[Source]:
     """Expand image arguments; arguments that name nothing are failures of the run.
+
+    Entries of folders and patterns that are not image files are skipped: one note line on
+    stderr names them (the first few), and the run record lists them all.
 
     Raises:
         click.UsageError: no image arguments at all.
@@ -112,7 +134,17 @@ def sources(images: Sequence[str], run: Run, *, recursive: bool = False) -> list
     expanded = expand(images, recursive=recursive)
     for arg, problem in expanded.problems:
         run.failures.add(arg, problem)
+    run.skipped += [{"input": path, "reason": why} for path, why in expanded.skipped]
+    if expanded.skipped:
+        cfg.note(skipped_note(expanded.skipped))
     return [Source(p, s) for p, s in zip(expanded.files, unique_stems(expanded.files), strict=True)]
+
+
+def skipped_note(skipped: Sequence[tuple[str, str]], shown: int = 5) -> str:
+    """One line naming the skipped entries (the first ``shown``) and why."""
+    names = [f"{path} ({why})" for path, why in skipped[:shown]]
+    more = f" and {len(skipped) - shown} more (see summary.json)" if len(skipped) > shown else ""
+    return f"gradtap: note: skipped {len(skipped)} entries: {', '.join(names)}{more}"
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -131,22 +163,39 @@ def attempt(run: Run, path: Path | str, func: Callable[[], Any], *, what: str = 
 
 
 def finish(cfg: Config, out: OutDir, run: Run, *, as_json: bool) -> None:
-    """Merge the run into summary.json, rebuild the gallery, report, exit 0 or 1."""
+    """Merge the run into summary.json, rebuild the gallery, report, exit 0, 1 or 130.
+
+    summary.json is written whenever something happened (results, failures or an interruption),
+    so every failure of a batch is on record; an interrupted run keeps the results it finished.
+    """
     from gradtap.cli.gallery import write_gallery
 
     record = run.record()
-    if run.items or (out.root / "summary.json").exists():
+    if run.items or run.failures or run.interrupted or (out.root / SUMMARY).exists():
         summary = merge_summary(out.root, record)
         write_gallery(out.root, summary)
     if as_json:
         click.echo(json.dumps(record, indent=2, ensure_ascii=False))
-    else:
-        n = len(run.items)
+    n = len(run.items)
+    if run.interrupted:
+        click.echo(
+            f"gradtap: interrupted; {n} result(s) kept in {out.root} (summary.json)", err=True
+        )
+        click.get_current_context().exit(EXIT_INTERRUPTED)
+    if not as_json:
         failed = f", {len(run.failures.items)} failed" if run.failures else ""
         cfg.note(f"{n} result(s) in {out.root}{failed}")
         if run.items:
             click.echo(str(out.root / GALLERY))
     click.get_current_context().exit(run.failures.exit_code())
+
+
+def interruptible(run: Run, work: Callable[[], None]) -> None:
+    """Run a batch; Ctrl-C stops it, and ``run`` records the interruption for :func:`finish`."""
+    try:
+        work()
+    except KeyboardInterrupt:
+        run.interrupted = True
 
 
 class Progress:

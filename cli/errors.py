@@ -1,6 +1,7 @@
 """User mistakes become one clear line and an exit code, never a traceback.
 
-Exit codes: 0 all good, 1 some inputs failed (or the model/file could not be used), 2 usage.
+Exit codes: 0 all good, 1 some inputs failed (or the model/file could not be used), 2 usage,
+130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from gradtap.cli.outputs import UnwritableError
 from gradtap.runtime.errors import GradtapError, OptionError, TargetError
 
 logger = logging.getLogger(__name__)
@@ -20,6 +22,7 @@ logger = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 def one_line(err: BaseException) -> str:
@@ -38,22 +41,38 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
 
 @contextmanager
-def user_errors(option: str | None = None) -> Iterator[None]:
+def user_errors(option: str | None = None, *, path: Path | str | None = None) -> Iterator[None]:
     """Turn library errors into click errors.
 
-    Option and target errors are usage errors (exit 2, naming ``option`` when given); other
-    user-facing errors (bad model or image files, unsupported ops, I/O) exit 1 with one line.
+    Option and target errors, and an unwritable output folder, are usage errors (exit 2, naming
+    ``option`` when given); other user-facing errors (bad model or image files, unsupported ops,
+    I/O) exit 1 with one line, naming ``path`` when given and the message does not.
     """
     try:
         yield
     except click.ClickException:
         raise
-    except (OptionError, TargetError) as err:
+    except (OptionError, TargetError, UnwritableError) as err:
         hint = f"{option}: " if option else ""
         raise click.UsageError(f"{hint}{one_line(err)}") from None
     except _user_error_types() as err:
         logger.debug("user error", exc_info=True)
-        raise click.ClickException(one_line(err)) from None
+        raise click.ClickException(about(path, err) if path else one_line(err)) from None
+
+
+class GradtapGroup(click.Group):
+    """The command group: Ctrl-C anywhere ends with one line and exit code 130.
+
+    Whatever was being written is abandoned at its temporary name and removed (see
+    :mod:`gradtap.cli.outputs`); commands that process batches record what they finished first.
+    """
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("gradtap: interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
 
 
 def about(path: Path | str, err: BaseException) -> str:

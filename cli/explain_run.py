@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gradtap.cli.common import Array, Progress, Run, Source, attempt, chunks, top_k
 from gradtap.cli.errors import recoverable
-from gradtap.cli.outputs import OutDir, OutputExistsError, write_npy
+from gradtap.cli.outputs import OutDir, OutputExistsError, save_npy
 from gradtap.cli.render import explanation_panel, for_display, is_colour, pictures
 from gradtap.runtime.errors import ModelError
 from gradtap.runtime.explanation import Explanation
-from gradtap.runtime.images import load_image
+from gradtap.runtime.images import DEFAULT_MAX_PIXELS, load_image
 from gradtap.runtime.overlay import write_image
 from gradtap.runtime.preprocess import Geometry, to_input
 from gradtap.runtime.registry import METHODS
@@ -42,6 +43,7 @@ class Settings:
     options: Mapping[str, Any]
     batch_size: int
     max_side: int
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 @dataclass
@@ -91,7 +93,7 @@ def run_explain(
 
 def _load(session: ExplainSession, src: Source, s: Settings, run: Run) -> Loaded | None:
     def read() -> Loaded:
-        rgb = load_image(src.path)
+        rgb = load_image(src.path, max_pixels=s.max_pixels)
         x, geometry = to_input(rgb, session.info)
         image, display = for_display(rgb, geometry, s.max_side)
         return Loaded(src, x, image, display)
@@ -201,14 +203,8 @@ def _write_row(
     if "panel" in s.formats:
         title = f"{method}: {caption} - {im.source.stem}"
         pics["panel"] = explanation_panel(im.image, pics, title=title, colour=is_colour(raw))
-    files: dict[str, str] = {}
-    for fmt in s.formats:
-        rel = files[fmt] = _name(im, method, target, fmt)
-        out.plan([rel])
-        if fmt == "npy":
-            write_npy(out.root / rel, raw)
-        else:
-            write_image(out.root / rel, pics[fmt])
+    files = {fmt: _name(im, method, target, fmt) for fmt in s.formats}
+    out.write_all({files[fmt]: _writer(raw if fmt == "npy" else pics[fmt]) for fmt in s.formats})
     run.items.append(
         {
             "key": _name(im, method, target, "overlay"),
@@ -226,6 +222,18 @@ def _write_row(
             **_extras(expl, r),
         }
     )
+
+
+def _writer(content: np.ndarray) -> Callable[[Path], None]:
+    """Writes a raw map as ``.npy``, or a picture as an image, to the path it is given."""
+
+    def write(path: Path) -> None:
+        if path.suffix == ".npy":
+            save_npy(path, content)
+        else:
+            write_image(path, content)
+
+    return write
 
 
 def _extras(expl: Explanation, r: int) -> dict[str, Any]:

@@ -14,11 +14,12 @@ from gradtap.cli.cmd_localize import localize
 from gradtap.cli.cmd_model import augment, export, info
 from gradtap.cli.cmd_visualize import visualize
 from gradtap.cli.config import PROVIDER_ALIASES, Config, expand_providers, setup_logging
+from gradtap.cli.errors import GradtapGroup
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(context_settings=CONTEXT, cls=GradtapGroup)
 @click.option(
     "--provider",
     "providers",
@@ -54,7 +55,7 @@ def cli(
       gradtap explain photos/ -M efficientnet_lite0 -m gradcam -m guided_backprop --out out/
       gradtap attack cat.jpg -M efficientnet_lite0 --eps 0.01
 
-    Exit codes: 0 all good, 1 some inputs failed, 2 usage error.
+    Exit codes: 0 all good, 1 some inputs failed, 2 usage error, 130 interrupted.
     """
     verbosity = -1 if quiet else verbose
     setup_logging(verbosity)

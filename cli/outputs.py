@@ -10,7 +10,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,10 @@ SCHEMA = 1
 
 class OutputExistsError(FileExistsError):
     """An output file exists and --overwrite was not given."""
+
+
+class UnwritableError(OSError):
+    """The output folder cannot be created or written to (a usage error: exit 2)."""
 
 
 @contextmanager
@@ -54,7 +58,13 @@ def write_json(dst: Path, obj: Any) -> None:
 
 def write_npy(dst: Path, array: np.ndarray) -> None:
     """Write a NumPy array (``.npy``) atomically."""
-    with atomic_path(dst) as tmp, open(tmp, "wb") as f:
+    with atomic_path(dst) as tmp:
+        save_npy(tmp, array)
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """Save a NumPy array to exactly ``path`` (no pickles; numpy adds no suffix to open files)."""
+    with open(path, "wb") as f:
         np.save(f, np.ascontiguousarray(array), allow_pickle=False)
 
 
@@ -82,7 +92,7 @@ class OutDir:
                 tmp.write_bytes(b"")
             (self.root / ".gradtap-write-check").unlink()
         except OSError as err:
-            raise OSError(
+            raise UnwritableError(
                 f"output folder {str(self.root)!r} is not writable: {err.strerror}"
             ) from None
 
@@ -102,12 +112,25 @@ class OutDir:
 
     def write(self, rel: str, writer: Callable[[Path], None]) -> str:
         """Write one output with ``writer(temp_path)``; return ``rel`` for the summary."""
-        self.plan([rel])
-        dst = self.root / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(dst) as tmp:
-            writer(tmp)
+        self.write_all({rel: writer})
         return rel
+
+    def write_all(self, writers: Mapping[str, Callable[[Path], None]]) -> None:
+        """Write a group of outputs (one result's files) together, or none of them.
+
+        Each ``writer(temp_path)`` writes a temporary file beside its destination; only when all
+        have succeeded are they renamed into place, so an error or Ctrl-C part way through
+        leaves neither half-written files nor half of the group.
+        """
+        self.plan(list(writers))
+        with ExitStack() as stack:
+            staged = []
+            for rel, writer in writers.items():
+                dst = self.root / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                staged.append((writer, stack.enter_context(atomic_path(dst))))
+            for writer, tmp in staged:
+                writer(tmp)
 
 
 def load_summary(root: Path) -> dict[str, Any]:

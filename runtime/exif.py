@@ -39,7 +39,12 @@ def header_size(data: bytes) -> tuple[int, int] | None:
             return _pnm_size(data)
         if data[:12] == _JP2 or data[:4] == _J2K:
             return _jpeg2000_size(data)
-    except (struct.error, ValueError, KeyError, IndexError):  # header shorter than it claims: let the decoder report it
+    except (
+        struct.error,
+        ValueError,
+        KeyError,
+        IndexError,
+    ):  # header shorter than it claims: let the decoder report it
         return None
     return None
 

@@ -178,8 +178,8 @@ def test_augment_rejects_bad_options(forward: Path, tmp_path: Path) -> None:
     assert_clean_error(invoke("augment", forward, *out, "--mean", "124,117,104"), 2, "0-255")
     assert_clean_error(invoke("augment", forward, *out, "--std", "0.2,0"), 2, "three numbers")
     assert_clean_error(invoke("augment", forward, *out, "--std", "0.2,0,0.1"), 2, "> 0")
-    assert_clean_error(invoke("augment", forward, *out, "--tap", "nope"), 1, "'nope'", "features")
-    assert_clean_error(invoke("augment", forward, *out, "--logits", "zzz"), 1, "'zzz'")
+    assert_clean_error(invoke("augment", forward, *out, "--tap", "nope"), 2, "'nope'", "features")
+    assert_clean_error(invoke("augment", forward, *out, "--logits", "zzz"), 2, "'zzz'")
     assert not (tmp_path / "x.onnx").exists()
 
 

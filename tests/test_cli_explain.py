@@ -397,7 +397,7 @@ def test_unwritable_output_folder(
     blocker.write_text("x")
     result = explain(photos["chelsea"], "-M", models["augmented"], "-o", blocker / "out")
     assert (
-        result.exit_code == 1
+        result.exit_code == 2
         and "not writable" in result.output
         and str(blocker / "out") in result.output
     )
