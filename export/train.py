@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
+
 from gradtap.export.smallcnn import SMALLCNN_MEAN, SMALLCNN_STD, SmallCNN
 from gradtap.runtime import synthetic
 
@@ -48,9 +49,9 @@ class Dataset:
 class TrainConfig:
     """Optimisation settings; ``flips`` adds random flips (and 90-degree turns when ``turns``)."""
 
-    epochs: int = 12
+    epochs: int = 10
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float = 2e-3
     weight_decay: float = 1e-4
     seed: int = 0
     flips: bool = True
