@@ -118,10 +118,16 @@ def gradcam_cases(net: nn.Module, layer: nn.Module, x: torch.Tensor, t: int) -> 
         with GradCAM(model=net, target_layers=[layer]) as cam:
             return cam(input_tensor=x, targets=targets)
 
+    inplace = {name: m.inplace for name, m in net.named_modules() if isinstance(m, nn.ReLU)}
+
     def guided() -> np.ndarray:
         # GuidedBackpropReLUModel explains only the first image of a batch: one call per image
         model = GuidedBackpropReLUModel(model=net, device=None)
-        return np.stack([model(x[i : i + 1], target_category=t) for i in range(len(x))])
+        maps = np.stack([model(x[i : i + 1], target_category=t) for i in range(len(x))])
+        for name, m in net.named_modules():  # it puts back new ReLUs without inplace
+            if isinstance(m, nn.ReLU) and name in inplace:
+                m.inplace = inplace[name]
+        return maps
 
     return {
         "gradcam": grad_cam,
