@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from gradtap.runtime import contract
 from onnx import numpy_helper
+
+from gradtap.runtime import contract
 
 logger = logging.getLogger(__name__)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+
 from gradtap.export.augment import augment
 from gradtap.runtime import contract as c
 from gradtap.runtime import sanity
-from onnx import TensorProto, helper, numpy_helper
-
 from tests.graphs import OPSET, session, tiny_cnn
 from tests.runtime_graphs import linear_model, tiny_model
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gradtap.runtime import synthetic
-from gradtap.runtime.synthetic import CLASS_NAMES, make_sample, make_split
 from scipy import ndimage
 from skimage.measure import euler_number, regionprops
+
+from gradtap.runtime import synthetic
+from gradtap.runtime.synthetic import CLASS_NAMES, make_sample, make_split
 
 
 def test_samples_are_deterministic_and_seeds_differ() -> None:
