@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.gradtap-setup
 
-.PHONY: setup test test-fast demo bench lint clean
+.PHONY: setup test test-fast demo bench lint models clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,9 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+models: setup  # the committed explanation graph of the trained custom CNN
+	$(BIN)/gradtap export smallcnn -w models/smallcnn.pt -o models/smallcnn.gradtap.onnx --overwrite
 
 lint: setup
 	$(BIN)/ruff check export runtime cli tests bench
