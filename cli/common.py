@@ -142,9 +142,9 @@ def sources(
 
 def skipped_note(skipped: Sequence[tuple[str, str]], shown: int = 5) -> str:
     """One line naming the skipped entries (the first ``shown``) and why."""
-    names = [f"{path} ({why})" for path, why in skipped[:shown]]
-    more = f" and {len(skipped) - shown} more (see summary.json)" if len(skipped) > shown else ""
-    return f"gradtap: note: skipped {len(skipped)} entries: {', '.join(names)}{more}"
+    names = [f"{path}: {why}" for path, why in skipped[:shown]]
+    more = f"; and {len(skipped) - shown} more, see summary.json" if len(skipped) > shown else ""
+    return f"gradtap: note: skipped {len(skipped)} entries: {'; '.join(names)}{more}"
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

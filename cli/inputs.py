@@ -23,8 +23,8 @@ IMAGE_SUFFIXES = frozenset(
 _GLOB_CHARS = re.compile(r"[*?\[]")
 NOT_IMAGE = "not an image file name"
 HIDDEN = "a hidden file"
-SUBFOLDER = "a folder (give -r to include subfolders)"
-SYMLINKED_FOLDER = "a symlinked folder (not followed)"
+SUBFOLDER = "a folder, give -r to include subfolders"
+SYMLINKED_FOLDER = "a symlinked folder, not followed"
 
 
 @dataclass(frozen=True)

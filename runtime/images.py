@@ -64,7 +64,7 @@ def load_image(
     name = str(path)
     size = header_size(data)
     if size is None:
-        raise ImageError(f"cannot decode {name!r} as an image (not {FORMATS}, or corrupt)")
+        raise ImageError(f"cannot decode {name!r} as an image (not a {FORMATS} file, or corrupt)")
     if size[0] * size[1] > max_pixels:
         raise ImageError(
             f"image {name!r} is {size[0]}x{size[1]} pixels, over the limit of {max_pixels}"
