@@ -7,6 +7,7 @@ measurement runs in a fresh process (``--child``) so its memory numbers are its 
 - memory: resident memory of an ExplainSession as its graph variants are built.
 - external: the three variants sharing one memory-mapped weights file (external data).
 - fgsm: FGSM with the cross-entropy seed computed inside the graph (one call instead of two).
+- convtranspose: the backward pass's stride-1 ConvTranspose nodes rewritten as Conv.
 """
 
 from __future__ import annotations
@@ -194,6 +195,81 @@ def child_fgsm(path: str, threads: int, repeats: int) -> dict[str, Any]:
     return found
 
 
+def _ints(node: onnx.NodeProto, name: str, default: list[int]) -> list[int]:
+    found = [a for a in node.attribute if a.name == name]
+    return list(onnx.helper.get_attribute_value(found[0])) if found else default
+
+
+def transposed_as_conv(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """A copy where every stride-1, undilated ConvTranspose with a constant weight is a Conv.
+
+    ConvTranspose(g, W, pads p) with stride 1 equals Conv(g, W', pads k - 1 - p), W' being W
+    with input and output channels swapped (per group) and the kernel flipped. onnxruntime
+    runs Conv in its blocked (NCHWc) layout and ConvTranspose not. Returns (model, rewritten).
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    weights = {t.name: t for t in out.graph.initializer}
+    done = 0
+    for node in out.graph.node:
+        if node.op_type != "ConvTranspose" or node.input[1] not in weights:
+            continue
+        kernel = list(weights[node.input[1]].dims[2:])
+        strides = _ints(node, "strides", [1] * len(kernel))
+        dilations = _ints(node, "dilations", [1] * len(kernel))
+        if any(v != 1 for v in strides + dilations) or any(_ints(node, "output_padding", [])):
+            continue
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        w = onnx.numpy_helper.to_array(weights[node.input[1]])
+        cin, cout_g = w.shape[:2]
+        flipped = w.reshape(group, cin // group, cout_g, *kernel).swapaxes(1, 2)
+        flipped = flipped.reshape(group * cout_g, cin // group, *kernel)[..., ::-1, ::-1]
+        name = f"{node.input[1]}/as_conv/{done}"
+        out.graph.initializer.append(onnx.numpy_helper.from_array(flipped.copy(), name))
+        pads = _ints(node, "pads", [0] * 2 * len(kernel))
+        k2 = kernel + kernel
+        new = onnx.helper.make_node(
+            "Conv",
+            [node.input[0], name, *node.input[2:]],
+            list(node.output),
+            name=node.name,
+            kernel_shape=kernel,
+            pads=[k - 1 - p for k, p in zip(k2, pads, strict=True)],
+            group=group,
+        )
+        node.CopyFrom(new)
+        done += 1
+    return out, done
+
+
+def child_convtranspose(path: str, threads: int, repeats: int) -> dict[str, Any]:
+    """The full pass as exported vs with the stride-1 ConvTranspose nodes run as Conv."""
+    model = onnx.load(path)
+    rewritten, count = transposed_as_conv(model)
+    found: dict[str, Any] = {"rewritten nodes": count}
+    sessions = {
+        "as exported": ort.InferenceSession(model.SerializeToString(), _ort_options(threads, {})),
+        "ConvTranspose as Conv": ort.InferenceSession(
+            rewritten.SerializeToString(), _ort_options(threads, {})
+        ),
+    }
+    classes = model.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    for batch in (1, 8):
+        x = cfg.inputs(
+            batch, tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[2:])
+        )
+        feeds = {c.INPUT: x, c.SEED: onehot([cfg.target_class(classes)] * batch, classes)}
+        grads = {}
+        for label, s in sessions.items():
+            found[f"b{batch} {label}"] = median_s(
+                lambda s=s, f=feeds: s.run([c.GRAD_INPUT], f), repeats
+            )
+            grads[label] = s.run([c.GRAD_INPUT], feeds)[0]
+        a, b = grads.values()
+        found[f"b{batch} max relative difference"] = f"{np.abs(a - b).max() / np.abs(a).max():.1e}"
+    return found
+
+
 def _meta(model: onnx.ModelProto, key: str) -> str:
     return next(p.value for p in model.metadata_props if p.key == key)
 
@@ -203,6 +279,7 @@ CHILDREN: dict[str, Callable[..., dict[str, Any]]] = {
     "memory": child_memory,
     "external": child_external,
     "fgsm": child_fgsm,
+    "convtranspose": child_convtranspose,
 }
 
 
@@ -248,7 +325,9 @@ def report(path: str, threads: int, repeats: int, only: list[str]) -> list[str]:
         ("fgsm", "FGSM: CE seed inside the graph"),
     ):
         if name in only:
-            args = (path, threads, repeats) if name == "fgsm" else (path, threads)
+            args = (
+                (path, threads, repeats) if name in ("fgsm", "convtranspose") else (path, threads)
+            )
             result = spawn(name, *args)
             lines += [f"## {title}", "", *(f"- {k}: {_fmt(v)}" for k, v in result.items()), ""]
     return lines
@@ -258,7 +337,9 @@ def report(path: str, threads: int, repeats: int, only: list[str]) -> list[str]:
 @click.option("--model", default="resnet50", help="A model name of bench.config, or a file.")
 @click.option("--threads", default=2, type=click.IntRange(min=1))
 @click.option("--repeats", default=5, type=click.IntRange(min=1))
-@click.option("--only", default="options,memory,external,fgsm", help="Experiments to run.")
+@click.option(
+    "--only", default="options,memory,external,fgsm,convtranspose", help="Experiments to run."
+)
 @click.option("--child", hidden=True)
 @click.argument("args", nargs=-1)
 def main(
