@@ -34,6 +34,7 @@ def _init(value: str, session: Any, max_pixels: int) -> str | np.ndarray:
     """``--init``: a named start, or an image file preprocessed to the model's input."""
     if value in INITS:
         return value
+    from gradtap.runtime.errors import GradtapError
     from gradtap.runtime.images import load_image
     from gradtap.runtime.preprocess import to_input
 
@@ -41,8 +42,10 @@ def _init(value: str, session: Any, max_pixels: int) -> str | np.ndarray:
         raise click.BadParameter(
             f"{value!r} is neither {', '.join(INITS)} nor an image file", param_hint="--init"
         )
-    with user_errors("--init"):
+    try:
         x, _ = to_input(load_image(value, max_pixels=max_pixels), session.info)
+    except GradtapError as err:  # the start image is an option value: a usage error
+        raise click.BadParameter(str(err), param_hint="--init") from None
     return x[0].transpose(1, 2, 0)
 
 
@@ -163,6 +166,7 @@ def visualize(
     with user_errors("--class"):
         cls = [class_index(int(c) if c.isdigit() else c, session.info.labels) for c in classes]
     names = [f"{c}-{slug(session.info.labels[c], max_len=40)}" for c in cls]
+    start = _init(init, session, max_pixels)  # before anything is created on disk
     outdir = OutDir(out, overwrite=overwrite)
     with user_errors("--out"):
         outdir.check_writable()
@@ -185,7 +189,6 @@ def visualize(
             for k in ("steps", "lr", "l2", "blur_every", "blur_sigma", "jitter", "seed")
         },
     }
-    start = _init(init, session, max_pixels)
     bar = Progress(cfg, steps, "ascending")
     try:
         with user_errors():

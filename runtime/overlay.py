@@ -25,6 +25,7 @@ COLORMAPS = {
 }
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
+MAX_TILE_ASPECT = 4  # a panel tile is at most this many times as wide as high
 
 
 def to_uint8(image: npt.NDArray[np.generic]) -> Rgb8:
@@ -88,7 +89,8 @@ def panel(
 
     Args:
         tiles: (caption, RGB image) pairs; images uint8 or float in [0, 1], any size (each is
-            resized to ``height``, keeping its aspect ratio). Captions may hold several lines.
+            resized to ``height``, keeping its aspect ratio, at most ``MAX_TILE_ASPECT`` times as
+            wide as high: wider strips are letterboxed). Captions may hold several lines.
         height: tile height in pixels.
         title: a line written above the tiles.
 
@@ -101,10 +103,8 @@ def panel(
         raise OptionError(f"panel height must be >= 16, got {height}")
     resized = []
     for caption, image in tiles:
-        img = _check_rgb(image)
-        width = max(1, round(img.shape[1] * height / img.shape[0]))
-        tile = cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
-        resized.append(np.vstack([tile, _text_block(caption.split("\n"), width)]))
+        tile = _fit(_check_rgb(image), height, MAX_TILE_ASPECT * height)
+        resized.append(np.vstack([tile, _text_block(caption.split("\n"), tile.shape[1])]))
     rows = max(t.shape[0] for t in resized)
     gap = np.full((rows, 4, 3), 255, np.uint8)
     body = [
@@ -154,6 +154,19 @@ def write_image(path: str | os.PathLike[str], rgb: npt.NDArray[np.generic]) -> P
         if os.path.exists(tmp):
             os.unlink(tmp)
     return out
+
+
+def _fit(img: Rgb8, height: int, max_width: int) -> Rgb8:
+    """Resized to ``height`` keeping the aspect ratio; wider than ``max_width``: letterboxed."""
+    scale = min(height / img.shape[0], max_width / img.shape[1])
+    h, w = max(1, round(img.shape[0] * scale)), max(1, round(img.shape[1] * scale))
+    tile = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+    if h == height:
+        return tile
+    top = (height - h) // 2
+    return cv2.copyMakeBorder(
+        tile, top, height - h - top, 0, 0, cv2.BORDER_CONSTANT, value=(255, 255, 255)
+    )
 
 
 @cache

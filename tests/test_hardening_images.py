@@ -23,6 +23,7 @@ from gradtap.runtime.errors import ImageError
 from gradtap.runtime.exif import header_size
 from gradtap.runtime.images import as_image, load_image
 from gradtap.runtime.info import ModelInfo
+from gradtap.runtime.overlay import MAX_TILE_ASPECT, panel
 from gradtap.runtime.preprocess import geometry_for, resize, to_input, to_original
 from gradtap.runtime.resample import resized_crop
 from tests import corpus
@@ -169,6 +170,15 @@ def test_a_one_pixel_strip_takes_little_memory_and_time() -> None:
     assert back.shape == (1, 20_000) and peak < 64 << 20
 
 
+def test_panels_letterbox_strips() -> None:
+    tiles = [("wide", np.zeros((1, 3000, 3), np.uint8)), ("tall", np.zeros((3000, 1, 3), np.uint8))]
+    out = panel(tiles, height=100)
+    assert out.shape[1] == MAX_TILE_ASPECT * 100 + 4 + 1  # the tall strip is one pixel wide
+    black = (out[:100, :400] == 0).all(axis=2)
+    assert black.sum() == 400 and black.any(axis=1).sum() == 1  # one row, white around it
+    np.testing.assert_array_equal(out[:40, :400], 255)
+
+
 @pytest.mark.parametrize("shape", [(3, 300), (40, 1000), (1000, 30), (1, 1)])
 def test_the_crop_only_path_equals_opencv_resize_then_crop(shape: tuple[int, int]) -> None:
     img = np.random.default_rng(1).random((*shape, 3), dtype=np.float32)
@@ -246,7 +256,7 @@ def test_encoded_files_round_trip(
     seed: int,
 ) -> None:
     dtype = ENCODINGS[ext][-1] if deep else np.uint8
-    if ext in (".ppm", ".jpg", ".bmp") and channels == 4:
+    if (ext in (".jpg", ".bmp") and channels == 4) or ext == ".ppm":  # what the encoders take
         channels = 3
     arr = np.random.default_rng(seed).integers(
         0, np.iinfo(dtype).max, (h, w, channels), endpoint=True
