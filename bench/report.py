@@ -34,7 +34,7 @@ LIBRARY_NOTES = {
 
 
 def ms(timing: Any) -> str:
-    """A timing cell: median ms, with the run count when fewer than asked."""
+    """A timing cell: median ms and the number of timed runs."""
     if isinstance(timing, str):
         return timing
     value = timing["median"] * 1000

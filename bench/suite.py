@@ -111,37 +111,44 @@ def run_model(
     threads: int,
     repeats: int,
     budget_s: float,
+    min_s: float,
 ) -> ModelResult:
     """Time every (batch, method, library) cell of ``model``."""
     result = ModelResult(model)
     workers = start(libraries, model, weights, threads, graph)
     live = {lib: w for lib, w in workers.items() if isinstance(w, Worker)}
-    result.load_s = {lib: w.ready["load_s"] for lib, w in live.items()}
-    result.logits_diff = _logits_diff(live)
-    turn = 0
-    for batch in batches:
-        for method in methods:
-            order = libraries[turn % len(libraries) :] + libraries[: turn % len(libraries)]
-            turn += 1
-            cell = result.cells.setdefault((batch, method), {})
-            for lib in order:
-                cell[lib] = _one(workers[lib], lib, method, batch, repeats, budget_s)
-                _say(f"[{model} b{batch}] {method} {lib}: {_show(cell[lib])}")
-    for lib, w in live.items():
-        last = w.close()
-        result.peak_rss_mb[lib] = last["peak_rss_mb"]
-        result.torch_imported[lib] = last["torch"]
+    try:
+        result.load_s = {lib: w.ready["load_s"] for lib, w in live.items()}
+        result.logits_diff = _logits_diff(live)
+        turn = 0
+        for batch in batches:
+            for method in methods:
+                order = libraries[turn % len(libraries) :] + libraries[: turn % len(libraries)]
+                turn += 1
+                cell = result.cells.setdefault((batch, method), {})
+                for lib in order:
+                    cell[lib] = _one(workers[lib], lib, method, batch, (repeats, budget_s, min_s))
+                    _say(f"[{model} b{batch}] {method} {lib}: {_show(cell[lib])}")
+        for lib, w in live.items():
+            last = w.close()
+            result.peak_rss_mb[lib] = last["peak_rss_mb"]
+            result.torch_imported[lib] = last["torch"]
+    finally:
+        for w in live.values():
+            if w.proc.poll() is None:
+                w.proc.kill()
     return result
 
 
 def _one(
-    worker: Worker | str, lib: str, method: str, batch: int, repeats: int, budget_s: float
+    worker: Worker | str, lib: str, method: str, batch: int, limits: tuple[int, float, float]
 ) -> dict[str, Any] | str:
     if method not in cfg.SUPPORTED[lib]:
         return "n/a"
     if isinstance(worker, str):
         return "error: worker did not start"
-    req = {"cmd": "run", "method": method, "batch": batch, "repeats": repeats}
+    repeats, budget_s, min_s = limits
+    req = {"cmd": "run", "method": method, "batch": batch, "repeats": repeats, "min_s": min_s}
     answer = worker.ask({**req, "budget_s": budget_s})
     return answer["timing"] if answer["ok"] else f"error: {answer['error']}"
 

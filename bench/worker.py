@@ -1,7 +1,8 @@
 """One benchmark side in its own process, driven by JSON lines on stdin/stdout.
 
 ``python -m bench.worker LIBRARY MODEL WEIGHTS THREADS [GRAPH]``; requests:
-``{"cmd": "run", "method": ..., "batch": ..., "repeats": ..., "budget_s": ...}`` answers
+``{"cmd": "run", "method": ..., "batch": ..., "repeats": ..., "budget_s": ..., "min_s": ...}``
+answers
 ``{"ok": true, "timing": {...}}`` or ``{"ok": false, "error": "..."}``;
 ``{"cmd": "logits", "batch": N}`` answers the logits of the benchmark images;
 ``{"cmd": "quit"}`` answers the process's peak RSS and whether torch was imported.
@@ -64,7 +65,9 @@ def handle(side: Side, library: str, req: dict[str, Any]) -> dict[str, Any]:
         return {"ok": False, "error": "not available"}
     case = side.cases(x, target)[method]
     try:
-        timing = measure(case, repeats=int(req["repeats"]), budget_s=float(req["budget_s"]))
+        timing = measure(
+            case, repeats=int(req["repeats"]), budget_s=float(req["budget_s"]), min_s=req["min_s"]
+        )
     except Exception as err:  # reported in the table; the benchmark goes on
         return {"ok": False, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
     return {"ok": True, "timing": timing.to_json()}
