@@ -3,7 +3,8 @@
 libpng, libjpeg and libtiff report damaged data by printing to the process's stderr and often
 still return pixels (a half-grey JPEG, a TIFF with missing strips). Decoding here captures that
 output: errors and data-corruption warnings refuse the image with the codec's own words, benign
-warnings are logged at debug level, and nothing reaches the user's terminal.
+warnings are logged at debug level, and nothing reaches the user's terminal. Capturing
+redirects the process's file descriptor 2, so concurrent decodes from several threads take turns.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -34,6 +36,8 @@ FATAL_MARKERS = (
 )
 # Known-harmless complaints: some cameras pad JPEG segments.
 HARMLESS_MARKERS = ("extraneous bytes before marker",)
+# File descriptor 2 is process-wide: decodes that capture it take turns.
+_LOCK = threading.Lock()
 # OpenCV's log prefix, e.g. "[ERROR:0@0.251] global grfmt_tiff.cpp:117 "
 _CV_LOG_PREFIX = re.compile(r"^\[\s*\w+:[^\]]*\]\s*(?:global\s+\S+\s+)?")
 
@@ -48,7 +52,7 @@ def decode(data: bytes, name: str) -> np.ndarray:
     Raises:
         ImageError: the data is not an image OpenCV decodes, or a codec reported damage.
     """
-    with _captured_stderr() as said:
+    with _LOCK, _captured_stderr() as said:
         try:
             decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         except cv2.error as err:

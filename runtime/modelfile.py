@@ -40,24 +40,32 @@ def check_external_data(model: str | os.PathLike[str] | bytes, *, base: Path | N
 
     Args:
         model: an ONNX file, or serialized model bytes.
-        base: the folder locations are relative to (default: the file's folder, or the current
-            folder for bytes, as onnxruntime resolves them).
+        base: the folder locations are relative to (default: the file's folder, both as named
+            and with symlinks resolved, since loaders differ; the current folder for bytes, as
+            onnxruntime resolves them).
 
     Raises:
-        ModelError: a location is absolute or resolves outside ``base``, or the file is not a
+        ModelError: a location is absolute or resolves outside its folder, or the file is not a
             well-formed protobuf message.
     """
     name = "<in-memory model>" if isinstance(model, bytes) else str(model)
-    if base is None:
-        base = Path.cwd() if isinstance(model, bytes) else Path(model).resolve().parent
-    root = base.resolve()
+    if base is not None:
+        bases = [base]
+    elif isinstance(model, bytes):
+        bases = [Path.cwd()]
+    else:
+        bases = [Path(model).absolute().parent, Path(model).resolve().parent]
     for tensor, location in external_locations(model):
-        target = (root / location).resolve()
-        if Path(location).is_absolute() or not target.is_relative_to(root):
+        if Path(location).is_absolute() or not all(_inside(b, location) for b in bases):
             raise ModelError(
                 f"{name}: external data {location!r} of tensor {tensor!r} points outside the "
                 "model's folder; refused"
             )
+
+
+def _inside(base: Path, location: str) -> bool:
+    """Whether ``base / location``, symlinks resolved, stays inside ``base`` (resolved)."""
+    return (base / location).resolve().is_relative_to(base.resolve())
 
 
 def external_locations(model: str | os.PathLike[str] | bytes) -> list[tuple[str, str]]:
