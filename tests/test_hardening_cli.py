@@ -297,10 +297,7 @@ def test_ctrl_c_mid_batch_keeps_what_finished(
     out = tmp_path / "out"
     result = invoke("explain", folder, "-M", model, "-o", out, "-b", "1")
     assert result.exit_code == 130
-    assert (
-        result.stderr.splitlines()[-1]
-        == f"gradtap: interrupted; 1 result(s) kept in {out} (summary.json)"
-    )
+    assert result.stderr == f"gradtap: interrupted; 1 result(s) kept in {out} (summary.json)\n"
     run = last_run(out)
     assert run["interrupted"] and run["items"] == ["p0/gradcam.png"]
     assert (out / "p0" / "gradcam.panel.png").is_file()
@@ -363,9 +360,7 @@ def test_a_real_sigint_leaves_no_partial_files(model: Path, photo: Path, tmp_pat
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
-    assert (
-        stderr.splitlines()[-1].startswith("gradtap: interrupted; ") and "Traceback" not in stderr
-    )
+    assert len(stderr.splitlines()) == 1 and stderr.startswith("gradtap: interrupted; "), stderr
     run = last_run(out)
     assert run["interrupted"] and 1 <= len(run["items"]) < 30
     for item in results(out):
