@@ -200,7 +200,8 @@ def curves_figure(result: EvalResult) -> Rgb8:
 
 
 def examples_figure(result: EvalResult, *, tile: int = 96) -> Rgb8:
-    """Each example image with every method's map over it and the ground-truth box in green."""
+    """Each example image with every method's map over it and the ground-truth box in green
+    (the random baseline's noise is left out)."""
     ex = result.examples
     rows = []
     for i, image in enumerate(ex.images):
@@ -208,6 +209,8 @@ def examples_figure(result: EvalResult, *, tile: int = 96) -> Rgb8:
         label = result.labels[int(result.targets[i])]
         tiles = [(label[:16], _boxed(rgb, ex.boxes[i], tile))]
         for m, maps in ex.maps.items():
+            if m == "random":
+                continue
             heat = normalize(maps[i], outlier_perc=1.0)
             tiles.append((m[:16], _boxed(overlay_heatmap(rgb, heat), ex.boxes[i], tile)))
         title = f"{result.model} on {result.dataset}" if i == 0 else None

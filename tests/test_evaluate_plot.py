@@ -76,3 +76,24 @@ def test_the_random_baseline_is_grey_and_colours_are_stable() -> None:
     assert a["random"] == (150, 150, 150)
     assert a["saliency"] != a["gradcam"]
     assert colours(["saliency", "gradcam"]) == {k: a[k] for k in ("saliency", "gradcam")}
+
+
+def test_examples_figure_has_a_tile_per_method_and_the_box_in_green() -> None:
+    from types import SimpleNamespace
+
+    from gradtap.runtime.evaluate_plot import examples_figure
+
+    images = np.full((2, 48, 48, 3), 0.5, np.float32)
+    maps = {
+        m: np.random.default_rng(0).random((2, 48, 48)) for m in ("saliency", "gradcam", "random")
+    }
+    examples = SimpleNamespace(images=images, boxes=np.array([[12, 24, 36, 48]] * 2), maps=maps)
+    fake = SimpleNamespace(
+        examples=examples, labels=("a", "b"), targets=np.array([0, 1]), model="m", dataset="d"
+    )
+    fig = examples_figure(fake, tile=96)
+    assert fig.shape[1] == 3 * 96 + 2 * 4  # image, saliency, gradcam (no random), 4 px gaps
+    green = (fig == (0, 220, 0)).all(axis=2)
+    cols = np.flatnonzero(green[:, :96].any(axis=0))
+    assert (cols.min(), cols.max()) == (24, 71)  # box x 12..36 of 48 px -> 24..71 of 96
+    assert green[:, :96].any() and green[:, 100:196].any() and green[:, 200:296].any()
