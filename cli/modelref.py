@@ -1,13 +1,8 @@
-"""``--model``: a ``.gradtap.onnx`` file, or the name of a model exported into the cache.
-
-This module must not import torch: it mirrors the cache location of ``gradtap.export.to_onnx``
-(``$GRADTAP_CACHE``, else ``models/cache`` in a source checkout, else ``~/.cache/gradtap``).
-"""
+"""``--model``: a ``.gradtap.onnx`` file, or the name of a model exported into the cache."""
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,10 +10,9 @@ import click
 
 from gradtap.cli.config import Config
 from gradtap.cli.errors import about, one_line
+from gradtap.export.catalog import MODEL_NAMES, default_cache_dir
 
-# The built-in architectures of ``gradtap.export.models.MODEL_NAMES`` (kept equal by a test).
-KNOWN_MODELS = ("smallcnn", "vgg16", "resnet18", "resnet50", "efficientnet_lite0")
-CACHE_ENV = "GRADTAP_CACHE"
+KNOWN_MODELS = MODEL_NAMES
 MODEL_ENV = "GRADTAP_MODEL"
 AUGMENTED_SUFFIX = ".gradtap.onnx"
 logger = logging.getLogger(__name__)
@@ -29,13 +23,7 @@ if TYPE_CHECKING:
 
 def cache_dir() -> Path:
     """Where ``gradtap export`` keeps models when no ``-o`` is given."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    root = Path(__file__).resolve().parents[1]
-    if (root / "pyproject.toml").is_file() and (root / "models").is_dir():
-        return root / "models" / "cache"
-    return Path.home() / ".cache" / "gradtap"
+    return default_cache_dir()
 
 
 def cached_models(name: str) -> list[Path]:

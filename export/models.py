@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gradtap.export.catalog import MODEL_NAMES
 from gradtap.export.efficientnet_lite import (
     LITE0_INPUT_SIZE,
     LITE0_MEAN,
@@ -41,7 +42,6 @@ from gradtap.export.weights import (
 
 log = logging.getLogger(__name__)
 
-MODEL_NAMES = ("smallcnn", "vgg16", "resnet18", "resnet50", "efficientnet_lite0")
 TORCHVISION_MODELS = ("vgg16", "resnet18", "resnet50")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

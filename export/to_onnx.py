@@ -29,8 +29,8 @@ from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 from torch import nn
 
+from gradtap.export.catalog import MODEL_NAMES, default_cache_dir
 from gradtap.export.models import (
-    MODEL_NAMES,
     ModelSpec,
     UnknownModelError,
     build,
@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
 SUPPORTED_OPSETS = range(13, 21)
-CACHE_ENV = "GRADTAP_CACHE"
 BATCH = "batch"
 _EXPORT_BATCH = 2  # trace with a batch other than 1 so nothing specialises to a single image
 
@@ -161,17 +160,6 @@ def export_augmented(
         _augment_file(forward, Path(path))
     log.info("wrote explanation graph of %s to %s", name, path)
     return Path(path)
-
-
-def default_cache_dir() -> Path:
-    """``$GRADTAP_CACHE``, else ``models/cache`` in a source checkout, else ``~/.cache/gradtap``."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    root = Path(__file__).resolve().parents[1]
-    if (root / "pyproject.toml").is_file() and (root / "models").is_dir():
-        return root / "models" / "cache"
-    return Path.home() / ".cache" / "gradtap"
 
 
 def cache_file(

@@ -16,7 +16,6 @@ from click.testing import CliRunner, Result
 from onnx import helper
 
 from gradtap.cli.main import cli
-from gradtap.cli.modelref import KNOWN_MODELS
 from gradtap.export.augment import augment
 from gradtap.runtime import contract as c
 from tests.graphs import tiny_cnn
@@ -71,20 +70,6 @@ def test_unknown_command_and_option_are_usage_errors() -> None:
     assert invoke("nonsense").exit_code == 2
     assert invoke("info", "--bogus").exit_code == 2
     assert invoke("--threads", "0", "info", "-h").exit_code == 2
-
-
-def test_known_models_match_the_export_side() -> None:
-    models = pytest.importorskip("gradtap.export.models")
-    assert tuple(models.MODEL_NAMES) == KNOWN_MODELS
-
-
-def test_cache_dir_matches_the_export_side(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    to_onnx = pytest.importorskip("gradtap.export.to_onnx")
-    from gradtap.cli.modelref import cache_dir
-
-    assert cache_dir() == to_onnx.default_cache_dir()
-    monkeypatch.setenv("GRADTAP_CACHE", str(tmp_path))
-    assert cache_dir() == to_onnx.default_cache_dir() == tmp_path
 
 
 # ----- info -----
