@@ -113,6 +113,14 @@ def to_markdown(result: EvalResult, *, heading: str = "###", plots: bool = False
     ]
     lines += [_row(result, s) for s in result.scores]
     lines += ["", settings_text(result)]
+    undefined = {c.method: sum(c.undefined) for c in result.sanity if sum(c.undefined)}
+    if undefined:
+        counts = ", ".join(f"{m} {k}" for m, k in undefined.items())
+        lines += [
+            "",
+            "Spearman undefined (a constant randomised map, left out of the mean) for "
+            f"image × depth pairs: {counts}.",
+        ]
     if result.skipped:
         lines += [""] + [f"Skipped {m}: {why}" for m, why in result.skipped.items()]
     if plots:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -115,3 +116,9 @@ def test_evaluate_reports_the_cascade_in_its_table() -> None:
         f"{curve.ssim[-1]:.3f}",
     ]
     assert result.to_dict()["sanity"]["guided_backprop"]["layers"] == ["fc", "conv2", "conv1"]
+    assert "Spearman undefined" not in result.to_markdown()
+    flat = replace(curve, spearman=(math.nan, 0.5, math.nan), undefined=(2, 0, 2))
+    md = replace(result, sanity=(flat, result.sanity[1])).to_markdown()
+    assert "image × depth pairs: saliency 4." in md
+    row = next(line for line in md.splitlines() if line.startswith("| saliency"))
+    assert row.split("|")[9:11] == [" n/a ", " n/a "]
