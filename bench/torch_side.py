@@ -33,6 +33,7 @@ class TorchSide:
             torch.set_num_interop_threads(1)
         model, spec = build(name, weights)
         self.net = pixel_space(model, spec).eval()
+        self.spec = spec
         self.layer = tap_module(self.net.model, spec)
         self.mean = spec.mean
         self.input_size = tuple(spec.input_size)
@@ -50,7 +51,10 @@ class TorchSide:
         if self.library == "captum":
             return captum_cases(self.net, self.layer, xt, target)
         if self.library == "gradcam":
-            return gradcam_cases(self.net, self.layer, xt, target)
+            # looked up per call: GuidedBackpropReLUModel swaps ReLU modules (VGG16's tap is one)
+            return gradcam_cases(
+                self.net, lambda: tap_module(self.net.model, self.spec), xt, target
+            )
         return torch_autograd.cases(self.net, self.layer, self.mean, xt, target)
 
 
@@ -107,7 +111,9 @@ def captum_cases(net: nn.Module, layer: nn.Module, x: torch.Tensor, t: int) -> d
     }
 
 
-def gradcam_cases(net: nn.Module, layer: nn.Module, x: torch.Tensor, t: int) -> dict[str, Case]:
+def gradcam_cases(
+    net: nn.Module, layer: Callable[[], nn.Module], x: torch.Tensor, t: int
+) -> dict[str, Case]:
     """pytorch-grad-cam's GradCAM and GuidedBackpropReLUModel, as its README uses them."""
     from pytorch_grad_cam import GradCAM, GuidedBackpropReLUModel
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -115,7 +121,7 @@ def gradcam_cases(net: nn.Module, layer: nn.Module, x: torch.Tensor, t: int) -> 
     targets = [ClassifierOutputTarget(t)] * len(x)
 
     def grad_cam() -> np.ndarray:
-        with GradCAM(model=net, target_layers=[layer]) as cam:
+        with GradCAM(model=net, target_layers=[layer()]) as cam:
             return cam(input_tensor=x, targets=targets)
 
     inplace = {name: m.inplace for name, m in net.named_modules() if isinstance(m, nn.ReLU)}
