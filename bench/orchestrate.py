@@ -150,7 +150,11 @@ def run(opts: dict[str, Any]) -> str:
 @click.option("--models", default=",".join(config.MODELS), help="Comma-separated model names.")
 @click.option("--batches", default="1,8", help="Comma-separated batch sizes.")
 @click.option("--methods", default=",".join(config.METHODS), help="Comma-separated methods.")
-@click.option("--libraries", default=",".join(config.LIBRARIES), help="Sides to compare.")
+@click.option(
+    "--libraries",
+    default=",".join(config.LIBRARIES),
+    help=f"Sides to compare; add {config.FAST} for the fast-path prototype.",
+)
 @click.option("--repeats", default=5, type=click.IntRange(min=1), help="Timed runs per cell.")
 @click.option("--budget", default=60.0, type=float, help="Seconds after which a cell stops.")
 @click.option(
@@ -177,7 +181,7 @@ def main(**opts: Any) -> None:
             coldstart=False,
         )
     bad = [m for m in opts["methods"] if m not in config.METHODS]
-    bad += [lib for lib in opts["libraries"] if lib not in config.LIBRARIES]
+    bad += [lib for lib in opts["libraries"] if lib not in config.LIBRARY_TITLES]
     if bad or config.REFERENCE not in opts["libraries"]:
         raise click.BadParameter(
             f"unknown {bad} or gradtap missing; methods "

@@ -76,7 +76,7 @@ def slower_notes(results: Sequence[ModelResult], libraries: Sequence[str]) -> li
             slower = [
                 f"{cfg.LIBRARY_TITLES[lib]} {cell[lib]['median'] / ref['median']:.2f}x"
                 for lib in libraries
-                if lib != cfg.REFERENCE
+                if lib not in (cfg.REFERENCE, cfg.FAST)
                 and isinstance(cell.get(lib), dict)
                 and cell[lib]["median"] < ref["median"]
             ]
