@@ -29,17 +29,14 @@ METHODS = (
 )
 
 LIBRARIES = ("gradtap", "captum", "gradcam", "torch")
-FAST = "gradtap_fast"  # the fast-path prototype (bench.fastpath); ask for it with --libraries
 LIBRARY_TITLES = {
     "gradtap": "gradtap",
-    FAST: "gradtap fast path",
     "captum": "captum",
     "gradcam": "pytorch-grad-cam",
     "torch": "torch autograd",
 }
 SUPPORTED = {
     "gradtap": frozenset(METHODS),
-    FAST: frozenset(METHODS),
     "captum": frozenset(METHODS) - {"class_vis_step"},
     "gradcam": frozenset({"gradcam", "guided_backprop", "guided_gradcam"}),
     "torch": frozenset(METHODS),

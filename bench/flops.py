@@ -17,6 +17,7 @@ from pathlib import Path
 import onnx
 from onnx import shape_inference
 
+from gradtap.export.gate import ungate
 from gradtap.runtime import contract as c
 
 COUNTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
@@ -120,7 +121,7 @@ def _ancestors(model: onnx.ModelProto, outputs: list[str]) -> set[int]:
 
 def count(path: str | Path, tap: str) -> GraphFlops:
     """Per-image GFLOP of an augmented graph's forward, input-gradient and tap-gradient passes."""
-    model = onnx.load(str(path))
+    model = ungate(onnx.load(str(path)))
     shapes = _shapes(model)
     flops = [node_flops(n, shapes) for n in model.graph.node]
     fwd = _ancestors(model, [c.LOGITS])

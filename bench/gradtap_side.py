@@ -28,15 +28,10 @@ Case = Callable[[], object]
 
 
 class GradtapSide:
-    """One augmented model in an :class:`ExplainSession` (or the fast-path prototype's)."""
+    """One augmented model in an :class:`ExplainSession`."""
 
-    def __init__(self, path: str | Path, *, threads: int, fast: bool = False) -> None:
-        if fast:
-            from bench.fastpath import fast_session
-
-            self.session = fast_session(path, threads)
-        else:
-            self.session = ExplainSession(path, threads=threads)
+    def __init__(self, path: str | Path, *, threads: int) -> None:
+        self.session = ExplainSession(path, threads=threads)
         self.input_size: tuple[int, int] = tuple(self.session.info.input_size)  # type: ignore[assignment]
         self.num_classes = self.session.info.num_classes
 

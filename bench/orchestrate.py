@@ -153,7 +153,7 @@ def run(opts: dict[str, Any]) -> str:
 @click.option(
     "--libraries",
     default=",".join(config.LIBRARIES),
-    help=f"Sides to compare; add {config.FAST} for the fast-path prototype.",
+    help="Sides to compare.",
 )
 @click.option("--repeats", default=5, type=click.IntRange(min=1), help="Timed runs per cell.")
 @click.option("--budget", default=60.0, type=float, help="Seconds after which a cell stops.")

@@ -40,10 +40,10 @@ class Side(Protocol):
 
 def open_side(library: str, model: str, weights: str, threads: int, graph: str) -> Side:
     """Load the model for ``library`` (the gradtap sides read ``graph``, never torch)."""
-    if library in ("gradtap", "gradtap_fast"):
+    if library == "gradtap":
         from bench.gradtap_side import GradtapSide
 
-        return GradtapSide(graph, threads=threads, fast=library == "gradtap_fast")
+        return GradtapSide(graph, threads=threads)
     from bench.torch_side import TorchSide
 
     return TorchSide(model, weights, library=library, threads=threads)

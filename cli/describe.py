@@ -8,6 +8,7 @@ from typing import Any
 
 import onnx
 
+from gradtap.export.gate import branch_nodes
 from gradtap.runtime import contract as c
 
 _MEANING = {
@@ -16,12 +17,17 @@ _MEANING = {
     c.RELU_RULE: "rectifier backward rule (int64 scalar, optional): "
     + ", ".join(f"{v} {k}" for k, v in c.RELU_RULES.items()),
     c.SEED_TOP1: "float32 scalar, optional: added to the seed on each row's predicted class",
+    c.OBJECTIVE: "int64 scalar, optional: "
+    + ", ".join(f"{v} {k}" for k, v in c.OBJECTIVES.items())
+    + " (the cross-entropy's gradient on the logits is softmax * sum(seed) - seed)",
+    c.COMPUTE: "int64 scalar, optional: how much runs: "
+    + ", ".join(f"{v} {k}" for k, v in c.COMPUTE_LEVELS.items()),
     c.LOGITS: "class scores (before softmax)",
     c.GRAD_INPUT: "d sum(seed * logits) / d input",
 }
 
 
-OPTIONAL_INPUTS = frozenset({c.RELU_RULE, c.SEED_TOP1})
+OPTIONAL_INPUTS = frozenset({c.RELU_RULE, c.SEED_TOP1, c.OBJECTIVE, c.COMPUTE})
 
 
 def meaning(name: str) -> str:
@@ -67,7 +73,7 @@ def describe(path: Path) -> dict[str, Any]:
         "augmented": meta.get(c.META_AUGMENTED) == "1",
         "contract_version": meta.get(c.META_CONTRACT),
         "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
-        "nodes": len(model.graph.node),
+        "nodes": len(branch_nodes(model)),  # the backward pass lives in If branches
     }
     ours = c.META_CONTRACT in meta  # contract names mean something only in gradtap graphs
     for key, values in ports.items():

@@ -18,6 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper, version_converter
 
 from gradtap.export.emitter import GraphInfo
+from gradtap.export.gate import branch_nodes, gate
 from gradtap.export.taps import alias_for, candidate_taps, default_tap
 from gradtap.export.vjp import add_vjp
 from gradtap.runtime import contract as c
@@ -25,7 +26,7 @@ from gradtap.runtime.modelfile import check_external_data, external_locations
 
 log = logging.getLogger(__name__)
 
-PASS_MODULES = ("augment", "emitter", "taps", "vjp", "vjp_rules", "vjp_conv", "vjp_shape")
+PASS_MODULES = ("augment", "emitter", "gate", "taps", "vjp", "vjp_rules", "vjp_conv", "vjp_shape")
 TARGET_OPSET = 17  # older graphs are converted; ScatterElements(reduction="add") needs >= 16
 STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
 
@@ -70,7 +71,7 @@ def augment(
     wrt = {c.INPUT: c.GRAD_INPUT}
     wrt.update({tensor: c.tap_grad_output(alias) for alias, tensor in chosen.items()})
     seed = _add_seed_inputs(model)
-    out = add_vjp(model, seed_of=c.LOGITS, seed=seed, wrt=wrt, relu_rule=c.RELU_RULE)
+    out = gate(add_vjp(model, seed_of=c.LOGITS, seed=seed, wrt=wrt, relu_rule=c.RELU_RULE))
     _stamp(out, meta, chosen, labels)
     del out.graph.value_info[:]
     out = onnx.shape_inference.infer_shapes(out, check_type=True, strict_mode=True)
@@ -221,19 +222,24 @@ def _prepend_normalization(
 
 
 def _add_seed_inputs(model: onnx.ModelProto) -> str:
-    """Declare seed, relu_rule and seed_top1; return the cotangent the backward pass starts from.
+    """Declare seed, relu_rule, seed_top1 and objective; return the backward pass's cotangent.
 
-    That cotangent is ``seed + seed_top1 * onehot(argmax(logits))``, so the predicted class can
-    be explained in the same call that predicts it.
+    With ``s = seed + seed_top1 * onehot(argmax(logits))`` (the predicted class explained in the
+    call that predicts it), the cotangent is ``s`` for objective 0 (``sum(s * logits)``) and
+    ``softmax(logits) * sum(s) - s`` for objective 1 (the cross-entropy ``-sum(s * log p)``).
     """
     graph = model.graph
     batch, classes = GraphInfo.of(model).shape(c.LOGITS)
     graph.input.append(helper.make_tensor_value_info(c.SEED, TensorProto.FLOAT, [batch, classes]))
     graph.input.append(helper.make_tensor_value_info(c.RELU_RULE, TensorProto.INT64, []))
     graph.input.append(helper.make_tensor_value_info(c.SEED_TOP1, TensorProto.FLOAT, []))
+    graph.input.append(helper.make_tensor_value_info(c.OBJECTIVE, TensorProto.INT64, []))
     graph.initializer.extend([
         numpy_helper.from_array(np.asarray(0, np.int64), c.RELU_RULE),
         numpy_helper.from_array(np.asarray(0.0, np.float32), c.SEED_TOP1),
+        numpy_helper.from_array(np.asarray(c.OBJECTIVES["logits"], np.int64), c.OBJECTIVE),
+        numpy_helper.from_array(np.asarray(c.OBJECTIVES["cross_entropy"], np.int64), "seed/ce"),
+        numpy_helper.from_array(np.asarray([1], np.int64), "seed/axis"),
         numpy_helper.from_array(np.asarray([0.0, 1.0], np.float32), "seed/onehot_values"),
     ])  # fmt: skip
     if isinstance(classes, int):
@@ -259,7 +265,15 @@ def _add_seed_inputs(model: onnx.ModelProto) -> str:
         helper.make_node("OneHot", ["seed/top1", *depth, "seed/onehot_values"], ["seed/top1_onehot"],
                          name="seed/OneHot", axis=-1),
         helper.make_node("Mul", ["seed/top1_onehot", c.SEED_TOP1], ["seed/top1_scaled"], name="seed/Mul"),
-        helper.make_node("Add", [c.SEED, "seed/top1_scaled"], ["seed/effective"], name="seed/Add"),
+        helper.make_node("Add", [c.SEED, "seed/top1_scaled"], ["seed/weights"], name="seed/Add"),
+        helper.make_node("Softmax", [c.LOGITS], ["seed/prob"], name="seed/Softmax", axis=1),
+        helper.make_node("ReduceSum", ["seed/weights", "seed/axis"], ["seed/total"], name="seed/ReduceSum",
+                         keepdims=1),
+        helper.make_node("Mul", ["seed/prob", "seed/total"], ["seed/expected"], name="seed/Mul_prob"),
+        helper.make_node("Sub", ["seed/expected", "seed/weights"], ["seed/ce_grad"], name="seed/Sub"),
+        helper.make_node("Equal", [c.OBJECTIVE, "seed/ce"], ["seed/is_ce"], name="seed/Equal"),
+        helper.make_node("Where", ["seed/is_ce", "seed/ce_grad", "seed/weights"], ["seed/effective"],
+                         name="seed/Where"),
     ])  # fmt: skip
     return "seed/effective"
 
@@ -304,7 +318,7 @@ def _stamp(
 def _ensure(model: onnx.ModelProto) -> None:
     """Postconditions: standard ops only, a valid model, strict shape inference passes."""
     foreign = sorted(
-        {f"{n.domain}:{n.op_type}" for n in model.graph.node if n.domain not in STANDARD_DOMAINS}
+        {f"{n.domain}:{n.op_type}" for n in branch_nodes(model) if n.domain not in STANDARD_DOMAINS}
     )
     if foreign:
         raise ValueError(f"non-standard ops in the graph: {foreign}")

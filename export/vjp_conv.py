@@ -74,7 +74,10 @@ def _fail(name: str) -> list[int]:
 
 @vjp_rule("Conv")
 def conv_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
-    """dx = ConvTranspose(dy, W) with the forward strides/pads/dilations/group + output_padding."""
+    """dx = ConvTranspose(dy, W) with the forward strides/pads/dilations/group + output_padding.
+
+    Stride 1 without output_padding: the same as a Conv with the flipped, channel-swapped W.
+    """
     x, w, y = node.input[0], node.input[1], node.output[0]
     if em.wants(w) or (len(node.input) > 2 and em.wants(node.input[2])):
         raise NotImplementedError(f"Conv node {node.name!r}: weights depend on the input")
@@ -85,11 +88,40 @@ def conv_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     strides, dilations = list(at["strides"]), list(at["dilations"])  # type: ignore[call-overload]
     pads = _explicit_pads(node, in_sizes, kernel, strides, dilations)
     pads, out_pad = _transpose_geometry(in_sizes, out_sizes, kernel, strides, dilations, pads)
-    dx = em.op(
-        "ConvTranspose", dys[0], w, strides=strides, dilations=dilations, pads=pads,
-        group=int(at["group"]), output_padding=out_pad, kernel_shape=kernel,
-    )  # fmt: skip
+    group = int(at["group"])  # type: ignore[call-overload]
+    reach = [d * (k - 1) for d, k in zip(dilations, kernel, strict=True)] * 2
+    conv_pads = [r - p for r, p in zip(reach, pads, strict=True)]
+    if all(s == 1 for s in strides) and not any(out_pad) and min(conv_pads) >= 0:
+        dx = em.op(
+            "Conv", dys[0], _flipped(em, w, group, n), dilations=dilations, pads=conv_pads,
+            group=group, kernel_shape=kernel,
+        )  # fmt: skip
+    else:
+        dx = em.op(
+            "ConvTranspose", dys[0], w, strides=strides, dilations=dilations, pads=pads,
+            group=group, output_padding=out_pad, kernel_shape=kernel,
+        )  # fmt: skip
     return (dx, None) + ((None,) if len(node.input) > 2 else ())
+
+
+def _flipped(em: Emitter, w: str, group: int, n: int) -> str:
+    """W [Cout, Cin/g, k...] as the Conv weight [Cin, Cout/g, k...] of the stride-1 transpose.
+
+    A stride-1 ConvTranspose is a Conv with input and output channels swapped within each group
+    and the kernel flipped; onnxruntime runs Conv in its fast blocked layout, ConvTranspose not.
+    The weight is a constant, so runtimes fold these nodes once, at load time.
+    """
+    cout, cin_g, *kernel = em.info.static_shape(w)
+    per_group = [group, cout // group, cin_g, *kernel]
+    swapped = em.op(
+        "Transpose", em.op("Reshape", w, em.ints(per_group)), perm=[0, 2, 1, *range(3, 3 + n)]
+    )
+    grouped = em.op("Reshape", swapped, em.ints([cin_g * group, cout // group, *kernel]))
+    axes = list(range(2, 2 + n))
+    big = np.iinfo(np.int64).min
+    return em.op(
+        "Slice", grouped, em.ints([-1] * n), em.ints([big] * n), em.ints(axes), em.ints([-1] * n)
+    )
 
 
 @vjp_rule("MaxPool")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -11,7 +11,7 @@ import numpy.typing as npt
 from gradtap.runtime.errors import OptionError, TargetError
 from gradtap.runtime.explanation import check_pixels
 from gradtap.runtime.session import ExplainSession
-from gradtap.runtime.targets import ce_seed, class_index, softmax
+from gradtap.runtime.targets import class_index, onehot, softmax
 
 Array = npt.NDArray[np.float32]
 Ints = npt.NDArray[np.int64]
@@ -29,9 +29,11 @@ class Attack:
         cls: [N] the class attacked: the true label (untargeted) or the target class (targeted).
         targeted: whether the attack pushes towards ``cls`` (else away from it).
         logits_before: [N, classes] on the original images.
-        logits_after: [N, classes] on the adversarial images.
         steps: [N] gradient steps taken.
         labels: the model's class names.
+
+    ``logits_after`` (the logits on the adversarial images) is computed on first use when the
+    attack did not already compute it (FGSM does not: one fused call makes its image).
     """
 
     x: Array
@@ -39,9 +41,21 @@ class Attack:
     cls: Ints
     targeted: bool
     logits_before: Array
-    logits_after: Array
     steps: Ints
     labels: tuple[str, ...]
+    session: ExplainSession | None = field(default=None, repr=False, compare=False)
+    _after: Array | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def logits_after(self) -> Array:
+        """[N, classes] on the adversarial images."""
+        if self._after is None:
+            if self.session is None:
+                raise ValueError(
+                    "this Attack has neither logits_after nor a session to compute them"
+                )
+            object.__setattr__(self, "_after", self.session.logits(self.x))
+        return self._after  # type: ignore[return-value]
 
     @property
     def success(self) -> npt.NDArray[np.bool_]:
@@ -78,7 +92,9 @@ def fgsm(
     """Fast gradient sign method (Goodfellow et al. 2014, https://arxiv.org/abs/1412.6572).
 
     Untargeted: ``x + eps * sign(d CE(logits, label) / dx)``; targeted (``target`` given):
-    ``x - eps * sign(d CE(logits, target) / dx)``; clipped to [0, 1].
+    ``x - eps * sign(d CE(logits, target) / dx)``; clipped to [0, 1]. One fused call: the graph
+    computes the cross-entropy's gradient itself (``objective``), and seeds the predicted class
+    (``seed_top1``) when no label is given.
 
     Args:
         session: the model. x: [N, 3, H, W] pixels in [0, 1].
@@ -92,16 +108,21 @@ def fgsm(
     if not 0 <= eps <= 1:
         raise OptionError(f"eps must lie in [0, 1] pixel units, got {eps}")
     x = _checked(session, x)
-    before = session.logits(x)
     targeted = target is not None
-    cls = _per_image(target if targeted else label, before, session.info.labels)
-    grad = session.run(x, ce_seed(before, cls)).grad_input
+    spec = target if targeted else label
+    n, labels = len(x), session.info.labels
+    if spec is None:
+        out = session.run(x, None, top1=True, objective="cross_entropy")
+        cls = out.logits.argmax(axis=1).astype(np.int64)
+    else:
+        cls = _per_image(spec, n, labels)
+        seed = onehot(cls, session.info.num_classes)
+        out = session.run(x, seed, objective="cross_entropy")
     direction = -1.0 if targeted else 1.0
-    adv = np.clip(x + direction * np.float32(eps) * np.sign(grad), 0.0, 1.0).astype(np.float32)
-    after = session.logits(adv)
-    return Attack(
-        adv, adv - x, cls, targeted, before, after, np.ones(len(x), np.int64), session.info.labels
-    )
+    step = direction * np.float32(eps) * np.sign(out.grad_input)
+    adv = np.clip(x + step, 0.0, 1.0).astype(np.float32)
+    ones = np.ones(n, np.int64)
+    return Attack(adv, adv - x, cls, targeted, out.logits, ones, labels, session)
 
 
 def fool(
@@ -117,7 +138,8 @@ def fool(
 
     Repeats ``x <- clip(x - step * sign(d CE(logits, target) / dx))``, projected onto the
     L-infinity ball of radius ``eps`` around the original (PGD) when ``eps`` is given, and stops
-    for each image as soon as the model predicts the target.
+    for each image as soon as the model predicts the target. Each step is one fused call that
+    also returns the logits of the image it starts from, so the check costs no extra pass.
 
     Args:
         target: the class to reach (one for all images, or a list of N).
@@ -131,22 +153,32 @@ def fool(
     if target is None:
         raise TargetError("fool needs a target class")
     x = _checked(session, x)
-    before = session.logits(x)
-    cls = _per_image(target, before, session.info.labels)
-    adv, logits = x.copy(), before.copy()
+    cls = _per_image(target, len(x), session.info.labels)
+    seed = onehot(cls, session.info.num_classes)
+    adv = x.copy()
+    logits = np.zeros((len(x), session.info.num_classes), np.float32)
+    before: Array | None = None
     steps = np.zeros(len(x), np.int64)
-    for _ in range(max_steps):
-        active = np.flatnonzero(logits.argmax(axis=1) != cls)
-        if active.size == 0:
+    active = np.arange(len(x))
+    for k in range(max_steps + 1):
+        last = k == max_steps  # only the logits of the last images are still needed
+        out = session.run(adv[active], seed[active], grad_input=not last, objective="cross_entropy")
+        logits[active] = out.logits
+        if before is None:
+            before = out.logits.copy()
+        keep = out.logits.argmax(axis=1) != cls[active]
+        if last or not keep.any():
             break
-        grad = session.run(adv[active], ce_seed(logits[active], cls[active])).grad_input
+        active, grad = active[keep], out.grad_input[keep]  # type: ignore[index]
         moved = adv[active] - np.float32(step) * np.sign(grad)
         if eps is not None:
             moved = np.clip(moved, x[active] - eps, x[active] + eps)
         adv[active] = np.clip(moved, 0.0, 1.0)
-        logits[active] = session.logits(adv[active])
         steps[active] += 1
-    return Attack(adv, adv - x, cls, True, before, logits, steps, session.info.labels)
+    assert before is not None
+    return Attack(
+        adv, adv - x, cls, True, before, steps, session.info.labels, session, _after=logits
+    )
 
 
 def _checked(session: ExplainSession, x: Array) -> Array:
@@ -155,10 +187,7 @@ def _checked(session: ExplainSession, x: Array) -> Array:
     return x
 
 
-def _per_image(spec: Labels, logits: Array, labels: Sequence[str]) -> Ints:
-    n = len(logits)
-    if spec is None:
-        return logits.argmax(axis=1).astype(np.int64)
+def _per_image(spec: Labels, n: int, labels: Sequence[str]) -> Ints:
     if isinstance(spec, (list, tuple, np.ndarray)):
         if len(spec) != n:
             raise TargetError(

@@ -12,6 +12,15 @@ inputs
   ``seed_top1``   float32 scalar, optional (defaults to 0): added to the seed on each row's
                   top-1 class, so ``seed = 0, seed_top1 = 1`` explains the predicted class in
                   one call, without a forward pass first to find it.
+  ``objective``   int64 scalar, optional (defaults to 0): what the seed weighs. 0: the graph
+                  differentiates ``sum(seed * logits)``; 1: the cross-entropy
+                  ``-sum(seed * log_softmax(logits))``, whose gradient on the logits is
+                  ``softmax(logits) * sum(seed) - seed`` (so a one-hot seed gives the loss
+                  gradient that FGSM and fooling images follow, in one call).
+  ``compute``     int64 scalar, optional (defaults to 2): how much of the graph runs. 0: the
+                  forward pass only (logits, taps); 1: also the backward pass down to the taps
+                  (tap gradients); 2: everything (also the input gradient). Outputs of a part
+                  that did not run come back as empty tensors of the right rank.
 
 outputs
   ``logits``             float32 [N, classes]
@@ -22,18 +31,22 @@ outputs
 
 from __future__ import annotations
 
-CONTRACT_VERSION = "2"
+CONTRACT_VERSION = "3"
 
 INPUT = "input"
 SEED = "seed"
 RELU_RULE = "relu_rule"
 SEED_TOP1 = "seed_top1"
+OBJECTIVE = "objective"
+COMPUTE = "compute"
 LOGITS = "logits"
 TAP_PREFIX = "tap/"
 GRAD_PREFIX = "grad/"
 GRAD_INPUT = GRAD_PREFIX + INPUT
 
 RELU_RULES: dict[str, int] = {"plain": 0, "guided": 1, "deconvnet": 2}
+OBJECTIVES: dict[str, int] = {"logits": 0, "cross_entropy": 1}
+COMPUTE_LEVELS: dict[str, int] = {"forward": 0, "taps": 1, "full": 2}
 
 # metadata_props keys; values are strings, JSON where structured
 META_PREFIX = "gradtap."

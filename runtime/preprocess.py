@@ -79,7 +79,8 @@ def to_input(
         crop = resized_crop(img, geo.resized_size, geo.crop)
     else:
         crop = resize(img, geo.resized_size)[top : top + ch, left : left + cw]
-    return np.ascontiguousarray(crop.transpose(2, 0, 1)[None], dtype=np.float32), geo
+    x = np.ascontiguousarray(crop.transpose(2, 0, 1)[None], dtype=np.float32)
+    return np.clip(x, 0.0, 1.0, out=x), geo  # resampling may overshoot [0, 1] by rounding
 
 
 def to_batch(

@@ -1,4 +1,4 @@
-"""ExplainSession: one onnxruntime session over an augmented graph (the only onnxruntime import)."""
+"""ExplainSession: one onnxruntime session over an explanation graph (the only onnxruntime import)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from gradtap.runtime import contract as c
 from gradtap.runtime.errors import ModelError, NonFiniteError, OptionError
 from gradtap.runtime.info import ModelInfo, parse_info
 from gradtap.runtime.modelfile import check_external_data
-from gradtap.runtime.prune import prune
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +26,6 @@ Array = npt.NDArray[np.float32]
 ModelSource = str | os.PathLike[str] | onnx.ModelProto | bytes
 
 DEFAULT_BATCH_SIZE = 16
-FULL, TAPS, FORWARD = "full", "taps", "forward"
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
@@ -86,10 +84,10 @@ class ExplainSession:
         self._proto: onnx.ModelProto | None = model if isinstance(model, onnx.ModelProto) else None
         self._providers, self._threads = _providers(providers), threads
         self._session = _open(model, self._providers, _options(threads))
-        self._variants: dict[str, ort.InferenceSession] = {FULL: self._session}
         self.provider: str = self._session.get_providers()[0]
         inputs = {i.name: list(i.shape) for i in self._session.get_inputs()}
         inputs.update({i.name: list(i.shape) for i in self._session.get_overridable_initializers()})
+        self._feeds = frozenset(inputs)  # an optional input a graph lacks is not fed
         outputs = {o.name: list(o.shape) for o in self._session.get_outputs()}
         meta = self._session.get_modelmeta().custom_metadata_map
         self.info: ModelInfo = parse_info(
@@ -109,12 +107,13 @@ class ExplainSession:
         taps: Sequence[str] = (),
         tap_grads: bool = True,
         top1: bool = False,
+        objective: str = "logits",
     ) -> Pass:
         """One fused call: logits, and the gradients of ``sum(seed * logits)`` asked for.
 
-        Only what is asked for is computed: without ``grad_input`` the call runs a copy of the
-        graph pruned to the taps (the backward pass stops at the tap), and without gradients at
-        all a forward-only copy (see :mod:`gradtap.runtime.prune`).
+        Only what is asked for is computed (the graph's ``compute`` input): without
+        ``grad_input`` the backward pass stops at the taps, and without gradients at all only
+        the forward pass runs.
 
         Args:
             x: images [N, 3, H, W] float32 (RGB pixels in [0, 1]; normalisation is in-graph).
@@ -125,6 +124,9 @@ class ExplainSession:
             tap_grads: also fetch the gradient with respect to each tap in ``taps``.
             top1: add each row's predicted class to the seed inside the graph (``seed_top1``),
                 so the predicted class is explained by this one call.
+            objective: ``"logits"`` differentiates ``sum(seed * logits)``; ``"cross_entropy"``
+                differentiates ``-sum(seed * log_softmax(logits))`` (a one-hot seed: the loss
+                gradient that adversarial images follow).
 
         Returns:
             The :class:`Pass`; arrays not asked for are ``None`` / absent.
@@ -139,10 +141,16 @@ class ExplainSession:
         names = [c.LOGITS] + ([c.GRAD_INPUT] if grad_input else [])
         names += [c.tap_output(t) for t in aliases]
         names += [c.tap_grad_output(t) for t in aliases] if tap_grads else []
-        rule = np.array(self._rule(relu_rule), dtype=np.int64)
-        kind = FULL if grad_input else (TAPS if aliases and tap_grads else FORWARD)
-        extra = {c.RELU_RULE: rule, c.SEED_TOP1: np.array(1.0 if top1 else 0.0, np.float32)}
-        out = dict(zip(names, self._run_chunked(kind, names, x, seed, extra), strict=True))
+        if objective not in c.OBJECTIVES:
+            raise OptionError(f"objective {objective!r} unknown; valid: {list(c.OBJECTIVES)}")
+        level = "full" if grad_input else ("taps" if aliases and tap_grads else "forward")
+        extra = {
+            c.RELU_RULE: np.array(self._rule(relu_rule), dtype=np.int64),
+            c.SEED_TOP1: np.array(1.0 if top1 else 0.0, np.float32),
+            c.OBJECTIVE: np.array(c.OBJECTIVES[objective], np.int64),
+            c.COMPUTE: np.array(c.COMPUTE_LEVELS[level], np.int64),
+        }
+        out = dict(zip(names, self._run_chunked(names, x, seed, extra), strict=True))
         _check_finite(out)
         return Pass(
             logits=out[c.LOGITS],
@@ -195,34 +203,14 @@ class ExplainSession:
             )
         return c.RELU_RULES[relu_rule]
 
-    def variant(self, kind: str) -> ort.InferenceSession:
-        """The onnxruntime session of a graph variant, built on first use.
-
-        Args:
-            kind: ``"full"`` (everything), ``"taps"`` (logits, taps and tap gradients: the
-                backward pass stops at the taps) or ``"forward"`` (logits and taps only).
-        """
-        if kind not in self._variants:
-            if kind not in (TAPS, FORWARD):
-                raise OptionError(f"graph variant {kind!r} unknown; valid: {[FULL, TAPS, FORWARD]}")
-            outputs = [c.LOGITS] + [c.tap_output(t) for t in self.info.taps]
-            outputs += [c.tap_grad_output(t) for t in self.info.taps] if kind == TAPS else []
-            pruned = prune(self.model_proto(), outputs).SerializeToString()
-            self._variants[kind] = _open(pruned, self._providers, _options(self._threads))
-            logger.debug("built the %r variant of %s", kind, self.info.name)
-        return self._variants[kind]
-
     def _run_chunked(
-        self, kind: str, names: list[str], x: Array, seed: Array, extra: dict[str, Array]
+        self, names: list[str], x: Array, seed: Array, extra: dict[str, Array]
     ) -> list[Array]:
-        session = self.variant(kind)
-        wanted = {i.name for i in session.get_inputs()}
-        wanted |= {i.name for i in session.get_overridable_initializers()}
         parts: list[list[Array]] = []
         for i in range(0, len(x), self.batch_size):
             feeds = {c.INPUT: x[i : i + self.batch_size], c.SEED: seed[i : i + self.batch_size]}
-            feeds.update(extra)
-            parts.append(session.run(names, {k: v for k, v in feeds.items() if k in wanted}))
+            feeds.update({k: v for k, v in extra.items() if k in self._feeds})
+            parts.append(self._session.run(names, feeds))
         if len(parts) == 1:
             return parts[0]
         return [np.concatenate(arrays) for arrays in zip(*parts, strict=True)]

@@ -55,6 +55,8 @@ def test_the_contract_table_names_every_input_output_and_key() -> None:
         c.SEED,
         c.RELU_RULE,
         c.SEED_TOP1,
+        c.OBJECTIVE,
+        c.COMPUTE,
         c.LOGITS,
         c.GRAD_INPUT,
         c.TAP_PREFIX,

@@ -271,8 +271,8 @@ def test_non_finite_gradients_are_reported_and_nothing_is_drawn(
     """The runtime checks every fetched output; here onnxruntime's gradient comes back NaN."""
     real = ExplainSession._run_chunked
 
-    def poisoned(self, kind, names, x, seed, extra):  # noqa: ANN001, ANN202
-        arrays = real(self, kind, names, x, seed, extra)
+    def poisoned(self, names, x, seed, extra):  # noqa: ANN001, ANN202
+        arrays = real(self, names, x, seed, extra)
         pairs = zip(names, arrays, strict=True)
         return [np.full_like(a, np.nan) if n == "grad/input" else a for n, a in pairs]
 

@@ -1,4 +1,4 @@
-"""ExplainSession: metadata, fetch pruning, batching, relu rules and clear errors (no torch)."""
+"""ExplainSession: metadata, compute levels, objectives, batching, relu rules and clear errors (no torch)."""
 
 from __future__ import annotations
 
@@ -62,11 +62,21 @@ def test_run_matches_plain_onnxruntime(model: onnx.ModelProto, sess: ExplainSess
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
-def test_fetches_only_what_is_asked(sess: ExplainSession, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without grad/input the call runs a graph pruned at the taps; without gradients, forward."""
-    used: list[str] = []
-    real = sess.variant
-    monkeypatch.setattr(sess, "variant", lambda kind: used.append(kind) or real(kind))
+class _Recorder:
+    """Wraps the onnxruntime session and records the ``compute`` level of each call."""
+
+    def __init__(self, inner: ort.InferenceSession, levels: list[int]) -> None:
+        self.inner, self.levels = inner, levels
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.levels.append(int(feeds[c.COMPUTE]))
+        return self.inner.run(names, feeds)
+
+
+def test_computes_only_what_is_asked(sess: ExplainSession, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without grad/input the backward pass stops at the taps; without gradients, forward only."""
+    levels: list[int] = []
+    monkeypatch.setattr(sess, "_session", _Recorder(sess._session, levels))  # noqa: SLF001
     x = RNG.random((1, 3, 16, 16), dtype=np.float32)
     p = sess.run(x, np.ones((1, 3), np.float32), grad_input=False, taps=["features"])
     assert p.grad_input is None and set(p.tap_grads) == {"features"}
@@ -74,16 +84,26 @@ def test_fetches_only_what_is_asked(sess: ExplainSession, monkeypatch: pytest.Mo
     assert q.tap_grads == {} and set(q.taps) == {"features"}
     sess.logits(x)
     sess.run(x, np.ones((1, 3), np.float32))
-    assert used == ["taps", "forward", "forward", "full"]
+    lv = c.COMPUTE_LEVELS
+    assert levels == [lv["taps"], lv["forward"], lv["forward"], lv["full"]]
 
 
-def test_variants_feed_and_fetch_only_their_part(sess: ExplainSession) -> None:
-    assert [i.name for i in sess.variant("forward").get_inputs()] == [c.INPUT]
-    assert [o.name for o in sess.variant("forward").get_outputs()] == [c.LOGITS, "tap/features"]
-    outs = [o.name for o in sess.variant("taps").get_outputs()]
-    assert outs == [c.LOGITS, "tap/features", "grad/tap/features"]
-    with pytest.raises(OptionError, match="graph variant 'half' unknown"):
-        sess.variant("half")
+def test_cross_entropy_objective_matches_the_numpy_seed(sess: ExplainSession) -> None:
+    """objective='cross_entropy' equals seeding with softmax(logits) * sum(w) - w by hand."""
+    x = RNG.random((4, 3, 16, 16), dtype=np.float32)
+    w = np.eye(3, dtype=np.float32)[[0, 2, 1, 2]] * np.float32([[1.0], [2.0], [0.5], [1.0]])
+    got = sess.run(x, w, objective="cross_entropy", taps=["features"])
+    z = sess.logits(x).astype(np.float64)
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    hand = (p * w.sum(1, keepdims=True) - w).astype(np.float32)
+    want = sess.run(x, hand, taps=["features"])
+    np.testing.assert_allclose(got.grad_input, want.grad_input, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(
+        got.tap_grads["features"], want.tap_grads["features"], rtol=1e-4, atol=1e-7
+    )
+    with pytest.raises(OptionError, match="objective 'hinge' unknown"):
+        sess.run(x, w, objective="hinge")
 
 
 def test_logits_ignore_the_backward_pass(model: onnx.ModelProto, sess: ExplainSession) -> None:

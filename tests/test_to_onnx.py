@@ -15,8 +15,8 @@ torch = pytest.importorskip("torch")
 
 from torch import nn  # noqa: E402
 
-from gradtap.export.models import build, pixel_space  # noqa: E402
 from gradtap.export.catalog import CACHE_ENV  # noqa: E402
+from gradtap.export.models import build, pixel_space  # noqa: E402
 from gradtap.export.to_onnx import (  # noqa: E402
     ExportError,
     cache_file,
