@@ -64,6 +64,10 @@ class ExplainSession:
         threads: intra-op threads (onnxruntime's default when ``None``).
         batch_size: the largest batch sent to onnxruntime in one call; bigger batches are split
             so memory stays bounded.
+        lean: trade a few percent of speed for memory (default): no per-shape memory patterns
+            (calls vary in batch size and compute level, and each pattern keeps its own peak)
+            and no pre-packed copies of the weights (a second copy of every large MatMul/Gemm
+            weight). ``False`` keeps onnxruntime's defaults.
 
     Raises:
         ModelError: the file cannot be loaded or is not an augmented gradtap model.
@@ -77,13 +81,14 @@ class ExplainSession:
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        lean: bool = True,
     ) -> None:
         if batch_size < 1:
             raise OptionError(f"batch_size must be >= 1, got {batch_size}")
         self._source = model
         self._proto: onnx.ModelProto | None = model if isinstance(model, onnx.ModelProto) else None
         self._providers, self._threads = _providers(providers), threads
-        self._session = _open(model, self._providers, _options(threads))
+        self._session = _open(model, self._providers, _options(threads, lean=lean))
         self.provider: str = self._session.get_providers()[0]
         inputs = {i.name: list(i.shape) for i in self._session.get_inputs()}
         inputs.update({i.name: list(i.shape) for i in self._session.get_overridable_initializers()})
@@ -228,8 +233,11 @@ def _providers(requested: Sequence[str] | None) -> list[str]:
     return list(requested)
 
 
-def _options(threads: int | None) -> ort.SessionOptions:
+def _options(threads: int | None, *, lean: bool = True) -> ort.SessionOptions:
     opts = ort.SessionOptions()
+    if lean:
+        opts.enable_mem_pattern = False
+        opts.add_session_config_entry("session.disable_prepacking", "1")
     if threads is not None:
         if threads < 1:
             raise OptionError(f"threads must be >= 1, got {threads}")

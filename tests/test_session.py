@@ -227,3 +227,18 @@ def test_external_data_outside_the_model_folder_is_refused(
         ModelError, match="external data '../secret.bin' of tensor 'w2' points outside the model"
     ):
         ExplainSession(tmp_path / "models" / "m.onnx")
+
+
+def test_lean_sessions_skip_memory_patterns_and_prepacked_weights(model: onnx.ModelProto) -> None:
+    lean = ExplainSession(model)._session.get_session_options()  # noqa: SLF001
+    assert not lean.enable_mem_pattern
+    assert lean.get_session_config_entry("session.disable_prepacking") == "1"
+    fast = ExplainSession(model, lean=False)._session.get_session_options()  # noqa: SLF001
+    assert fast.enable_mem_pattern
+    x = RNG.random((2, 3, 16, 16), dtype=np.float32)
+    seed = np.ones((2, 3), np.float32)
+    np.testing.assert_allclose(
+        ExplainSession(model).run(x, seed).grad_input,
+        ExplainSession(model, lean=False).run(x, seed).grad_input,
+        rtol=1e-6,
+    )
