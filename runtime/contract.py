@@ -39,6 +39,7 @@ RELU_RULE = "relu_rule"
 SEED_TOP1 = "seed_top1"
 OBJECTIVE = "objective"
 COMPUTE = "compute"
+INPUTS = (INPUT, SEED, RELU_RULE, SEED_TOP1, OBJECTIVE, COMPUTE)  # every graph input, in order
 LOGITS = "logits"
 TAP_PREFIX = "tap/"
 GRAD_PREFIX = "grad/"

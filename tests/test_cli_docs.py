@@ -51,12 +51,7 @@ def test_every_model_is_listed() -> None:
 def test_the_contract_table_names_every_input_output_and_key() -> None:
     table = section("The explanation graph (for C, C++ and other runtimes)")
     for name in (
-        c.INPUT,
-        c.SEED,
-        c.RELU_RULE,
-        c.SEED_TOP1,
-        c.OBJECTIVE,
-        c.COMPUTE,
+        *c.INPUTS,
         c.LOGITS,
         c.GRAD_INPUT,
         c.TAP_PREFIX,
