@@ -23,6 +23,11 @@ SLOWER_BECAUSE = {
     "class_vis_step": "the step ends with a forward pass for the logit trajectory (mirrored on the "
     "torch side)",
 }
+# ... and on a model, where no method-specific reason applies.
+SLOWER_ON_MODEL = {
+    "efficientnet_lite0": "the graph is mostly depthwise convolutions, which run memory-bound on "
+    "both sides (see the GFLOP/s table), so the engines run at about the same speed",
+}
 CAVEATS = {
     ("efficientnet_lite0", "guided_backprop"): "captum and pytorch-grad-cam hook only nn.ReLU; "
     "EfficientNet-Lite0's ReLU6 gets the plain gradient there (gradtap and torch autograd are "
@@ -85,7 +90,9 @@ def slower_notes(results: Sequence[ModelResult], libraries: Sequence[str]) -> li
                 and cell[lib]["median"] < ref["median"]
             ]
             if slower:
-                why = SLOWER_BECAUSE.get(method, "no structural reason known: see the notes")
+                why = SLOWER_BECAUSE.get(method) or SLOWER_ON_MODEL.get(
+                    res.model, "no structural reason known: see the notes"
+                )
                 lines.append(
                     f"- {res.model}, batch {batch}, {cfg.titles()[method]}: "
                     f"{', '.join(slower)}. Why: {why}."

@@ -57,3 +57,21 @@ def test_smoke_prints_every_section(smoke_report: tuple[str, str]) -> None:
 def test_smoke_gradtap_worker_is_torch_free(smoke_report: tuple[str, str]) -> None:
     stdout, _ = smoke_report
     assert "gradtap worker torch-free: yes" in stdout
+
+
+def test_every_slower_cell_gets_a_reason() -> None:
+    """The method's reason first, else the model's, else a pointer to the notes."""
+    from bench import report
+    from bench.suite import ModelResult
+
+    def cell(gradtap: float, captum: float) -> dict[str, dict[str, float]]:
+        return {"gradtap": {"median": gradtap}, "captum": {"median": captum}}
+
+    eff = ModelResult("efficientnet_lite0", cells={(8, "saliency"): cell(1.0, 0.9)})
+    vgg = ModelResult("vgg16", cells={(1, "fgsm"): cell(1.0, 0.5), (1, "saliency"): cell(1.0, 2.0)})
+    other = ModelResult("resnet18", cells={(1, "gradcam"): cell(1.0, 0.8)})
+    lines = report.slower_notes([eff, vgg, other], ["gradtap", "captum"])
+    assert len(lines) == 3  # vgg16 saliency is faster: no line
+    assert "captum 0.90x" in lines[0] and report.SLOWER_ON_MODEL["efficientnet_lite0"] in lines[0]
+    assert "captum 0.50x" in lines[1] and report.SLOWER_BECAUSE["fgsm"] in lines[1]
+    assert "no structural reason known" in lines[2]
