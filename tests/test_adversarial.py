@@ -103,3 +103,20 @@ def test_fool_errors(linear: ExplainSession) -> None:
         fool(linear, x, 0, step=0)
     with pytest.raises(OptionError, match="max_steps must be an int >= 1"):
         fool(linear, x, 0, max_steps=0)
+
+
+def test_fgsm_is_one_fused_call_and_computes_logits_after_on_first_use(
+    linear: ExplainSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[bool] = []
+    real = linear.run
+    monkeypatch.setattr(linear, "run", lambda *a, **k: calls.append(True) or real(*a, **k))
+    x = RNG.random((3, 3, 6, 6), dtype=np.float32)
+    attack = fgsm(linear, x, 0.05)  # no label: the predicted class, seeded in the graph
+    assert len(calls) == 1
+    np.testing.assert_array_equal(attack.cls, attack.logits_before.argmax(axis=1))
+    np.testing.assert_allclose(
+        attack.x, np.clip(x + 0.05 * np.sign(ce_grad(x, attack.cls)), 0, 1), atol=1e-6
+    )
+    after = attack.logits_after
+    assert len(calls) == 2 and attack.logits_after is after  # computed once, then kept
