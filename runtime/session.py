@@ -87,8 +87,7 @@ class ExplainSession:
             raise OptionError(f"batch_size must be >= 1, got {batch_size}")
         self._source = model
         self._proto: onnx.ModelProto | None = model if isinstance(model, onnx.ModelProto) else None
-        self._providers, self._threads = _providers(providers), threads
-        self._session = _open(model, self._providers, _options(threads, lean=lean))
+        self._session = _open(model, _providers(providers), _options(threads, lean=lean))
         self.provider: str = self._session.get_providers()[0]
         inputs = {i.name: list(i.shape) for i in self._session.get_inputs()}
         inputs.update({i.name: list(i.shape) for i in self._session.get_overridable_initializers()})
@@ -155,6 +154,7 @@ class ExplainSession:
             c.OBJECTIVE: np.array(c.OBJECTIVES[objective], np.int64),
             c.COMPUTE: np.array(c.COMPUTE_LEVELS[level], np.int64),
         }
+        extra = {k: v for k, v in extra.items() if k in self._feeds}
         out = dict(zip(names, self._run_chunked(names, x, seed, extra), strict=True))
         _check_finite(out)
         return Pass(
@@ -214,8 +214,7 @@ class ExplainSession:
         parts: list[list[Array]] = []
         for i in range(0, len(x), self.batch_size):
             feeds = {c.INPUT: x[i : i + self.batch_size], c.SEED: seed[i : i + self.batch_size]}
-            feeds.update({k: v for k, v in extra.items() if k in self._feeds})
-            parts.append(self._session.run(names, feeds))
+            parts.append(self._session.run(names, {**feeds, **extra}))
         if len(parts) == 1:
             return parts[0]
         return [np.concatenate(arrays) for arrays in zip(*parts, strict=True)]
