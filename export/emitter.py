@@ -117,6 +117,15 @@ class Emitter:
         zero = helper.make_tensor("value", dtype, [1], [0])
         return self.op("ConstantOfShape", self.op("Shape", name), value=zero)
 
+    def keep(self, condition: str, grad: str, like: str) -> str:
+        """``grad`` where ``condition`` holds, 0 elsewhere: a multiply by the condition cast to
+        the element type of forward tensor ``like``.
+
+        onnxruntime's Where holds two full-size selection buffers besides its output; this holds
+        one (the cast mask), which on the first layers of a large CNN is hundreds of MB.
+        """
+        return self.op("Mul", grad, self.mask(condition, like))
+
     def mask(self, condition: str, like: str) -> str:
         """Cast a boolean tensor to the element type of ``like`` (1 where true, else 0)."""
         return self.op("Cast", condition, to=self.info.dtypes.get(like, TensorProto.FLOAT))

@@ -10,6 +10,15 @@ three parts, chosen at run time by the int64 scalar input ``compute``:
 
 A branch that is off yields empty tensors of the right rank and type. The default (2) computes
 everything, so a caller that never feeds ``compute`` sees the flat graph's results.
+
+Residuals: a runtime keeps every forward tensor that a branch reads alive until the branch has
+run, so the backward pass should read compact summaries of the activations, not the activations.
+Backward nodes that only compare, cast down or take the shape of forward tensors (a rectifier's
+boolean mask, a max-pool's argmax as int32) are taken out of the branches into small If nodes of
+their own, one per forward node they read, gated like the branch that reads them. They are
+listed so that onnxruntime runs each as soon as its activation exists (see ``_residual_ifs``);
+the activations then die in the forward pass, and the backward pass holds a quarter of the bytes
+(a bool per element) where it held float activations.
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from gradtap.export.emitter import GraphInfo
 from gradtap.runtime import contract as c
+
+_CONDITIONS = ("gate/to_taps", "gate/to_input")
 
 
 def gate(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -39,27 +50,36 @@ def gate(model: onnx.ModelProto) -> onnx.ModelProto:
     outputs = [o.name for o in graph.output]
     forward_outputs = [o for o in outputs if o == c.LOGITS or o.startswith(c.TAP_PREFIX)]
     tap_grads = [o for o in outputs if o.startswith(c.GRAD_PREFIX + c.TAP_PREFIX)]
-    forward = _needed(nodes, forward_outputs) | _constant(graph)
-    to_taps = _needed(nodes, tap_grads) - forward
-    rest = _needed(nodes, [c.GRAD_INPUT]) - forward - to_taps
     info = GraphInfo.of(model)
+    forward = _needed(nodes, forward_outputs) | _constant(graph)
+    backward = _needed(nodes, [*tap_grads, c.GRAD_INPUT]) - forward
+    residual = _residual(nodes, forward, backward, info)
+    to_taps = _needed(nodes, tap_grads) - forward - residual
+    rest = _needed(nodes, [c.GRAD_INPUT]) - forward - residual - to_taps
 
-    read_later = {x for i in rest for x in nodes[i].input}
-    crossing = [o for i in sorted(to_taps) for o in nodes[i].output if o in read_later]
     graph.input.append(helper.make_tensor_value_info(c.COMPUTE, TensorProto.INT64, []))
     graph.initializer.extend([
         numpy_helper.from_array(np.asarray(c.COMPUTE_LEVELS["full"], np.int64), c.COMPUTE),
         numpy_helper.from_array(np.asarray(c.COMPUTE_LEVELS["forward"], np.int64), "gate/forward"),
         numpy_helper.from_array(np.asarray(c.COMPUTE_LEVELS["taps"], np.int64), "gate/taps"),
     ])  # fmt: skip
-    kept = [nodes[i] for i in sorted(forward)]
+    kept = [
+        helper.make_node("Greater", [c.COMPUTE, "gate/forward"], ["gate/to_taps"]),
+        helper.make_node("Greater", [c.COMPUTE, "gate/taps"], ["gate/to_input"]),
+        *(nodes[i] for i in sorted(forward)),
+    ]
+    residual_ifs = _residual_ifs(nodes, forward, residual, to_taps, info)
+    kept.extend(residual_ifs["gate/to_taps"])
     if to_taps:
-        kept.append(helper.make_node("Greater", [c.COMPUTE, "gate/forward"], ["gate/to_taps"]))
+        read_later = {x for i in rest for x in nodes[i].input}
+        crossing = [o for i in sorted(to_taps) for o in nodes[i].output if o in read_later]
         branch = [*tap_grads, *(o for o in crossing if o not in tap_grads)]
         kept.append(_if("gate/to_taps", [nodes[i] for i in sorted(to_taps)], branch, info))
+    kept.extend(residual_ifs["gate/to_input"])
     if rest:
-        kept.append(helper.make_node("Greater", [c.COMPUTE, "gate/taps"], ["gate/to_input"]))
         kept.append(_if("gate/to_input", [nodes[i] for i in sorted(rest)], [c.GRAD_INPUT], info))
+    used = {x for n in _walk(kept) for x in n.input}
+    kept = [n for n in kept if n.output[0] not in _CONDITIONS or n.output[0] in used]
     del graph.node[:]
     graph.node.extend(kept)
     return model
@@ -116,6 +136,82 @@ def _constant(graph: onnx.GraphProto) -> set[int]:
     return found
 
 
+# Ops whose output is no bigger than their inputs and cheap to compute: worth computing in the
+# forward pass so that the backward pass reads them instead of the activations.
+_COMPACTING = frozenset({
+    "Shape", "Size", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal", "Not", "And",
+    "Cast", "Mod",
+})  # fmt: skip
+
+
+def _residual(
+    nodes: Sequence[onnx.NodeProto], forward: set[int], backward: set[int], info: GraphInfo
+) -> set[int]:
+    """Backward nodes that summarise forward tensors compactly (see the module docstring)."""
+    produced = {o for i in forward for o in nodes[i].output}
+    found: set[int] = set()
+    for i in sorted(backward):
+        node = nodes[i]
+        if node.op_type not in _COMPACTING or not _shrinks(node, info):
+            continue
+        inputs = [x for x in node.input if x]
+        if all(x in produced or x in info.consts for x in inputs) and any(
+            x in produced and x not in info.consts for x in inputs
+        ):
+            found.add(i)
+            produced.update(node.output)
+    return found
+
+
+def _shrinks(node: onnx.NodeProto, info: GraphInfo) -> bool:
+    """A Cast is compacting only when its element type is no wider than its input's."""
+    if node.op_type != "Cast":
+        return True
+    size = lambda name: helper.tensor_dtype_to_np_dtype(info.dtypes[name]).itemsize  # noqa: E731
+    known = node.input[0] in info.dtypes and node.output[0] in info.dtypes
+    return known and size(node.output[0]) <= size(node.input[0])
+
+
+def _residual_ifs(
+    nodes: Sequence[onnx.NodeProto],
+    forward: set[int],
+    residual: set[int],
+    to_taps: set[int],
+    info: GraphInfo,
+) -> dict[str, list[onnx.NodeProto]]:
+    """Residual nodes in Ifs, one per forward node that they read from, by gate condition.
+
+    Each residual node goes with the latest forward node it depends on. A group runs when a
+    branch that reads it runs (``compute >= 1`` if the pass down to the taps reads it,
+    ``compute >= 2`` otherwise); when off it yields empty tensors.
+
+    Each list is in reverse forward order, to go just before its branch: onnxruntime orders
+    execution by a depth-first walk back from the graph's outputs that takes a node's inputs
+    latest-listed first, so the group of the earliest layer is visited first and runs as soon as
+    its activation exists, before the next layer. Any other order is as valid; it only changes
+    how long activations stay alive.
+    """
+    anchor: dict[str, int] = {o: i for i in forward for o in nodes[i].output}
+    groups: dict[int, list[int]] = {}
+    for i in sorted(residual):
+        at = max((anchor[x] for x in nodes[i].input if x in anchor), default=-1)
+        anchor.update({o: at for o in nodes[i].output})
+        groups.setdefault(at, []).append(i)
+    readers: dict[str, set[int]] = {}
+    for i, node in enumerate(nodes):
+        for x in node.input:
+            readers.setdefault(x, set()).add(i)
+    ifs: dict[str, list[onnx.NodeProto]] = {"gate/to_taps": [], "gate/to_input": []}
+    for k, at in enumerate(sorted(groups, reverse=True)):
+        ids = groups[at]
+        outs = [o for i in ids for o in nodes[i].output if readers.get(o, set()) - set(ids)]
+        by_taps = any(readers[o] & to_taps for o in outs)
+        condition = "gate/to_taps" if by_taps else "gate/to_input"
+        body = [nodes[i] for i in ids]
+        ifs[condition].append(_if(condition, body, outs, info, name=f"{condition}/residual/{k}"))
+    return ifs
+
+
 def _needed(nodes: Sequence[onnx.NodeProto], outputs: Iterable[str]) -> set[int]:
     """Indices of the nodes that ``outputs`` depend on."""
     wanted, found = set(outputs), set()
@@ -127,13 +223,19 @@ def _needed(nodes: Sequence[onnx.NodeProto], outputs: Iterable[str]) -> set[int]
 
 
 def _if(
-    condition: str, body: list[onnx.NodeProto], outputs: list[str], info: GraphInfo
+    condition: str,
+    body: list[onnx.NodeProto],
+    outputs: list[str],
+    info: GraphInfo,
+    *,
+    name: str | None = None,
 ) -> onnx.NodeProto:
     """If(condition) then ``body`` (yielding ``outputs``) else empty tensors of the same types.
 
     Inside the branches the outputs carry a suffix: ONNX names are unique across nested scopes.
     """
-    inner = {o: f"{o}@{condition}" for o in outputs}
+    label = name or condition
+    inner = {o: f"{o}@{label}" for o in outputs}
     then_nodes = []
     for node in body:
         copy = onnx.NodeProto()
@@ -162,7 +264,7 @@ def _if(
         "If",
         [condition],
         outputs,
-        name=f"{condition}/If",
-        then_branch=helper.make_graph(then_nodes, f"{condition}/then", [], infos),
-        else_branch=helper.make_graph(empty, f"{condition}/else", [], infos),
+        name=f"{label}/If",
+        then_branch=helper.make_graph(then_nodes, f"{label}/then", [], infos),
+        else_branch=helper.make_graph(empty, f"{label}/else", [], infos),
     )

@@ -98,7 +98,7 @@ def add_vjp(
     if relu_rule is not None:
         em.scope = "relu_rule"
         zero, two = em.const(0, dtype=np.int64), em.const(2, dtype=np.int64)
-        lowest = em.const(np.finfo(np.float32).min, dtype=np.float32)
+        lowest = em.const(-np.inf, dtype=np.float32)
         floor = em.op(
             "Where", em.op("Equal", relu_rule, zero), lowest, em.const(0.0, dtype=np.float32)
         )

@@ -7,7 +7,7 @@ divisors are computed here from inferred shapes, once, at augmentation time.
 from __future__ import annotations
 
 import numpy as np
-from onnx import NodeProto
+from onnx import NodeProto, TensorProto
 
 from gradtap.export.emitter import Emitter
 from gradtap.export.vjp_rules import Grads, attrs_of, vjp_rule
@@ -129,7 +129,10 @@ def max_pool_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     """dx = scatter-add of dy at the argmax of each window (overlapping windows accumulate).
 
     Uses the node's Indices output (flat over N*C*H*W), adding it to the forward node if absent;
-    ties route to the first maximum, as the forward kernel picks it.
+    ties route to the first maximum, as the forward kernel picks it. With static spatial sizes
+    the indices are made relative to each (n, c) plane and int32 (the gate computes them in the
+    forward pass, so the backward pass keeps half the bytes of int64 indices alive), and the
+    scatter runs along the flattened planes.
     """
     if attrs_of(node, storage_order=0)["storage_order"]:
         raise NotImplementedError(f"MaxPool node {node.name!r}: column-major storage_order")
@@ -137,11 +140,16 @@ def max_pool_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
         del node.output[1:]
         node.output.append(f"{node.name or node.output[0]}/argmax")
     x, indices = node.input[0], node.output[1]
-    flat = em.ints([-1])
-    zeros = em.op("Reshape", em.zeros_like(x), flat)
+    plane = int(np.prod(_spatial(em, x))) if _static_spatial(em, x) else 0
+    if 0 < plane < 2**31:
+        rows, axis = em.ints([0, 0, -1]), 2
+        indices = em.op("Cast", em.op("Mod", indices, em.ints([plane])), to=TensorProto.INT32)
+    else:
+        rows, axis = em.ints([-1]), 0
+    zeros = em.op("Reshape", em.zeros_like(x), rows)
     summed = em.op(
-        "ScatterElements", zeros, em.op("Reshape", indices, flat), em.op("Reshape", dys[0], flat),
-        axis=0, reduction="add",
+        "ScatterElements", zeros, em.op("Reshape", indices, rows), em.op("Reshape", dys[0], rows),
+        axis=axis, reduction="add",
     )  # fmt: skip
     return (em.op("Reshape", summed, em.op("Shape", x)),)
 

@@ -67,15 +67,16 @@ def rectified(em: Emitter, dy: str, passes: str, like: str) -> str:
     """A rectifier's backward pass, ``passes`` being where the forward op has slope 1.
 
     plain: dy where passes; guided backprop: relu(dy) where passes; deconvnet: relu(dy)
-    everywhere. The rule is chosen at run time by the ``relu_rule`` input at the cost of two
-    extra elementwise ops: Or on the boolean mask and Max against a scalar floor that is the
-    lowest float for plain gradients and 0 otherwise.
+    everywhere. The rule is chosen at run time by the ``relu_rule`` input: dy is kept where
+    ``(passes or deconvnet) and not dy < floor``, the floor being -inf for plain gradients and
+    0 otherwise. The extra ops are on booleans, a quarter of a float tensor's memory each, and
+    a NaN in dy is passed on, not hidden.
     """
-    zero = em.scalar(0.0, like)
     if em.rectifier_flags is None:
-        return em.op("Where", passes, dy, zero)
+        return em.keep(passes, dy, like)
     floor, is_deconv = em.rectifier_flags
-    return em.op("Where", em.op("Or", passes, is_deconv), em.op("Max", dy, floor), zero)
+    keep = em.op("And", em.op("Or", passes, is_deconv), em.op("Not", em.op("Less", dy, floor)))
+    return em.keep(keep, dy, like)
 
 
 @vjp_rule("Identity", "Dropout")
@@ -98,9 +99,11 @@ def neg_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
 
 @vjp_rule("Relu")
 def relu_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
-    """dx = dy * (x > 0); subgradient 0 at x == 0; guided/deconvnet by relu_rule."""
-    x = node.input[0]
-    return (rectified(em, dys[0], em.op("Greater", x, em.scalar(0.0, x)), x),)
+    """dx = dy * (y > 0), the same as x > 0 (subgradient 0 at x == 0); guided/deconvnet by
+    relu_rule. Reading the output, not the input, lets the input die in the forward pass (and a
+    runtime fuse the producing Conv with the Relu)."""
+    y = node.output[0]
+    return (rectified(em, dys[0], em.op("Greater", y, em.scalar(0.0, y)), y),)
 
 
 @vjp_rule("Clip")
@@ -125,7 +128,7 @@ def clip_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     if is_rectifier:
         dx = rectified(em, dys[0], cond, x)
     else:
-        dx = em.op("Where", cond, dys[0], em.scalar(0.0, x))
+        dx = em.keep(cond, dys[0], x)
     return (dx, *rest)
 
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
+from onnx import TensorProto
 from onnx.reference import ReferenceEvaluator
 
 from gradtap.export import augment as augment_module
@@ -41,15 +46,70 @@ def feeds(rule: int = 0, **extra: int) -> dict[str, np.ndarray]:
     return out
 
 
+def gates(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The If nodes that hold the backward pass (not the residual ones)."""
+    return [n for n in model.graph.node if n.op_type == "If" and "/residual/" not in n.name]
+
+
+def residuals(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.op_type == "If" and "/residual/" in n.name]
+
+
+def body(node: onnx.NodeProto) -> onnx.GraphProto:
+    return next(a.g for a in node.attribute if a.name == "then_branch")
+
+
 def test_the_backward_pass_lives_in_two_if_branches(gated: onnx.ModelProto) -> None:
     top = [n.op_type for n in gated.graph.node]
-    assert top.count("If") == 2 and not BACKWARD_OPS & set(top)
-    inner = {m.op_type for n in gated.graph.node for a in n.attribute for m in a.g.node}
-    assert {"Conv", "ScatterElements", "Where"} <= inner  # stride-1 backward convs are Convs
+    assert [n.name for n in gates(gated)] == ["gate/to_taps/If", "gate/to_input/If"]
+    assert not BACKWARD_OPS & set(top)
+    inner = {m.op_type for n in gates(gated) for m in body(n).node}
+    assert {"Conv", "ScatterElements", "Mul"} <= inner  # stride-1 backward convs are Convs
     assert "ConvTranspose" not in inner and len(branch_nodes(gated)) > len(top)
     # the flipped weights depend on constants only: computed at the top level, folded at load
     assert {"Transpose", "Slice"} <= set(top)
     assert c.COMPUTE in {i.name for i in gated.graph.input}
+
+
+def test_the_backward_pass_reads_compact_residuals_not_activations(
+    gated: onnx.ModelProto,
+) -> None:
+    """Rectifier masks (bool) and max-pool argmaxes (int32) are computed in the forward pass,
+    in small If nodes of their own, so the activations they summarise die there."""
+    read = {x for n in gates(gated) for m in body(n).node for x in m.input}
+    assert not read & {"c1", "r1", "c2", "features"}  # conv and ReLU outputs
+    inner = [m for n in residuals(gated) for m in body(n).node]
+    assert {m.op_type for m in inner} <= {"Greater", "Mod", "Cast", "Shape", "Size"}
+    kinds = {o.type.tensor_type.elem_type for n in residuals(gated) for o in body(n).output}
+    assert {TensorProto.BOOL, TensorProto.INT32} <= kinds
+    producer = {o: m for m in inner for o in m.output}
+    for o in (o for n in residuals(gated) for o in body(n).output):
+        if o.type.tensor_type.elem_type == TensorProto.FLOAT:  # only element counts, cast
+            assert producer[o.name].op_type == "Cast"
+            assert producer[producer[o.name].input[0]].op_type in ("Size", "Shape")
+    relu1 = next(n for n in residuals(gated) if "r1" in {x for m in body(n).node for x in m.input})
+    assert relu1.input == ["gate/to_input"]  # read below the tap only: off for Grad-CAM
+
+
+def test_onnxruntime_computes_each_residual_before_the_next_layer(tmp_path: Path) -> None:
+    """The node order makes onnxruntime's depth-first scheduler run the first ReLU's mask before
+    the second convolution, so the first activation is not held through the forward pass."""
+    gated = augment(tiny_cnn(), taps={})  # every residual below the (absent) taps
+    relu1 = next(n for n in residuals(gated) if "r1" in {x for m in body(n).node for x in m.input})
+    opts = ort.SessionOptions()
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(tmp_path / "profile")
+    s = ort.InferenceSession(gated.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    s.run([c.LOGITS, c.GRAD_INPUT], feeds())
+    events = json.loads(Path(s.end_profiling()).read_text())
+    ran = [
+        (e["name"].removesuffix("_kernel_time"), e["args"]["op_name"])
+        for e in events
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+    ]
+    convs = [i for i, (name, op) in enumerate(ran) if "Conv" in op and not name.startswith("grad")]
+    assert len(convs) == 2  # the forward pass's two convolutions (fused or not)
+    assert [name for name, _ in ran].index(relu1.name) < convs[1]
 
 
 @pytest.mark.parametrize("rule", list(c.RELU_RULES.values()))
@@ -99,7 +159,8 @@ def test_the_reference_evaluator_agrees_at_every_level(
 
 def test_a_model_without_taps_gates_only_the_input_gradient() -> None:
     model = augment(tiny_cnn(), taps={})
-    assert [n.op_type for n in model.graph.node].count("If") == 1
+    assert [n.name for n in gates(model)] == ["gate/to_input/If"]
+    assert all(n.input == ["gate/to_input"] for n in residuals(model))
     s = session(model)
     f = feeds()
     got = s.run([c.GRAD_INPUT], {**f, c.COMPUTE: np.asarray(0, np.int64)})[0]
