@@ -201,14 +201,35 @@ def _residual_ifs(
     for i, node in enumerate(nodes):
         for x in node.input:
             readers.setdefault(x, set()).add(i)
-    ifs: dict[str, list[onnx.NodeProto]] = {"gate/to_taps": [], "gate/to_input": []}
-    for k, at in enumerate(sorted(groups, reverse=True)):
+    made_by = {o: at for at, ids in groups.items() for i in ids for o in nodes[i].output}
+    needs = {
+        at: {made_by[x] for i in ids for x in nodes[i].input if made_by.get(x, at) != at}
+        for at, ids in groups.items()
+    }  # other groups whose outputs a group reads: they must be listed before it
+    conditions: dict[int, str] = {}
+    early = set(to_taps)  # read when compute >= 1; later groups first, as they read earlier ones
+    for at in sorted(groups, reverse=True):
         ids = groups[at]
         outs = [o for i in ids for o in nodes[i].output if readers.get(o, set()) - set(ids)]
-        by_taps = any(readers[o] & to_taps for o in outs)
-        condition = "gate/to_taps" if by_taps else "gate/to_input"
-        body = [nodes[i] for i in ids]
-        ifs[condition].append(_if(condition, body, outs, info, name=f"{condition}/residual/{k}"))
+        by_taps = any(readers[o] & early for o in outs)
+        early.update(ids if by_taps else ())
+        conditions[at] = "gate/to_taps" if by_taps else "gate/to_input"
+
+    ifs: dict[str, list[onnx.NodeProto]] = {"gate/to_taps": [], "gate/to_input": []}
+
+    def emit(at: int) -> None:
+        if at in conditions and at not in listed:
+            listed.add(at)
+            for earlier in sorted(needs[at]):
+                emit(earlier)
+            ids, condition = groups[at], conditions[at]
+            outs = [o for i in ids for o in nodes[i].output if readers.get(o, set()) - set(ids)]
+            name = f"{condition}/residual/{sum(map(len, ifs.values()))}"
+            ifs[condition].append(_if(condition, [nodes[i] for i in ids], outs, info, name=name))
+
+    listed: set[int] = set()
+    for at in sorted(groups, reverse=True):
+        emit(at)
     return ifs
 
 

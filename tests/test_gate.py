@@ -9,12 +9,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto
+from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from gradtap.export import augment as augment_module
 from gradtap.export.augment import augment
-from gradtap.export.gate import branch_nodes, ungate
+from gradtap.export.gate import branch_nodes, gate, ungate
 from gradtap.runtime import contract as c
 from tests.graphs import session, tiny_cnn
 
@@ -174,3 +174,65 @@ def test_ungate_inlines_the_branches_back(gated: onnx.ModelProto, flat: onnx.Mod
     f = feeds(rule=2)
     for got, want in zip(session(inlined).run(NAMES, f), session(flat).run(NAMES, f), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("tapped", [False, True])
+def test_a_residual_reading_an_earlier_layers_residual_comes_after_it(tapped: bool) -> None:
+    """A mask combining two layers' masks: its If reads the earlier layer's If, so it must be
+    listed after it even though residuals are otherwise listed latest layer first; and when the
+    pass down to a tap reads the combined mask, both run at ``compute = 1``."""
+    node = helper.make_node
+    tap = [
+        node("Identity", ["b"], ["tap/b"]),
+        node("Mul", ["both_f", "b"], ["grad/tap/b"]),
+    ]
+    nodes = [
+        node("Relu", [c.INPUT], ["a"]),
+        node("Sub", ["a", "half"], ["a_shift"]),
+        node("Relu", ["a_shift"], ["b"]),
+        node("ReduceMean", ["b", "axes"], ["pooled"], keepdims=0),
+        node("Identity", ["pooled"], [c.LOGITS]),
+        # a stand-in backward pass: x where both layers' ReLUs pass
+        node("Greater", ["a", "zero"], ["a_on"]),
+        node("Greater", ["b", "zero"], ["b_on"]),
+        node("And", ["a_on", "b_on"], ["both_on"]),
+        node("Cast", ["both_on"], ["both_f"], to=TensorProto.FLOAT),
+        node("Mul", ["both_f", c.INPUT], [c.GRAD_INPUT]),
+        *(tap if tapped else []),
+    ]
+    outputs = [c.LOGITS, c.GRAD_INPUT] + (["tap/b", "grad/tap/b"] if tapped else [])
+    graph = helper.make_graph(
+        nodes,
+        "two_layer_mask",
+        [helper.make_tensor_value_info(c.INPUT, TensorProto.FLOAT, ["n", 3, 4, 4])],
+        [
+            helper.make_tensor_value_info(
+                o, TensorProto.FLOAT, ["n", 3] if o == c.LOGITS else ["n", 3, 4, 4]
+            )
+            for o in outputs
+        ],
+        initializer=[
+            numpy_helper.from_array(np.float32(0.5), "half"),
+            numpy_helper.from_array(np.float32(0.0), "zero"),
+            numpy_helper.from_array(np.array([2, 3], np.int64), "axes"),
+        ],
+    )
+    flat = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    flat.ir_version = 8
+    gated = gate(onnx.ModelProto.FromString(flat.SerializeToString()))
+    onnx.checker.check_model(gated, full_check=True)  # nodes topologically sorted
+    assert len(residuals(gated)) == 2
+    level = "gate/to_taps" if tapped else "gate/to_input"
+    assert all(n.input == [level] for n in residuals(gated))
+    x = {c.INPUT: RNG.normal(size=(2, 3, 4, 4)).astype(np.float32) + 0.5}
+    want = dict(zip(outputs, session(flat).run(outputs, x), strict=True))
+    for compute in (2, 1):
+        feed = {**x, c.COMPUTE: np.asarray(compute, np.int64)}
+        got = dict(zip(outputs, session(gated).run(outputs, feed), strict=True))
+        np.testing.assert_array_equal(got[c.LOGITS], want[c.LOGITS])
+        if tapped:
+            np.testing.assert_array_equal(got["grad/tap/b"], want["grad/tap/b"])
+        if compute == 2:
+            np.testing.assert_array_equal(got[c.GRAD_INPUT], want[c.GRAD_INPUT])
+        else:
+            assert got[c.GRAD_INPUT].size == 0
