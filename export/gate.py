@@ -185,11 +185,12 @@ def _residual_ifs(
     branch that reads it runs (``compute >= 1`` if the pass down to the taps reads it,
     ``compute >= 2`` otherwise); when off it yields empty tensors.
 
-    Each list is in reverse forward order, to go just before its branch: onnxruntime orders
-    execution by a depth-first walk back from the graph's outputs that takes a node's inputs
-    latest-listed first, so the group of the earliest layer is visited first and runs as soon as
-    its activation exists, before the next layer. Any other order is as valid; it only changes
-    how long activations stay alive.
+    Each list is in reverse forward order (a group that reads another group's output goes after
+    it), to go just before its branch: onnxruntime orders execution by a depth-first walk back
+    from the graph's outputs that takes a node's inputs latest-listed first, so the group of the
+    earliest layer is visited first and runs as soon as its activation exists, before the next
+    layer. Any other valid order computes the same; it only changes how long activations stay
+    alive.
     """
     anchor: dict[str, int] = {o: i for i in forward for o in nodes[i].output}
     groups: dict[int, list[int]] = {}
@@ -206,26 +207,27 @@ def _residual_ifs(
         at: {made_by[x] for i in ids for x in nodes[i].input if made_by.get(x, at) != at}
         for at, ids in groups.items()
     }  # other groups whose outputs a group reads: they must be listed before it
+    outs = {
+        at: [o for i in ids for o in nodes[i].output if readers.get(o, set()) - set(ids)]
+        for at, ids in groups.items()
+    }  # what the group's If returns: outputs read outside the group
     conditions: dict[int, str] = {}
     early = set(to_taps)  # read when compute >= 1; later groups first, as they read earlier ones
     for at in sorted(groups, reverse=True):
-        ids = groups[at]
-        outs = [o for i in ids for o in nodes[i].output if readers.get(o, set()) - set(ids)]
-        by_taps = any(readers[o] & early for o in outs)
-        early.update(ids if by_taps else ())
+        by_taps = any(readers[o] & early for o in outs[at])
+        early.update(groups[at] if by_taps else ())
         conditions[at] = "gate/to_taps" if by_taps else "gate/to_input"
 
     ifs: dict[str, list[onnx.NodeProto]] = {"gate/to_taps": [], "gate/to_input": []}
 
     def emit(at: int) -> None:
-        if at in conditions and at not in listed:
+        if at not in listed:
             listed.add(at)
             for earlier in sorted(needs[at]):
                 emit(earlier)
-            ids, condition = groups[at], conditions[at]
-            outs = [o for i in ids for o in nodes[i].output if readers.get(o, set()) - set(ids)]
+            condition, body = conditions[at], [nodes[i] for i in groups[at]]
             name = f"{condition}/residual/{sum(map(len, ifs.values()))}"
-            ifs[condition].append(_if(condition, [nodes[i] for i in ids], outs, info, name=name))
+            ifs[condition].append(_if(condition, body, outs[at], info, name=name))
 
     listed: set[int] = set()
     for at in sorted(groups, reverse=True):

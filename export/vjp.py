@@ -98,9 +98,9 @@ def add_vjp(
     if relu_rule is not None:
         em.scope = "relu_rule"
         zero, two = em.const(0, dtype=np.int64), em.const(2, dtype=np.int64)
-        lowest = em.const(-np.inf, dtype=np.float32)
+        no_floor = em.const(-np.inf, dtype=np.float32)
         floor = em.op(
-            "Where", em.op("Equal", relu_rule, zero), lowest, em.const(0.0, dtype=np.float32)
+            "Where", em.op("Equal", relu_rule, zero), no_floor, em.const(0.0, dtype=np.float32)
         )
         em.rectifier_flags = (floor, em.op("Equal", relu_rule, two))
 
