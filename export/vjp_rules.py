@@ -108,27 +108,31 @@ def relu_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
 
 @vjp_rule("Clip")
 def clip_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
-    """dx = dy * (min < x < max); Clip with min 0 (ReLU6) is a rectifier for relu_rule."""
-    x = node.input[0]
+    """dx = dy * (min < x < max); Clip with min 0 (ReLU6) is a rectifier for relu_rule.
+
+    The test reads the output y: min < y < max exactly where min < x < max, and the input can
+    then die in the forward pass (and a runtime fuse the producing Conv with the Clip).
+    """
+    y = node.output[0]
     bounds = list(node.input[1:3]) + [""] * (3 - len(node.input))
     low = attrs_of(node).get("min") if em.info.opset < 11 else em.info.const(bounds[0])
     conds = []
     if bounds[0] or low is not None:
-        low_name = bounds[0] if bounds[0] else em.scalar(float(low), x)  # type: ignore[arg-type]
-        conds.append(em.op("Greater", x, low_name))
+        low_name = bounds[0] if bounds[0] else em.scalar(float(low), y)  # type: ignore[arg-type]
+        conds.append(em.op("Greater", y, low_name))
     high = attrs_of(node).get("max") if em.info.opset < 11 else None
     if bounds[1] or high is not None:
-        high_name = bounds[1] if bounds[1] else em.scalar(float(high), x)  # type: ignore[arg-type]
-        conds.append(em.op("Less", x, high_name))
+        high_name = bounds[1] if bounds[1] else em.scalar(float(high), y)  # type: ignore[arg-type]
+        conds.append(em.op("Less", y, high_name))
     rest = (None,) * (len(node.input) - 1)
     if not conds:
         return (dys[0], *rest)
     cond = conds[0] if len(conds) == 1 else em.op("And", *conds)
     is_rectifier = low is not None and float(np.asarray(low)) == 0.0
     if is_rectifier:
-        dx = rectified(em, dys[0], cond, x)
+        dx = rectified(em, dys[0], cond, y)
     else:
-        dx = em.keep(cond, dys[0], x)
+        dx = em.keep(cond, dys[0], y)
     return (dx, *rest)
 
 
