@@ -167,9 +167,11 @@ def _shrinks(node: onnx.NodeProto, info: GraphInfo) -> bool:
     """A Cast is compacting only when its element type is no wider than its input's."""
     if node.op_type != "Cast":
         return True
-    size = lambda name: helper.tensor_dtype_to_np_dtype(info.dtypes[name]).itemsize  # noqa: E731
-    known = node.input[0] in info.dtypes and node.output[0] in info.dtypes
-    return known and size(node.output[0]) <= size(node.input[0])
+    sizes = [
+        helper.tensor_dtype_to_np_dtype(info.dtypes[name]).itemsize if name in info.dtypes else 0
+        for name in (node.input[0], node.output[0])
+    ]
+    return 0 < sizes[1] <= sizes[0]
 
 
 def _residual_ifs(
