@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 from onnx import shape_inference
 
-from gradtap.export.gate import ungate
+from gradtap.export.graph.gate import ungate
 from gradtap.runtime import contract as c
 
 COUNTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})

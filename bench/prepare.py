@@ -21,7 +21,7 @@ TORCHVISION = ("vgg16", "resnet18", "resnet50")
 def prepare(name: str, weights: str, folder: Path, *, coldstart: bool) -> dict[str, Any]:
     """Graph path, default tap, FLOPs and, for the cold start, a state dict and a photo."""
     from bench.flops import count
-    from gradtap.export.to_onnx import model_path, read_metadata
+    from gradtap.export.models.to_onnx import model_path, read_metadata
     from gradtap.runtime import contract as c
 
     graph = model_path(name, weights, augmented=True)
@@ -32,7 +32,7 @@ def prepare(name: str, weights: str, folder: Path, *, coldstart: bool) -> dict[s
         found["photo"] = str(write_photo(folder / "cat.jpg"))
         import torch
 
-        from gradtap.export.models import build
+        from gradtap.export.models.zoo import build
 
         model, _ = build(name, weights)
         path = folder / f"{name}.pth"

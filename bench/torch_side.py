@@ -1,6 +1,6 @@
 """The torch side: captum, pytorch-grad-cam and plain torch autograd on the same weights.
 
-The model is ``gradtap.export.models.pixel_space(build(name, weights))``: the module the ONNX
+The model is ``gradtap.export.models.zoo.pixel_space(build(name, weights))``: the module the ONNX
 graph was exported from, taking RGB pixels in [0, 1]. Parameters keep ``requires_grad`` as a user
 would have them; captum and the autograd cases differentiate with respect to the input (or tap)
 only, pytorch-grad-cam calls ``loss.backward()``, as each library does.
@@ -18,7 +18,7 @@ from torch import nn
 
 from bench import config as cfg
 from bench import torch_autograd
-from gradtap.export.models import build, pixel_space, tap_module
+from gradtap.export.models.zoo import build, pixel_space, tap_module
 
 Array = npt.NDArray[np.float32]
 Case = Callable[[], object]

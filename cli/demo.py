@@ -59,7 +59,7 @@ def write_shapes(folder: Path, count: int, size: int = 128) -> list[Path]:
     """Held-out images of the synthetic shapes the custom CNN is trained on."""
     import cv2
 
-    from gradtap.runtime.synthetic import CLASS_NAMES, TEST_SEED, make_sample
+    from gradtap.runtime.evaluate.synthetic import CLASS_NAMES, TEST_SEED, make_sample
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -75,7 +75,7 @@ def write_shapes(folder: Path, count: int, size: int = 128) -> list[Path]:
 def export_models() -> dict[str, Path]:
     """The augmented custom CNN and EfficientNet-Lite0 in the cache (exported when missing)."""
     try:
-        from gradtap.export.to_onnx import model_path
+        from gradtap.export.models.to_onnx import model_path
     except ModuleNotFoundError as err:
         raise click.ClickException(
             f"the demo exports models and needs {err.name}: run `make setup` or "

@@ -8,7 +8,7 @@ from typing import Any
 
 import onnx
 
-from gradtap.export.gate import branch_nodes
+from gradtap.export.graph.gate import branch_nodes
 from gradtap.runtime import contract as c
 
 _MEANING = {
@@ -57,7 +57,7 @@ def describe(path: Path) -> dict[str, Any]:
     Raises:
         ValueError: the file is not an ONNX model (one-line message naming it).
     """
-    from gradtap.export.augment import load_model
+    from gradtap.export.graph.augment import load_model
 
     model = load_model(path)
     inits = {i.name for i in model.graph.initializer}

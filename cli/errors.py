@@ -35,7 +35,7 @@ def one_line(err: BaseException) -> str:
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    from gradtap.export.vjp import UnsupportedOpsError  # onnx-only, no torch
+    from gradtap.export.graph.vjp import UnsupportedOpsError  # onnx-only, no torch
 
     return (GradtapError, ValueError, OSError, UnsupportedOpsError)
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import click
 
-from gradtap.cli.cmd_attack import attack
-from gradtap.cli.cmd_evaluate import evaluate_cmd
-from gradtap.cli.cmd_explain import explain
-from gradtap.cli.cmd_localize import localize
-from gradtap.cli.cmd_model import augment, export, info
-from gradtap.cli.cmd_visualize import visualize
+from gradtap.cli.commands.attack import attack
+from gradtap.cli.commands.evaluate import evaluate_cmd
+from gradtap.cli.commands.explain import explain
+from gradtap.cli.commands.localize import localize
+from gradtap.cli.commands.model import augment, export, info
+from gradtap.cli.commands.visualize import visualize
 from gradtap.cli.config import PROVIDER_ALIASES, Config, expand_providers, setup_logging
 from gradtap.cli.errors import GradtapGroup
 

@@ -10,7 +10,7 @@ import click
 
 from gradtap.cli.config import Config
 from gradtap.cli.errors import about, one_line
-from gradtap.export.catalog import MODEL_NAMES, default_cache_dir
+from gradtap.export.models.catalog import MODEL_NAMES, default_cache_dir
 
 KNOWN_MODELS = MODEL_NAMES
 MODEL_ENV = "GRADTAP_MODEL"

@@ -5,8 +5,6 @@ Never imports torch. Start with :class:`Explainer`; the pieces underneath are pu
 
 from __future__ import annotations
 
-from gradtap.runtime.adversarial import Attack, fgsm, fool
-from gradtap.runtime.attribution import integrated_gradients, occlusion, smoothgrad
 from gradtap.runtime.errors import (
     GradtapError,
     ImageError,
@@ -16,21 +14,19 @@ from gradtap.runtime.errors import (
     TargetError,
 )
 from gradtap.runtime.explainer import Explainer
-from gradtap.runtime.explanation import Explanation
 from gradtap.runtime.figure import summary_panel
-from gradtap.runtime.images import as_image, load_image
+from gradtap.runtime.image.geometry import Geometry, to_batch, to_input, to_original
+from gradtap.runtime.image.read import as_image, load_image
 from gradtap.runtime.info import ModelInfo
-from gradtap.runtime.localize import Localization, grabcut
-from gradtap.runtime.methods import (
-    cam,
-    deconvnet,
-    gradcam,
-    gradcampp,
-    guided_backprop,
-    guided_gradcam,
-    saliency,
-)
-from gradtap.runtime.overlay import (
+from gradtap.runtime.methods.adversarial import Attack, fgsm, fool
+from gradtap.runtime.methods.base import Explanation
+from gradtap.runtime.methods.cam import cam, gradcam, gradcampp, guided_gradcam
+from gradtap.runtime.methods.gradient import deconvnet, guided_backprop, saliency
+from gradtap.runtime.methods.localize import Localization, grabcut
+from gradtap.runtime.methods.registry import METHODS, Method, get_method
+from gradtap.runtime.methods.sampling import integrated_gradients, occlusion, smoothgrad
+from gradtap.runtime.methods.visualize import AscentConfig, Visualization, class_visualization
+from gradtap.runtime.present.overlay import (
     COLORMAPS,
     colorize,
     overlay_heatmap,
@@ -38,12 +34,9 @@ from gradtap.runtime.overlay import (
     to_uint8,
     write_image,
 )
-from gradtap.runtime.postprocess import gradient_image, heatmap, minmax, normalize
-from gradtap.runtime.preprocess import Geometry, to_batch, to_input, to_original
-from gradtap.runtime.registry import METHODS, Method, get_method
+from gradtap.runtime.present.postprocess import gradient_image, heatmap, minmax, normalize
 from gradtap.runtime.session import ExplainSession, Pass
 from gradtap.runtime.targets import ce_seed, onehot, softmax
-from gradtap.runtime.visualize import AscentConfig, Visualization, class_visualization
 
 __all__ = [
     "COLORMAPS",

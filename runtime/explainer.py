@@ -9,18 +9,23 @@ from typing import Any
 
 import numpy as np
 
-from gradtap.runtime.adversarial import Attack, Labels, fgsm, fool
-from gradtap.runtime.explanation import Explanation
 from gradtap.runtime.figure import summary_panel
-from gradtap.runtime.images import DEFAULT_MAX_PIXELS, as_image, load_image
+from gradtap.runtime.image.geometry import Geometry, ImageLike, to_batch, to_input
+from gradtap.runtime.image.read import DEFAULT_MAX_PIXELS, as_image, load_image
 from gradtap.runtime.info import ModelInfo
-from gradtap.runtime.localize import Localization, grabcut
-from gradtap.runtime.postprocess import heatmap
-from gradtap.runtime.preprocess import Geometry, ImageLike, to_batch, to_input
-from gradtap.runtime.registry import get_method
+from gradtap.runtime.methods.adversarial import Attack, Labels, fgsm, fool
+from gradtap.runtime.methods.base import Explanation
+from gradtap.runtime.methods.localize import Localization, grabcut
+from gradtap.runtime.methods.registry import get_method
+from gradtap.runtime.methods.visualize import (
+    AscentConfig,
+    Progress,
+    Visualization,
+    class_visualization,
+)
+from gradtap.runtime.present.postprocess import heatmap
 from gradtap.runtime.session import ExplainSession, ModelSource
 from gradtap.runtime.targets import TargetSpec, softmax
-from gradtap.runtime.visualize import AscentConfig, Progress, Visualization, class_visualization
 
 Images = ImageLike | Sequence[ImageLike]
 

@@ -7,13 +7,14 @@ import os
 import numpy as np
 import numpy.typing as npt
 
-from gradtap.runtime.adversarial import fgsm
 from gradtap.runtime.errors import TargetError
-from gradtap.runtime.images import as_image, load_image
-from gradtap.runtime.methods import gradcam, guided_gradcam, saliency
-from gradtap.runtime.overlay import colorize, overlay_heatmap, panel
-from gradtap.runtime.postprocess import gradient_image, heatmap
-from gradtap.runtime.preprocess import ImageLike, to_input, to_original
+from gradtap.runtime.image.geometry import ImageLike, to_input, to_original
+from gradtap.runtime.image.read import as_image, load_image
+from gradtap.runtime.methods.adversarial import fgsm
+from gradtap.runtime.methods.cam import gradcam, guided_gradcam
+from gradtap.runtime.methods.gradient import saliency
+from gradtap.runtime.present.overlay import colorize, overlay_heatmap, panel
+from gradtap.runtime.present.postprocess import gradient_image, heatmap
 from gradtap.runtime.session import ExplainSession
 from gradtap.runtime.targets import softmax
 

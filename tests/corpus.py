@@ -20,7 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 from PIL import Image
 
-from gradtap.export.augment import augment
+from gradtap.export.graph.augment import augment
 from tests.graphs import tiny_cnn
 
 LABELS = ["cat", "dog", "bird"]

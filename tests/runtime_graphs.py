@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from gradtap.export.augment import augment
+from gradtap.export.graph.augment import augment
 from gradtap.runtime import contract as c
 from tests.graphs import OPSET, tiny_cnn
 

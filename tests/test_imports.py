@@ -18,7 +18,7 @@ PROBE = textwrap.dedent(
 
     sys.meta_path.insert(0, NoTorch())
     import gradtap.runtime, gradtap.cli.main
-    from gradtap.export.augment import augment
+    from gradtap.export.graph.augment import augment
     from tests.graphs import tiny_cnn
 
     augment(tiny_cnn())

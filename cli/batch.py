@@ -1,0 +1,221 @@
+"""Pieces shared by the commands that read images and write results."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import numpy.typing as npt
+
+from gradtap.cli.config import Config
+from gradtap.cli.errors import EXIT_INTERRUPTED, Failures, recoverable
+from gradtap.cli.inputs import expand, unique_stems
+from gradtap.cli.outputs import GALLERY, SUMMARY, OutDir, merge_summary
+from gradtap.runtime.image.read import DEFAULT_MAX_PIXELS
+from gradtap.runtime.targets import softmax
+
+Array = npt.NDArray[np.float32]
+OUT_DIR = click.Path(file_okay=False, path_type=Path)
+
+
+def output_options(default_out: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--out``, ``--overwrite`` and ``--json``, shared by every command that writes results."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        func = click.option(
+            "--json", "as_json", is_flag=True, help="Print a JSON summary of this run on stdout."
+        )(func)
+        func = click.option("--overwrite", is_flag=True, help="Replace existing output files.")(
+            func
+        )
+        return click.option(
+            "-o",
+            "--out",
+            type=OUT_DIR,
+            default=default_out,
+            show_default=True,
+            help="Output folder (summary.json and index.html gallery inside).",
+        )(func)
+
+    return decorate
+
+
+def max_pixels_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--max-pixels``: the decompression-bomb limit, checked from the file header."""
+    return click.option(
+        "--max-pixels",
+        type=click.IntRange(min=1),
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help="Refuse images of more than N pixels (width x height), read from the file's header "
+        "before anything is decoded.",
+    )(func)
+
+
+@dataclass
+class Run:
+    """What one command did: written into summary.json and printed with --json."""
+
+    command: str
+    model: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    groups: dict[str, Any] = field(default_factory=dict)
+    items: list[dict[str, Any]] = field(default_factory=list)
+    failures: Failures = field(default_factory=Failures)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    interrupted: bool = False
+    started: float = field(default_factory=time.time)
+
+    def record(self) -> dict[str, Any]:
+        """The JSON-ready run record."""
+        return {
+            "command": self.command,
+            "model": self.model,
+            "options": self.options,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started)),
+            "seconds": round(time.time() - self.started, 3),
+            "groups": self.groups,
+            "items": self.items,
+            "failures": self.failures.items,
+            "skipped": self.skipped,
+            "interrupted": self.interrupted,
+        }
+
+
+def model_record(session: Any, path: str | Path) -> dict[str, Any]:
+    """The model part of a run record."""
+    info = session.info
+    return {
+        "name": info.name,
+        "file": str(path),
+        "weights": info.weights,
+        "provider": session.provider,
+        "classes": info.num_classes,
+    }
+
+
+def top_k(logits: Array, labels: Sequence[str], k: int = 5) -> list[list[dict[str, Any]]]:
+    """Per row, the ``k`` most probable classes with their probabilities."""
+    probs = softmax(logits)
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [
+        [{"class": int(c), "label": labels[c], "prob": round(float(p[c]), 6)} for c in row]
+        for p, row in zip(probs, order, strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input image: its path and the name of its output folder."""
+
+    path: Path
+    stem: str
+
+
+def sources(
+    images: Sequence[str], run: Run, cfg: Config, *, recursive: bool = False
+) -> list[Source]:
+    """Expand image arguments; arguments that name nothing are failures of the run.
+
+    Entries of folders and patterns that are not image files are skipped: one note line on
+    stderr names them (the first few), and the run record lists them all.
+
+    Raises:
+        click.UsageError: no image arguments at all.
+    """
+    if not images:
+        raise click.UsageError("give at least one image file, folder or glob pattern")
+    expanded = expand(images, recursive=recursive)
+    for arg, problem in expanded.problems:
+        run.failures.add(arg, problem)
+    run.skipped += [{"input": path, "reason": why} for path, why in expanded.skipped]
+    if expanded.skipped:
+        cfg.note(skipped_note(expanded.skipped))
+    return [Source(p, s) for p, s in zip(expanded.files, unique_stems(expanded.files), strict=True)]
+
+
+def skipped_note(skipped: Sequence[tuple[str, str]], shown: int = 5) -> str:
+    """One line naming the skipped entries (the first ``shown``) and why."""
+    names = [f"{path}: {why}" for path, why in skipped[:shown]]
+    more = f"; and {len(skipped) - shown} more, see summary.json" if len(skipped) > shown else ""
+    return f"gradtap: note: skipped {len(skipped)} entries: {'; '.join(names)}{more}"
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    """Consecutive slices of at most ``size`` items."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def attempt(run: Run, path: Path | str, func: Callable[[], Any], *, what: str = "") -> Any:
+    """``func()``, or ``None`` after recording a failure for ``path`` if it raised a user error."""
+    try:
+        return func()
+    except recoverable() as err:
+        run.failures.add(path, err, what=what)
+        return None
+
+
+def finish(cfg: Config, out: OutDir, run: Run, *, as_json: bool) -> None:
+    """Merge the run into summary.json, rebuild the gallery, report, exit 0, 1 or 130.
+
+    summary.json is written whenever something happened (results, failures or an interruption),
+    so every failure of a batch is on record; an interrupted run keeps the results it finished.
+    """
+    from gradtap.cli.gallery import write_gallery
+
+    record = run.record()
+    if run.items or run.failures or run.interrupted or (out.root / SUMMARY).exists():
+        summary = merge_summary(out.root, record)
+        write_gallery(out.root, summary)
+    if as_json:
+        click.echo(json.dumps(record, indent=2, ensure_ascii=False))
+    n = len(run.items)
+    if run.interrupted:
+        click.echo(
+            f"gradtap: interrupted; {n} result(s) kept in {out.root} (summary.json)", err=True
+        )
+        click.get_current_context().exit(EXIT_INTERRUPTED)
+    if not as_json:
+        failed = f", {len(run.failures.items)} failed" if run.failures else ""
+        cfg.note(f"{n} result(s) in {out.root}{failed}")
+        if run.items:
+            click.echo(str(out.root / GALLERY))
+    click.get_current_context().exit(run.failures.exit_code())
+
+
+def interruptible(run: Run, work: Callable[[], None]) -> None:
+    """Run a batch; Ctrl-C stops it, and ``run`` records the interruption for :func:`finish`."""
+    try:
+        work()
+    except KeyboardInterrupt:
+        run.interrupted = True
+
+
+class Progress:
+    """A progress bar on stderr when interactive and not -q; silent otherwise."""
+
+    def __init__(self, cfg: Config, total: int, label: str) -> None:
+        self._bar = None
+        if cfg.show_progress() and total > 1:
+            self._bar = click.progressbar(
+                length=total, label=label, file=click.get_text_stream("stderr")
+            )
+            self._bar.__enter__()
+
+    def update(self, n: int = 1) -> None:
+        """Advance by ``n`` steps."""
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def close(self) -> None:
+        """Finish the bar."""
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None

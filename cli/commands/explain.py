@@ -1,0 +1,197 @@
+"""``gradtap explain``: explanation maps for images, files and a gallery."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gradtap.cli.batch import (
+    Progress,
+    Run,
+    finish,
+    interruptible,
+    max_pixels_option,
+    model_record,
+    output_options,
+    sources,
+)
+from gradtap.cli.config import Config
+from gradtap.cli.errors import user_errors
+from gradtap.cli.modelref import model_option, open_session, resolve_model
+from gradtap.cli.outputs import OutDir
+from gradtap.runtime.methods.registry import METHODS
+from gradtap.runtime.targets import TargetSpec, class_index, needs_logits
+
+ALL = "all"
+DEFAULT_FORMATS = "overlay,panel"
+
+
+def parse_methods(values: Sequence[str]) -> tuple[str, ...]:
+    """``-m`` values (repeatable, comma lists allowed, ``all``) to method names in order."""
+    names: list[str] = []
+    for value in values:
+        for name in (v.strip() for v in value.split(",")):
+            chosen = list(METHODS) if name == ALL else [name]
+            if name != ALL and name not in METHODS:
+                valid = ", ".join([*METHODS, ALL])
+                raise click.BadParameter(
+                    f"unknown method {name!r}; valid: {valid}", param_hint="-m"
+                )
+            names += [n for n in chosen if n not in names]
+    return tuple(names)
+
+
+def parse_formats(value: str) -> tuple[str, ...]:
+    """``--format`` comma list to format names."""
+    from gradtap.cli.commands.explain_run import FORMATS
+
+    names = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    bad = [n for n in names if n not in FORMATS]
+    if bad or not names:
+        raise click.BadParameter(
+            f"{value!r}: choose from {', '.join(FORMATS)}", param_hint="--format"
+        )
+    return names
+
+
+def parse_target(values: Sequence[str], labels: Sequence[str]) -> TargetSpec:
+    """``-t`` values to a target spec, checked against the labels now (usage errors, exit 2)."""
+    items: list[int | str] = [int(v) if v.strip().isdigit() else v.strip() for v in values]
+    with user_errors("--target"):
+        for item in items:
+            if not needs_logits(item):
+                class_index(item, labels)
+    if not items:
+        return None
+    return items[0] if len(items) == 1 else items
+
+
+def parse_options(values: Sequence[str], methods: Sequence[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` values (JSON values, else strings), checked against the methods."""
+    from gradtap.cli.commands.explain_run import accepted_options
+
+    valid = accepted_options(methods)
+    options: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in valid:
+            hint = f"valid for {', '.join(methods)}: {', '.join(sorted(valid)) or 'none'}"
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE; {hint}", param_hint="--set")
+        try:
+            options[key] = json.loads(raw)
+        except ValueError:
+            options[key] = raw
+    return options
+
+
+def _check_tap(session: Any, tap: str | None) -> None:
+    from gradtap.runtime.errors import ModelError
+
+    if tap is not None:
+        try:
+            session.info.tap(tap)
+        except ModelError as err:
+            raise click.BadParameter(str(err), param_hint="--tap") from None
+
+
+@click.command()
+@click.argument("images", nargs=-1, metavar="IMAGES...")
+@model_option
+@click.option(
+    "-m",
+    "--method",
+    "methods",
+    multiple=True,
+    default=("gradcam",),
+    show_default=True,
+    help=f"Method, repeatable or comma-separated, or '{ALL}': {', '.join(METHODS)}.",
+)
+@click.option(
+    "-t",
+    "--target",
+    "targets",
+    multiple=True,
+    metavar="CLASS|top-K",
+    help="Class to explain: index, name or top-K; repeatable [default: the predicted class].",
+)
+@click.option("--tap", help="Tap alias for the CAM family [default: the model's default tap].")
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Method option, e.g. --set samples=50 --set baseline=blur (for methods that take it).",
+)
+@click.option(
+    "--format", "formats", default=DEFAULT_FORMATS, help="Outputs: overlay, heatmap, npy, panel."
+)
+@click.option(
+    "-b", "--batch-size", type=click.IntRange(min=1), default=8, help="Images per onnxruntime call."
+)
+@click.option(
+    "--max-side",
+    type=click.IntRange(min=0),
+    default=1024,
+    help="Longest side of pictures (0 = original size).",
+)
+@click.option(
+    "-r", "--recursive", is_flag=True, help="Also take images in subfolders of folder arguments."
+)
+@max_pixels_option
+@output_options("gradtap-out")
+@click.pass_obj
+def explain(
+    cfg: Config,
+    images: tuple[str, ...],
+    model: str | None,
+    methods: tuple[str, ...],
+    targets: tuple[str, ...],
+    tap: str | None,
+    settings: tuple[str, ...],
+    formats: str,
+    batch_size: int,
+    max_side: int,
+    recursive: bool,
+    max_pixels: int,
+    out: Path,
+    overwrite: bool,
+    as_json: bool,
+) -> None:
+    """Explain images (files, folders or glob patterns) with one or more methods.
+
+    Writes OUT/<image>/<method>.png (overlay), .heatmap.png, .npy (raw map), .panel.png,
+    plus OUT/summary.json and the OUT/index.html gallery.
+
+    \b
+    Example:
+      gradtap explain cat.jpg -M efficientnet_lite0 -m gradcam -m guided_backprop
+      gradtap explain photos/ -M mynet.gradtap.onnx -m all -t top-3 --format overlay,npy
+    """
+    from gradtap.cli.commands.explain_run import Settings, run_explain
+
+    chosen = parse_methods(methods)
+    fmt = parse_formats(formats)
+    options = parse_options(settings, chosen)
+    if tap is not None:
+        options["tap"] = tap
+    path = resolve_model(model)
+    session = open_session(cfg, str(path), batch_size=batch_size)
+    _check_tap(session, tap)
+    target = parse_target(targets, session.info.labels)
+    run = Run("explain", model=model_record(session, path))
+    run.options = {"methods": list(chosen), "target": target, "formats": list(fmt), "set": options}
+    outdir = OutDir(out, overwrite=overwrite)
+    with user_errors("--out"):
+        outdir.check_writable()
+    files = sources(images, run, cfg, recursive=recursive)
+    settings_ = Settings(chosen, target, fmt, options, batch_size, max_side, max_pixels)
+    bar = Progress(cfg, len(files) * len(chosen), "explaining")
+    try:
+        interruptible(run, lambda: run_explain(session, files, settings_, outdir, run, bar))
+    finally:
+        bar.close()
+    finish(cfg, outdir, run, as_json=as_json)

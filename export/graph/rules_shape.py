@@ -1,0 +1,111 @@
+"""Backward rules for ops that move elements around: reshapes, transposes, concat/split, slice/pad."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import NodeProto
+
+from gradtap.export.graph.emitter import Emitter
+from gradtap.export.graph.rules import Grads, attrs_of, unbroadcast, vjp_rule
+
+
+@vjp_rule("Flatten", "Reshape", "Squeeze", "Unsqueeze")
+def reshape_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
+    """dx = reshape(dy, shape(x))."""
+    x = node.input[0]
+    return (em.op("Reshape", dys[0], em.op("Shape", x)),) + (None,) * (len(node.input) - 1)
+
+
+@vjp_rule("Expand")
+def expand_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
+    """dx = dy summed over the broadcast axes."""
+    return (unbroadcast(em, dys[0], node.input[0], em.info.rank(node.output[0])), None)
+
+
+@vjp_rule("Transpose")
+def transpose_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
+    """dx = transpose(dy, inverse(perm))."""
+    rank = em.info.rank(node.input[0])
+    perm = list(attrs_of(node, perm=list(range(rank))[::-1])["perm"])  # type: ignore[call-overload]
+    return (em.op("Transpose", dys[0], perm=[int(i) for i in np.argsort(perm)]),)
+
+
+def _axis_sizes(em: Emitter, names: list[str], axis: int, node: NodeProto) -> list[int]:
+    sizes = [em.info.shape(n)[axis] for n in names]
+    if not all(isinstance(s, int) for s in sizes):
+        raise ValueError(
+            f"{node.op_type} node {node.name!r}: sizes along axis {axis} must be static, got {sizes}"
+        )
+    return [int(s) for s in sizes]  # type: ignore[arg-type]
+
+
+@vjp_rule("Concat")
+def concat_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
+    """dx_i = the slice of dy that x_i filled."""
+    axis = int(attrs_of(node)["axis"]) % em.info.rank(node.output[0])  # type: ignore[call-overload]
+    sizes = _axis_sizes(em, list(node.input), axis, node)
+    parts = em.op("Split", dys[0], em.ints(sizes), axis=axis, outputs=len(sizes))
+    parts = [parts] if isinstance(parts, str) else parts
+    return tuple(p if em.wants(x) else None for p, x in zip(parts, node.input, strict=True))
+
+
+@vjp_rule("Split")
+def split_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
+    """dx = concat(dy_i), zeros for the pieces no cotangent reached."""
+    axis = int(attrs_of(node, axis=0)["axis"]) % em.info.rank(node.input[0])  # type: ignore[call-overload]
+    pieces = [dy if dy else em.zeros_like(y) for dy, y in zip(dys, node.output, strict=True)]
+    dx = pieces[0] if len(pieces) == 1 else em.op("Concat", *pieces, axis=axis)
+    return (dx,) + (None,) * (len(node.input) - 1)
+
+
+def _const_ints(em: Emitter, node: NodeProto, index: int, what: str) -> list[int] | None:
+    if len(node.input) <= index or not node.input[index]:
+        return None
+    value = em.info.const(node.input[index])
+    if value is None:
+        raise ValueError(f"{node.op_type} node {node.name!r}: {what} must be a constant")
+    return [int(v) for v in value.reshape(-1)]
+
+
+@vjp_rule("Slice")
+def slice_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
+    """dx = dy padded with zeros back to x's shape (unit steps)."""
+    x = node.input[0]
+    dims = em.info.static_shape(x)
+    if em.info.opset < 10:
+        at = attrs_of(node)
+        starts, ends, axes, steps = at["starts"], at["ends"], at.get("axes"), None
+    else:
+        starts, ends = _const_ints(em, node, 1, "starts"), _const_ints(em, node, 2, "ends")
+        axes, steps = _const_ints(em, node, 3, "axes"), _const_ints(em, node, 4, "steps")
+    axes = list(axes) if axes is not None else list(range(len(starts)))  # type: ignore[arg-type]
+    if steps is not None and any(s != 1 for s in steps):
+        raise NotImplementedError(f"Slice node {node.name!r}: only unit steps are supported")
+    pads = [0] * (2 * len(dims))
+    for axis, start, end in zip(axes, starts, ends, strict=True):  # type: ignore[arg-type]
+        axis %= len(dims)
+        size = dims[axis]
+        begin = min(max(start + size if start < 0 else start, 0), size)
+        stop = min(max(end + size if end < 0 else end, 0), size)
+        pads[axis], pads[len(dims) + axis] = begin, size - max(stop, begin)
+    return (em.op("Pad", dys[0], em.ints(pads)),) + (None,) * (len(node.input) - 1)
+
+
+@vjp_rule("Pad")
+def pad_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
+    """dx = the interior of dy (constant-mode, non-negative pads)."""
+    at = attrs_of(node, mode="constant")
+    if at["mode"] != "constant":
+        raise NotImplementedError(f"Pad node {node.name!r}: mode {at['mode']!r}; only 'constant'")
+    x = node.input[0]
+    rank = em.info.rank(x)
+    pads = list(at["pads"]) if em.info.opset < 11 else _const_ints(em, node, 1, "pads")  # type: ignore[call-overload]
+    axes = _const_ints(em, node, 3, "axes") or list(range(rank))
+    if pads is None or any(p < 0 for p in pads):
+        raise NotImplementedError(f"Pad node {node.name!r}: pads must be constant and >= 0")
+    half = len(pads) // 2
+    begins = [pads[i] for i in range(half)]
+    sizes = em.op("Gather", em.op("Shape", x), em.ints([a % rank for a in axes]), axis=0)
+    starts = em.ints(begins)
+    piece = em.op("Slice", dys[0], starts, em.op("Add", starts, sizes), em.ints(axes))
+    return (piece,) + (None,) * (len(node.input) - 1)

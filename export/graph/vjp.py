@@ -1,0 +1,155 @@
+"""The reverse walk: append the backward pass of ``sum(seed * logits)`` to an ONNX graph."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import defaultdict
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from gradtap.export.graph import rules_conv as vjp_conv  # noqa: F401
+from gradtap.export.graph import rules_shape as vjp_shape  # noqa: F401  (they register their rules)
+from gradtap.export.graph.emitter import Emitter, GraphInfo
+from gradtap.export.graph.rules import RULES, ZERO_GRAD_OPS, VjpRule
+
+log = logging.getLogger(__name__)
+
+MIN_OPSET = 13
+
+
+class UnsupportedOpsError(NotImplementedError):
+    """Raised before anything is emitted when ops on the gradient path have no VJP rule."""
+
+
+def differentiated_nodes(
+    graph: onnx.GraphProto, wrt: set[str], seed_of: str
+) -> tuple[list[onnx.NodeProto], set[str]]:
+    """Nodes on a path from ``wrt`` to ``seed_of``, in forward order, and the tensors they touch.
+
+    A tensor is active when it depends on a wrt tensor through differentiable ops; a node is
+    differentiated when it has an active input and an output that reaches ``seed_of``.
+    """
+    active = set(wrt)
+    for node in graph.node:  # step 1: forward sweep, what depends on the wrt tensors
+        if node.op_type not in ZERO_GRAD_OPS and active.intersection(node.input):
+            active.update(o for o in node.output if o)
+    needed, chosen = {seed_of}, []
+    for node in reversed(graph.node):  # step 2: backward sweep, what reaches the seed
+        if needed.intersection(node.output) and active.intersection(node.input):
+            if node.op_type not in ZERO_GRAD_OPS:
+                chosen.append(node)
+                needed.update(i for i in node.input if i in active)
+    return chosen[::-1], needed
+
+
+def check_coverage(nodes: list[onnx.NodeProto], rules: Mapping[str, VjpRule]) -> None:
+    """Raise one error naming every op type without a rule and the nodes that use it."""
+    missing: dict[str, list[str]] = defaultdict(list)
+    for node in nodes:
+        if node.op_type not in rules or node.domain not in ("", "ai.onnx"):
+            missing[f"{node.domain + '.' if node.domain else ''}{node.op_type}"].append(
+                node.name or node.output[0]
+            )
+    if missing:
+        listed = "; ".join(
+            f"{op} (nodes: {', '.join(names)})" for op, names in sorted(missing.items())
+        )
+        raise UnsupportedOpsError(
+            f"no backward rule for {len(missing)} op type(s) on the gradient path: {listed}. "
+            f"Supported: {', '.join(sorted(rules))}"
+        )
+
+
+def add_vjp(
+    model: onnx.ModelProto,
+    *,
+    seed_of: str,
+    seed: str,
+    wrt: Mapping[str, str],
+    relu_rule: str | None = None,
+    rules: Mapping[str, VjpRule] = RULES,
+) -> onnx.ModelProto:
+    """Return a copy of ``model`` with the gradient of ``sum(seed * seed_of)`` as new outputs.
+
+    Args:
+        model: the forward model (not mutated); default-domain opset >= 13.
+        seed_of: the tensor the seed is the cotangent of (the logits).
+        seed: name of the new graph input holding that cotangent (same shape as ``seed_of``).
+        wrt: forward tensor name -> output name for its gradient (the image, the taps).
+        relu_rule: name of an int64 scalar input choosing the rectifier rule at run time
+            (0 plain, 1 guided backprop, 2 deconvnet); None for plain gradients only.
+        rules: op_type -> VJP rule.
+
+    Returns:
+        The augmented model; its new outputs are float tensors shaped like the wrt tensors.
+    """
+    model = copy.deepcopy(model)
+    info = GraphInfo.of(model)
+    if info.opset < MIN_OPSET:
+        raise ValueError(f"opset {info.opset} is too old; the backward pass needs >= {MIN_OPSET}")
+    graph = model.graph
+    nodes, needed = differentiated_nodes(graph, set(wrt), seed_of)
+    check_coverage(nodes, rules)  # step 1: everything covered before anything is emitted
+
+    em = Emitter(info, wanted=frozenset(needed))
+    if relu_rule is not None:
+        em.scope = "relu_rule"
+        zero, two = em.const(0, dtype=np.int64), em.const(2, dtype=np.int64)
+        no_floor = em.const(-np.inf, dtype=np.float32)
+        floor = em.op(
+            "Where", em.op("Equal", relu_rule, zero), no_floor, em.const(0.0, dtype=np.float32)
+        )
+        em.rectifier_flags = (floor, em.op("Equal", relu_rule, two))
+
+    contributions: dict[str, list[str]] = defaultdict(list)
+    contributions[seed_of].append(seed)
+    totals: dict[str, str | None] = {}
+
+    def total(name: str) -> str | None:  # step 2: fan-out accumulates with one Sum per tensor
+        if name not in totals:
+            parts = contributions.get(name, [])
+            totals[name] = None if not parts else parts[0]
+            if len(parts) > 1:
+                em.scope = "sum"
+                totals[name] = em.op("Sum", *parts)
+        return totals[name]
+
+    for node in reversed(nodes):  # step 3: reverse topological order
+        dys = tuple(total(o) if o else None for o in node.output)
+        if all(d is None for d in dys):
+            continue
+        em.scope = node.name or node.output[0]
+        grads = rules[node.op_type](node, dys, em)
+        if len(grads) != len(node.input):
+            raise RuntimeError(
+                f"rule for {node.op_type} (node {node.name!r}) gave {len(grads)} gradients "
+                f"for {len(node.input)} inputs"
+            )
+        for x, g in zip(node.input, grads, strict=True):
+            if x in needed and g is None:
+                raise NotImplementedError(
+                    f"{node.op_type} node {node.name!r}: no gradient for input {x!r}, which "
+                    "depends on the differentiated inputs"
+                )
+            if x in needed and g is not None:
+                contributions[x].append(g)
+
+    for x, out in wrt.items():  # step 4: expose the requested gradients
+        g = total(x)
+        if g is None:
+            raise ValueError(
+                f"tensor {x!r} does not influence {seed_of!r}; no gradient flows to it"
+            )
+        em.scope = "out"
+        em.nodes.append(helper.make_node("Identity", [g], [out], name=f"{out}/Identity"))
+        dtype = info.dtypes.get(x, TensorProto.FLOAT)
+        graph.output.append(helper.make_tensor_value_info(out, dtype, list(info.shape(x))))
+
+    graph.node.extend(em.nodes)
+    graph.initializer.extend(em.initializers)
+    log.info("backward pass: %d nodes differentiated, %d emitted", len(nodes), len(em.nodes))
+    return model

@@ -1,0 +1,140 @@
+"""The CAM family: CAM, Grad-CAM, Grad-CAM++ and guided Grad-CAM, over the taps of one call.
+
+Every method takes ``(session, x, target=None, **options)`` like the gradient methods and returns
+maps at tap resolution (guided Grad-CAM: colour maps at input resolution).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from gradtap.runtime.errors import OptionError
+from gradtap.runtime.image.geometry import resize
+from gradtap.runtime.methods.base import Explanation, finish, prepare
+from gradtap.runtime.methods.head import class_weights
+from gradtap.runtime.session import ExplainSession
+from gradtap.runtime.targets import TargetSpec
+
+Array = npt.NDArray[np.float32]
+
+UPSAMPLING = ("bilinear", "nearest")
+
+
+def cam(
+    session: ExplainSession,
+    x: Array,
+    target: TargetSpec = None,
+    *,
+    tap: str | None = None,
+    relu: bool = True,
+) -> Explanation:
+    """Class activation mapping (Zhou et al. 2016, https://arxiv.org/abs/1512.04150).
+
+    ``M_c = sum_k w_ck A_k`` with the class weights of the linear layer read from the graph; needs
+    global average pooling then a linear layer right after the tap. Forward pass only.
+
+    Args:
+        tap: tap alias (default tap when ``None``). relu: rectify the map (as Grad-CAM does).
+
+    Returns:
+        Maps [R, h, w] at tap resolution.
+    """
+    alias = session.info.tap(tap)
+    weights = class_weights(session.model_proto(), alias)
+    prep = prepare(session, x, target)
+    run = session.run(prep.x, None, grad_input=False, taps=[alias], tap_grads=False)
+    maps = np.einsum("rk,rkhw->rhw", weights[prep.rows.target], run.taps[alias])
+    maps = np.maximum(maps, 0) if relu else maps
+    return finish("cam", maps, prep, session, row_logits=run.logits)
+
+
+def gradcam_map(acts: Array, grads: Array, *, relu: bool = True) -> Array:
+    """Grad-CAM: ``relu(sum_k mean_hw(dS/dA_k) * A_k)`` for [R, K, h, w] activations."""
+    weights = grads.mean(axis=(2, 3))
+    maps = np.einsum("rk,rkhw->rhw", weights, acts)
+    return np.maximum(maps, 0) if relu else maps
+
+
+def gradcampp_map(acts: Array, grads: Array, *, eps: float = 1e-6) -> Array:
+    """Grad-CAM++: pixel weights ``g^2 / (2 g^2 + sum_ab A_ab g^3)`` on relu(g), then as Grad-CAM.
+
+    ``eps`` is added to the denominator for numerical stability.
+    """
+    g2 = grads.astype(np.float64) ** 2
+    act_sum = acts.sum(axis=(2, 3), dtype=np.float64)[:, :, None, None]
+    alpha = np.where(grads != 0, g2 / (2 * g2 + act_sum * g2 * grads + eps), 0.0)
+    weights = (alpha * np.maximum(grads, 0)).sum(axis=(2, 3))
+    return np.maximum(np.einsum("rk,rkhw->rhw", weights, acts), 0).astype(np.float32)
+
+
+def gradcam(
+    session: ExplainSession,
+    x: Array,
+    target: TargetSpec = None,
+    *,
+    tap: str | None = None,
+    relu: bool = True,
+) -> Explanation:
+    """Grad-CAM (Selvaraju et al. 2017, https://arxiv.org/abs/1610.02391).
+
+    The backward pass runs only down to the tap.
+
+    Returns:
+        Maps [R, h, w] at tap resolution.
+    """
+    alias = session.info.tap(tap)
+    prep = prepare(session, x, target, defer_top1=True)
+    run = session.run(prep.x, prep.seed, grad_input=False, taps=[alias], top1=prep.top1)
+    prep = prep.settled(run.logits)
+    maps = gradcam_map(run.taps[alias], run.tap_grads[alias], relu=relu)
+    return finish("gradcam", maps, prep, session, row_logits=run.logits)
+
+
+def gradcampp(
+    session: ExplainSession, x: Array, target: TargetSpec = None, *, tap: str | None = None
+) -> Explanation:
+    """Grad-CAM++ (Chattopadhay et al. 2018, https://arxiv.org/abs/1710.11063).
+
+    Returns:
+        Maps [R, h, w] at tap resolution.
+    """
+    alias = session.info.tap(tap)
+    prep = prepare(session, x, target, defer_top1=True)
+    run = session.run(prep.x, prep.seed, grad_input=False, taps=[alias], top1=prep.top1)
+    prep = prep.settled(run.logits)
+    maps = gradcampp_map(run.taps[alias], run.tap_grads[alias])
+    return finish("gradcam++", maps, prep, session, row_logits=run.logits)
+
+
+def guided_gradcam(
+    session: ExplainSession,
+    x: Array,
+    target: TargetSpec = None,
+    *,
+    tap: str | None = None,
+    upsample: str = "bilinear",
+) -> Explanation:
+    """Guided Grad-CAM (Selvaraju et al. 2017, https://arxiv.org/abs/1610.02391).
+
+    Guided backprop times the Grad-CAM map upsampled to the input size.
+
+    Args:
+        upsample: ``"bilinear"`` (the paper) or ``"nearest"`` for the Grad-CAM upsampling.
+
+    Returns:
+        Colour maps [R, 3, H, W].
+    """
+    if upsample not in UPSAMPLING:
+        raise OptionError(f"upsample {upsample!r} unknown; valid: {list(UPSAMPLING)}")
+    alias = session.info.tap(tap)
+    prep = prepare(session, x, target, defer_top1=True)
+    plain = session.run(prep.x, prep.seed, grad_input=False, taps=[alias], top1=prep.top1)
+    prep = prep.settled(plain.logits)
+    guided = session.run(prep.x, prep.seed, relu_rule="guided")
+    cams = gradcam_map(plain.taps[alias], plain.tap_grads[alias])
+    size = prep.x.shape[2:]
+    up = np.stack([resize(m, size, nearest=upsample == "nearest") for m in cams])
+    return finish(
+        "guided_gradcam", guided.grad_input * up[:, None], prep, session, row_logits=plain.logits
+    )

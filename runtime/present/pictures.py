@@ -1,0 +1,92 @@
+"""Pictures of results for the CLI: overlays, heat maps and labelled panels, at display size.
+
+The runtime does the presenting (``postprocess`` and ``overlay``); this module only picks the
+tiles and captions and keeps large photos at a bounded display size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from gradtap.runtime.image.geometry import Geometry, to_original
+from gradtap.runtime.present.overlay import colorize, overlay_heatmap, panel
+from gradtap.runtime.present.postprocess import gradient_image, heatmap
+
+Rgb8 = npt.NDArray[np.uint8]
+Image = npt.NDArray[np.float32]
+
+PANEL_HEIGHT = 224
+
+
+def display_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """(H, W) scaled down so the longer side is at most ``max_side`` (0 = unchanged)."""
+    h, w = size
+    if max_side <= 0 or max(h, w) <= max_side:
+        return h, w
+    scale = max_side / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def for_display(image: Image, geometry: Geometry, max_side: int) -> tuple[Image, Geometry]:
+    """The original image and its geometry, both scaled to the display size."""
+    size = display_size(geometry.original_size, max_side)
+    if size == geometry.original_size:
+        return image, geometry
+    small = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return small, replace(geometry, original_size=size)
+
+
+def is_colour(raw: npt.NDArray[np.float32]) -> bool:
+    """Whether a raw map is a colour gradient image [3, H, W] (guided backprop and the like)."""
+    return raw.ndim == 3 and raw.shape[0] == 3
+
+
+def pictures(raw: npt.NDArray[np.float32], image: Image, geometry: Geometry) -> dict[str, Rgb8]:
+    """The ``overlay`` and ``heatmap`` pictures of one raw map, on the (display) image.
+
+    For colour gradients the overlay is the gradient picture itself (grey = zero) placed where
+    the model looked, the heat map its max |gradient| over channels.
+    """
+    heat = heatmap(raw, geometry)
+    if is_colour(raw):
+        grad = to_original(gradient_image(raw), geometry, fill=0.5)
+        overlay = np.rint(np.clip(grad, 0.0, 1.0) * 255).astype(np.uint8)
+    else:
+        overlay = overlay_heatmap(image, heat)
+    return {"overlay": overlay, "heatmap": colorize(heat)}
+
+
+def explanation_panel(image: Image, pics: dict[str, Rgb8], *, title: str, colour: bool) -> Rgb8:
+    """Input | heat map | overlay (or gradient picture), captioned, with ``title`` on top."""
+    third = "gradient" if colour else "overlay"
+    tiles = [
+        ("input", image),
+        ("heat map", pics["heatmap"]),
+        (third, pics["overlay"]),
+    ]
+    return panel(tiles, height=PANEL_HEIGHT, title=title)
+
+
+def perturbation_picture(delta: npt.NDArray[np.float32]) -> Rgb8:
+    """A [3, H, W] perturbation amplified to full contrast around grey."""
+    scale = float(np.abs(delta).max()) or 1.0
+    pic = 0.5 + 0.5 * delta.transpose(1, 2, 0) / scale
+    return np.rint(np.clip(pic, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def draw_box(image: Image, box: tuple[int, int, int, int] | None, mask=None) -> Rgb8:  # noqa: ANN001
+    """The image with a localisation box (and a tinted mask) drawn on it."""
+    out = np.rint(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+    if mask is not None and mask.any():
+        tint = out.copy()
+        tint[mask] = (0.5 * tint[mask] + 0.5 * np.array([0, 255, 0])).astype(np.uint8)
+        out = tint
+    if box is not None:
+        thickness = max(2, round(max(out.shape[:2]) / 200))
+        x0, y0, x1, y1 = box
+        cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), (255, 0, 0), thickness)
+    return out

@@ -1,0 +1,28 @@
+"""The pass version follows what the pass emits: a golden digest of a canonical augmented CNN."""
+
+from __future__ import annotations
+
+from gradtap.export.graph.augment import augment
+from gradtap.export.graph.version import PASS_VERSION, graph_digest
+from tests.graphs import tiny_cnn
+
+# PASS_VERSION -> digest of augment(tiny_cnn()). When the pass emits something else, bump
+# PASS_VERSION, record the new digest here and regenerate the shipped graph (`make models`).
+GOLDEN = {"4.0": "8524baca3f386cb6"}
+
+
+def test_the_canonical_graph_matches_the_digest_recorded_for_this_version() -> None:
+    digest = graph_digest(augment(tiny_cnn()))
+    assert GOLDEN.get(PASS_VERSION) == digest, (
+        f"the pass now emits graph {digest}: bump PASS_VERSION in export/graph/version.py, "
+        "record the digest in GOLDEN and run `make models`"
+    )
+
+
+def test_the_digest_ignores_metadata_but_sees_the_graph() -> None:
+    model = augment(tiny_cnn())
+    before = graph_digest(model)
+    model.metadata_props.add(key="note", value="x")
+    assert graph_digest(model) == before
+    model.graph.node[0].name += "_renamed"
+    assert graph_digest(model) != before

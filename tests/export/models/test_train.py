@@ -1,0 +1,139 @@
+"""The custom CNN trainer: it learns, its checkpoint loads strictly, the shipped model is good."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests import REPO
+
+torch = pytest.importorskip("torch")
+
+from pathlib import Path  # noqa: E402
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+from gradtap.export.models import train as T  # noqa: E402
+from gradtap.export.models.smallcnn import SMALLCNN_MEAN, SMALLCNN_STD, SmallCNN  # noqa: E402
+from gradtap.runtime.evaluate import synthetic  # noqa: E402
+
+SHIPPED = REPO / "models" / "smallcnn.pt"
+
+
+def _loss(model: torch.nn.Module, data: T.Dataset) -> float:
+    with torch.no_grad():
+        logits = model.eval()(T.normalize(T.to_input(data.images)))
+        return float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(data.labels)))
+
+
+def test_a_few_steps_lower_the_loss_and_the_checkpoint_loads_strictly(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    data = T.synthetic_dataset(48, seed=11, size=32)
+    model = T.init_weights(SmallCNN(len(data.names), width=4), seed=0)
+    before = _loss(model, data)
+    config = T.TrainConfig(epochs=8, batch_size=16, lr=5e-3, flips=False, turns=False)
+    lines: list[str] = []
+    history = T.train(model, data, data, config, lambda s: lines.append(s.line()))
+    assert _loss(model, data) < 0.9 * before
+    assert len(history) == len(lines) == 8 and lines[0].startswith("epoch 1/8  loss ")
+    path = tmp_path / "ckpt.pt"
+    T.save_checkpoint(
+        path, model, labels=data.names, width=4, input_size=32, accuracy=0.5, dataset="t"
+    )
+    ckpt = torch.load(path, weights_only=True)
+    assert set(ckpt) == T.CHECKPOINT_KEYS
+    assert ckpt["labels"] == list(synthetic.CLASS_NAMES) and ckpt["input_size"] == 32
+    fresh = SmallCNN(len(ckpt["labels"]), ckpt["width"])
+    fresh.load_state_dict(ckpt["state_dict"], strict=True)
+    x = T.normalize(T.to_input(data.images[:4]))
+    torch.testing.assert_close(fresh.eval()(x), model.eval()(x))
+
+
+def test_checkpoint_is_what_the_model_builder_loads(tmp_path: Path) -> None:
+    from gradtap.export.models.zoo import build
+
+    model = T.init_weights(SmallCNN(3, width=4), seed=1).eval()
+    path = tmp_path / "three.pt"
+    T.save_checkpoint(
+        path, model, labels=("a", "b", "c"), width=4, input_size=40, accuracy=0.9, dataset="x"
+    )
+    net, spec = build("smallcnn", weights=path)
+    assert spec.labels == ("a", "b", "c") and spec.input_size == (40, 40)
+    assert (spec.mean, spec.std) == (SMALLCNN_MEAN, SMALLCNN_STD)
+    x = T.normalize(torch.rand(2, 3, 40, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), model(x))
+
+
+def test_normalize_uses_the_smallcnn_constants() -> None:
+    x = torch.rand(2, 3, 5, 5)
+    mean = torch.tensor(SMALLCNN_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(SMALLCNN_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(T.normalize(x), (x - mean) / std)
+    img = np.zeros((1, 2, 2, 3), np.uint8)
+    img[0, 0, 1] = (255, 0, 51)
+    np.testing.assert_allclose(T.to_input(img)[0, :, 0, 1].numpy(), [1.0, 0.0, 0.2], atol=1e-7)
+
+
+def _write_folder(root: Path, classes: dict[str, int], size: tuple[int, int] = (40, 60)) -> None:
+    for c, (name, count) in enumerate(classes.items()):
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            img = np.full((*size, 3), 40 * c + i, np.uint8)
+            img[:, : size[1] // 4] = 255  # a bright left strip that the centre crop removes
+            cv2.imwrite(str(root / name / f"{i}.png"), img)
+
+
+def test_image_folder_reads_sorted_classes_with_centre_crops(tmp_path: Path) -> None:
+    _write_folder(tmp_path, {"dogs": 3, "cats": 2})
+    (tmp_path / "cats" / "notes.txt").write_text("not an image")
+    data = T.image_folder_dataset(tmp_path, size=20)
+    assert data.names == ("cats", "dogs")
+    np.testing.assert_array_equal(data.labels, [0, 0, 1, 1, 1])
+    assert data.images.shape == (5, 20, 20, 3)
+    # 40x60 -> 20x30, centre crop keeps columns 5..24: the strip (columns 0..7) is mostly gone
+    assert (data.images[:, :, 3:] < 255).all()
+    assert data.images[1, 10, 10, 0] == 41  # cats (written second, c=1), 1.png: 40 * 1 + 1
+
+
+def test_image_folder_errors_name_the_problem(tmp_path: Path) -> None:
+    _write_folder(tmp_path, {"only": 2})
+    with pytest.raises(ValueError, match="at least 2 class folders"):
+        T.image_folder_dataset(tmp_path, 16)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "bad.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match="cannot decode image file .*bad.jpg"):
+        T.image_folder_dataset(tmp_path, 16)
+
+
+def test_split_holdout_is_stratified_and_disjoint() -> None:
+    images = np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1).repeat(3, axis=3)
+    data = T.Dataset(images, np.repeat(np.arange(2), [30, 10]), ("a", "b"), "toy")
+    train, held = T.split_holdout(data, 0.2, seed=0)
+    assert len(train) + len(held) == 40
+    assert np.bincount(held.labels).tolist() == [6, 2]
+    assert not set(train.images[:, 0, 0, 0]) & set(held.images[:, 0, 0, 0])
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\)"):
+        T.split_holdout(data, 1.0, seed=0)
+
+
+def test_cli_trains_and_writes_a_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "m.pt"
+    args = ["--synthetic", "--out", str(out), "--size", "32", "--width", "4", "--epochs", "1"]
+    args += ["--train-samples", "32", "--test-samples", "12", "--batch-size", "16"]
+    result = CliRunner().invoke(T.main, args)
+    assert result.exit_code == 0, result.output
+    assert "epoch 1/1  loss" in result.output and "held-out accuracy" in result.output
+    model, ckpt = T.load_checkpoint(out)
+    assert ckpt["dataset"] == "synthetic" and ckpt["width"] == 4
+    result = CliRunner().invoke(T.main, ["--out", str(out)])
+    assert result.exit_code == 2 and "exactly one of --synthetic or --folder" in result.output
+
+
+def test_shipped_model_reaches_its_recorded_accuracy_on_the_test_split() -> None:
+    model, ckpt = T.load_checkpoint(SHIPPED)
+    assert ckpt["labels"] == list(synthetic.CLASS_NAMES) and ckpt["dataset"] == "synthetic"
+    assert ckpt["accuracy"] >= 0.95
+    test = T.synthetic_dataset(2000, synthetic.TEST_SEED, ckpt["input_size"])  # the CLI default
+    assert T.accuracy(model, test) == pytest.approx(ckpt["accuracy"], abs=1e-9)
