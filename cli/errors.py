@@ -34,10 +34,11 @@ def one_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    from gradtap.export.graph.vjp import UnsupportedOpsError  # onnx-only, no torch
+USER_ERRORS: tuple[type[BaseException], ...] = (GradtapError, OSError)
+"""What a user can cause and fix: gradtap's own errors (runtime and export) and I/O errors.
 
-    return (GradtapError, ValueError, OSError, UnsupportedOpsError)
+Anything else (a ValueError from numpy or onnx, a TypeError) is a bug and keeps its traceback.
+"""
 
 
 @contextmanager
@@ -55,7 +56,7 @@ def user_errors(option: str | None = None, *, path: Path | str | None = None) ->
     except (OptionError, TargetError, UnwritableError) as err:
         hint = f"{option}: " if option else ""
         raise click.UsageError(f"{hint}{one_line(err)}") from None
-    except _user_error_types() as err:
+    except USER_ERRORS as err:
         logger.debug("user error", exc_info=True)
         raise click.ClickException(about(path, err) if path else one_line(err)) from None
 
@@ -111,4 +112,4 @@ class Failures:
 
 def recoverable() -> tuple[type[BaseException], ...]:
     """Errors that fail one input of a batch but let the batch go on."""
-    return _user_error_types()
+    return USER_ERRORS

@@ -25,3 +25,15 @@ class OptionError(GradtapError):
 
 class NonFiniteError(GradtapError):
     """The model produced NaN or Inf in its logits or gradients."""
+
+
+class GraphError(GradtapError):
+    """A forward graph cannot be augmented: its inputs, outputs, shapes or structure."""
+
+
+class UnsupportedOpError(GraphError):
+    """A node on the gradient path uses an op or an attribute the backward pass does not support."""
+
+
+class UnsupportedOpsError(UnsupportedOpError):
+    """Op types on the gradient path have no backward rule (raised before anything is emitted)."""

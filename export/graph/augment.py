@@ -21,6 +21,7 @@ from gradtap.export.graph.taps import alias_for, candidate_taps, default_tap
 from gradtap.export.graph.version import PASS_VERSION
 from gradtap.export.graph.vjp import add_vjp
 from gradtap.runtime import contract as c
+from gradtap.runtime.errors import GraphError
 from gradtap.runtime.modelfile import check_external_data, external_locations
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def augment(
     """
     model = _upgrade(copy.deepcopy(model))
     if any(m.key == c.META_AUGMENTED for m in model.metadata_props):
-        raise ValueError("the model is already augmented by gradtap; augment its forward graph")
+        raise GraphError("the model is already augmented by gradtap; augment its forward graph")
     _rename_io(model, logits)
     if mean is not None or std is not None:
         _prepend_normalization(model, mean, std)
@@ -95,9 +96,9 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # protobuf raises several unrelated types for garbage input
-        raise ValueError(f"{path}: not an ONNX model ({type(err).__name__})") from None
+        raise GraphError(f"{path}: not an ONNX model ({type(err).__name__})") from None
     if not model.graph.node:
-        raise ValueError(f"{path}: not an ONNX model (no graph nodes)")
+        raise GraphError(f"{path}: not an ONNX model (no graph nodes)")
     check_external_data(path)
     base = path.resolve().parent
     if external_locations(path):
@@ -131,7 +132,7 @@ def resolve_taps(
     for alias, tensor in taps.items():
         if tensor not in produced:
             names = [t.name for t in candidate_taps(model)][-8:]
-            raise ValueError(
+            raise GraphError(
                 f"unknown tap tensor {tensor!r} (alias {alias!r}); feature maps near the head: {names}"
             )
     return dict(taps)
@@ -164,18 +165,18 @@ def _rename_io(model: onnx.ModelProto, logits: str | None) -> None:
     inits = {i.name for i in graph.initializer}
     images = [i for i in graph.input if i.name not in inits]
     if len(images) != 1:
-        raise ValueError(f"expected one image input, found {[i.name for i in images]}")
+        raise GraphError(f"expected one image input, found {[i.name for i in images]}")
     dims = images[0].type.tensor_type.shape.dim
     if len(dims) != 4 or (dims[1].HasField("dim_value") and dims[1].dim_value != 3):
-        raise ValueError(f"image input {images[0].name!r} must be [N, 3, H, W]")
+        raise GraphError(f"image input {images[0].name!r} must be [N, 3, H, W]")
     _rename(graph, images[0].name, c.INPUT)
     outputs = [o.name for o in graph.output]
     if logits is None:
         if len(outputs) != 1 and c.LOGITS not in outputs:
-            raise ValueError(f"several outputs {outputs}: say which holds the logits")
+            raise GraphError(f"several outputs {outputs}: say which holds the logits")
         logits = c.LOGITS if c.LOGITS in outputs else outputs[0]
     if logits not in {o for n in graph.node for o in n.output}:
-        raise ValueError(f"no tensor named {logits!r} in the graph")
+        raise GraphError(f"no tensor named {logits!r} in the graph")
     if logits not in outputs:
         graph.output.append(helper.make_empty_tensor_value_info(logits))
     keep = [o for o in graph.output if o.name == logits]
@@ -310,6 +311,6 @@ def _ensure(model: onnx.ModelProto) -> None:
         {f"{n.domain}:{n.op_type}" for n in branch_nodes(model) if n.domain not in STANDARD_DOMAINS}
     )
     if foreign:
-        raise ValueError(f"non-standard ops in the graph: {foreign}")
+        raise GraphError(f"non-standard ops in the graph: {foreign}")
     if model.ByteSize() < 2**31 - 2**20:
         onnx.checker.check_model(model, full_check=True)

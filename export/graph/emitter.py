@@ -9,6 +9,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from gradtap.runtime.errors import GraphError
+
 Dim = int | str | None
 Shape = tuple[Dim, ...]
 
@@ -45,13 +47,13 @@ class GraphInfo:
 
     def shape(self, name: str) -> Shape:
         if name not in self.shapes:
-            raise ValueError(f"no inferred shape for tensor {name!r}; shape inference failed there")
+            raise GraphError(f"no inferred shape for tensor {name!r}; shape inference failed there")
         return self.shapes[name]
 
     def static_shape(self, name: str) -> tuple[int, ...]:
         shape = self.shape(name)
         if not all(isinstance(d, int) for d in shape):
-            raise ValueError(f"tensor {name!r} needs a static shape here, got {list(shape)}")
+            raise GraphError(f"tensor {name!r} needs a static shape here, got {list(shape)}")
         return tuple(int(d) for d in shape)  # type: ignore[arg-type]
 
     def rank(self, name: str) -> int:
@@ -91,7 +93,7 @@ class Emitter:
 
     def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs: object) -> str | list[str]:
         if not onnx.defs.has(op_type):
-            raise ValueError(f"{op_type!r} is not an ai.onnx operator")
+            raise RuntimeError(f"{op_type!r} is not an ai.onnx operator")
         names = [self.fresh() for _ in range(outputs)]
         self.nodes.append(
             helper.make_node(op_type, list(inputs), names, name=names[0] + "/" + op_type, **attrs)

@@ -13,6 +13,7 @@ import numpy as np
 from onnx import NodeProto, helper
 
 from gradtap.export.graph.emitter import Emitter
+from gradtap.runtime.errors import UnsupportedOpError
 
 Grads = tuple[str | None, ...]
 VjpRule = Callable[[NodeProto, Grads, Emitter], Grads]
@@ -250,7 +251,7 @@ def matmul_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     """dA = dy @ B^T, dB = A^T @ dy (last two axes), summed over broadcast batch axes."""
     a, b = node.input
     if em.info.rank(a) < 2 or em.info.rank(b) < 2:
-        raise NotImplementedError(f"MatMul node {node.name!r}: 1-D operands are not supported")
+        raise UnsupportedOpError(f"MatMul node {node.name!r}: 1-D operands are not supported")
 
     def t(name: str) -> str:
         rank = em.info.rank(name)
@@ -267,7 +268,7 @@ def batch_norm_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     """Inference mode: dx = dy * scale / sqrt(var + eps), per channel."""
     at = attrs_of(node, epsilon=1e-5, training_mode=0)
     if at["training_mode"]:
-        raise NotImplementedError(f"BatchNormalization node {node.name!r} is in training mode")
+        raise UnsupportedOpError(f"BatchNormalization node {node.name!r} is in training mode")
     x, scale, _, _, var = node.input[:5]
     eps = em.scalar(float(at["epsilon"]), var)  # type: ignore[arg-type]
     factor = em.op("Div", scale, em.op("Sqrt", em.op("Add", var, eps)))

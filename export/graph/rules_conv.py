@@ -11,6 +11,7 @@ from onnx import NodeProto, TensorProto
 
 from gradtap.export.graph.emitter import Emitter
 from gradtap.export.graph.rules import Grads, attrs_of, vjp_rule
+from gradtap.runtime.errors import GraphError, UnsupportedOpError
 
 
 def _explicit_pads(
@@ -69,7 +70,7 @@ def _static_spatial(em: Emitter, name: str) -> bool:
 
 
 def _fail(name: str) -> list[int]:
-    raise ValueError(f"tensor {name!r} needs static spatial dimensions for its backward pass")
+    raise GraphError(f"tensor {name!r} needs static spatial dimensions for its backward pass")
 
 
 @vjp_rule("Conv")
@@ -80,7 +81,7 @@ def conv_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     """
     x, w, y = node.input[0], node.input[1], node.output[0]
     if em.wants(w) or (len(node.input) > 2 and em.wants(node.input[2])):
-        raise NotImplementedError(f"Conv node {node.name!r}: weights depend on the input")
+        raise UnsupportedOpError(f"Conv node {node.name!r}: weights depend on the input")
     in_sizes, out_sizes = _spatial(em, x), _spatial(em, y)
     n = len(in_sizes)
     at = attrs_of(node, group=1, strides=[1] * n, dilations=[1] * n)
@@ -135,7 +136,7 @@ def max_pool_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     scatter runs along the flattened planes.
     """
     if attrs_of(node, storage_order=0)["storage_order"]:
-        raise NotImplementedError(f"MaxPool node {node.name!r}: column-major storage_order")
+        raise UnsupportedOpError(f"MaxPool node {node.name!r}: column-major storage_order")
     if len(node.output) < 2 or not node.output[1]:
         del node.output[1:]
         node.output.append(f"{node.name or node.output[0]}/argmax")
@@ -184,13 +185,13 @@ def average_pool_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     n = len(in_sizes)
     at = attrs_of(node, strides=[1] * n, dilations=[1] * n, count_include_pad=0)
     if any(d != 1 for d in at["dilations"]):  # type: ignore[attr-defined]
-        raise NotImplementedError(f"AveragePool node {node.name!r}: dilations are not supported")
+        raise UnsupportedOpError(f"AveragePool node {node.name!r}: dilations are not supported")
     kernel, strides = list(at["kernel_shape"]), list(at["strides"])  # type: ignore[call-overload]
     pads = _explicit_pads(node, in_sizes, kernel, strides, [1] * n)
     counts = _pool_counts(in_sizes, out_sizes, kernel, strides, pads, bool(at["count_include_pad"]))
     channels = em.info.shape(x)[1]
     if not isinstance(channels, int):
-        raise ValueError(f"AveragePool node {node.name!r}: the channel count must be static")
+        raise GraphError(f"AveragePool node {node.name!r}: the channel count must be static")
     pads, out_pad = _transpose_geometry(in_sizes, out_sizes, kernel, strides, [1] * n, pads)
     ones = em.const(np.ones([channels, 1, *kernel], dtype=np.float32), dtype=np.float32)
     dx = em.op(
@@ -227,7 +228,7 @@ def _reduce_axes(node: NodeProto, em: Emitter) -> list[int] | None:
     if len(node.input) > 1 and node.input[1]:
         value = em.info.const(node.input[1])
         if value is None:
-            raise ValueError(f"{node.op_type} node {node.name!r}: axes must be a constant")
+            raise GraphError(f"{node.op_type} node {node.name!r}: axes must be a constant")
         axes = value.tolist()
     if not axes:
         return [] if at.get("noop_with_empty_axes") else None

@@ -7,6 +7,7 @@ from onnx import NodeProto
 
 from gradtap.export.graph.emitter import Emitter
 from gradtap.export.graph.rules import Grads, attrs_of, unbroadcast, vjp_rule
+from gradtap.runtime.errors import GraphError, UnsupportedOpError
 
 
 @vjp_rule("Flatten", "Reshape", "Squeeze", "Unsqueeze")
@@ -33,7 +34,7 @@ def transpose_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
 def _axis_sizes(em: Emitter, names: list[str], axis: int, node: NodeProto) -> list[int]:
     sizes = [em.info.shape(n)[axis] for n in names]
     if not all(isinstance(s, int) for s in sizes):
-        raise ValueError(
+        raise GraphError(
             f"{node.op_type} node {node.name!r}: sizes along axis {axis} must be static, got {sizes}"
         )
     return [int(s) for s in sizes]  # type: ignore[arg-type]
@@ -63,7 +64,7 @@ def _const_ints(em: Emitter, node: NodeProto, index: int, what: str) -> list[int
         return None
     value = em.info.const(node.input[index])
     if value is None:
-        raise ValueError(f"{node.op_type} node {node.name!r}: {what} must be a constant")
+        raise GraphError(f"{node.op_type} node {node.name!r}: {what} must be a constant")
     return [int(v) for v in value.reshape(-1)]
 
 
@@ -80,7 +81,7 @@ def slice_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
         axes, steps = _const_ints(em, node, 3, "axes"), _const_ints(em, node, 4, "steps")
     axes = list(axes) if axes is not None else list(range(len(starts)))  # type: ignore[arg-type]
     if steps is not None and any(s != 1 for s in steps):
-        raise NotImplementedError(f"Slice node {node.name!r}: only unit steps are supported")
+        raise UnsupportedOpError(f"Slice node {node.name!r}: only unit steps are supported")
     pads = [0] * (2 * len(dims))
     for axis, start, end in zip(axes, starts, ends, strict=True):  # type: ignore[arg-type]
         axis %= len(dims)
@@ -96,13 +97,13 @@ def pad_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     """dx = the interior of dy (constant-mode, non-negative pads)."""
     at = attrs_of(node, mode="constant")
     if at["mode"] != "constant":
-        raise NotImplementedError(f"Pad node {node.name!r}: mode {at['mode']!r}; only 'constant'")
+        raise UnsupportedOpError(f"Pad node {node.name!r}: mode {at['mode']!r}; only 'constant'")
     x = node.input[0]
     rank = em.info.rank(x)
     pads = list(at["pads"]) if em.info.opset < 11 else _const_ints(em, node, 1, "pads")  # type: ignore[call-overload]
     axes = _const_ints(em, node, 3, "axes") or list(range(rank))
     if pads is None or any(p < 0 for p in pads):
-        raise NotImplementedError(f"Pad node {node.name!r}: pads must be constant and >= 0")
+        raise UnsupportedOpError(f"Pad node {node.name!r}: pads must be constant and >= 0")
     half = len(pads) // 2
     begins = [pads[i] for i in range(half)]
     sizes = em.op("Gather", em.op("Shape", x), em.ints([a % rank for a in axes]), axis=0)

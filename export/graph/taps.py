@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import onnx
 
 from gradtap.export.graph.emitter import GraphInfo
+from gradtap.runtime.errors import GraphError
 
 # Ops whose output is a pooled summary rather than a feature map worth explaining with.
 POOLING_OPS = frozenset(
@@ -58,7 +59,7 @@ def default_tap(model: onnx.ModelProto) -> TapCandidate:
         and not all(d == 1 for d in c.shape[2:])
     ]
     if not spatial:
-        raise ValueError("the graph has no 4-D feature map to tap; name one with --tap")
+        raise GraphError("the graph has no 4-D feature map to tap; name one with --tap")
     return spatial[-1]
 
 

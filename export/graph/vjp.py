@@ -15,14 +15,11 @@ from gradtap.export.graph import rules_conv as vjp_conv  # noqa: F401
 from gradtap.export.graph import rules_shape as vjp_shape  # noqa: F401  (they register their rules)
 from gradtap.export.graph.emitter import Emitter, GraphInfo
 from gradtap.export.graph.rules import RULES, ZERO_GRAD_OPS, VjpRule
+from gradtap.runtime.errors import GraphError, UnsupportedOpError, UnsupportedOpsError
 
 log = logging.getLogger(__name__)
 
 MIN_OPSET = 13
-
-
-class UnsupportedOpsError(NotImplementedError):
-    """Raised before anything is emitted when ops on the gradient path have no VJP rule."""
 
 
 def differentiated_nodes(
@@ -90,7 +87,7 @@ def add_vjp(
     model = copy.deepcopy(model)
     info = GraphInfo.of(model)
     if info.opset < MIN_OPSET:
-        raise ValueError(f"opset {info.opset} is too old; the backward pass needs >= {MIN_OPSET}")
+        raise GraphError(f"opset {info.opset} is too old; the backward pass needs >= {MIN_OPSET}")
     graph = model.graph
     nodes, needed = differentiated_nodes(graph, set(wrt), seed_of)
     check_coverage(nodes, rules)  # step 1: everything covered before anything is emitted
@@ -131,7 +128,7 @@ def add_vjp(
             )
         for x, g in zip(node.input, grads, strict=True):
             if x in needed and g is None:
-                raise NotImplementedError(
+                raise UnsupportedOpError(
                     f"{node.op_type} node {node.name!r}: no gradient for input {x!r}, which "
                     "depends on the differentiated inputs"
                 )
@@ -141,7 +138,7 @@ def add_vjp(
     for x, out in wrt.items():  # step 4: expose the requested gradients
         g = total(x)
         if g is None:
-            raise ValueError(
+            raise GraphError(
                 f"tensor {x!r} does not influence {seed_of!r}; no gradient flows to it"
             )
         em.scope = "out"

@@ -40,6 +40,7 @@ from gradtap.export.models.zoo import (
     tap_module,
 )
 from gradtap.runtime import contract as c
+from gradtap.runtime.errors import GradtapError, OptionError
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ BATCH = "batch"
 _EXPORT_BATCH = 2  # trace with a batch other than 1 so nothing specialises to a single image
 
 
-class ExportError(RuntimeError):
+class ExportError(GradtapError):
     """The exporter produced a graph that breaks gradtap's contract."""
 
 
@@ -92,7 +93,7 @@ def export_module(
         ``path`` as a Path.
     """
     if opset not in SUPPORTED_OPSETS:
-        raise ValueError(
+        raise OptionError(
             f"opset {opset} is not supported; choose {SUPPORTED_OPSETS.start}.."
             f"{SUPPORTED_OPSETS.stop - 1} (gradtap's augmentation pass uses {DEFAULT_OPSET})"
         )

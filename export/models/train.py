@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from gradtap.export.models.smallcnn import SMALLCNN_MEAN, SMALLCNN_STD, SmallCNN
+from gradtap.runtime.errors import ImageError, OptionError
 from gradtap.runtime.evaluate import synthetic
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def _read_square(path: Path, size: int) -> npt.NDArray[np.uint8]:
 
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise ValueError(f"cannot decode image file {path}")
+        raise ImageError(f"cannot decode image file {path}")
     h, w = bgr.shape[:2]
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
@@ -116,12 +117,12 @@ def image_folder_dataset(root: Path, size: int) -> Dataset:
     """
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"ImageFolder root {root} is not a directory")
+        raise OptionError(f"ImageFolder root {root} is not a directory")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     files = {c: sorted(_images_in(root / c)) for c in classes}
     classes = [c for c in classes if files[c]]
     if len(classes) < 2:
-        raise ValueError(
+        raise OptionError(
             f"ImageFolder root {root} needs at least 2 class folders holding images "
             f"({', '.join(sorted(IMAGE_EXTENSIONS))}); found {classes or 'none'}"
         )
@@ -141,14 +142,14 @@ def _images_in(folder: Path) -> list[Path]:
 def split_holdout(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """Split off a stratified held-out part: ``fraction`` of each class, chosen with ``seed``."""
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"held-out fraction must be in (0, 1), got {fraction}")
+        raise OptionError(f"held-out fraction must be in (0, 1), got {fraction}")
     rng = np.random.default_rng(seed)
     held = np.zeros(len(data), bool)
     for label in range(len(data.names)):
         idx = rng.permutation(np.flatnonzero(data.labels == label))
         held[idx[: max(1, round(fraction * len(idx)))]] = True
     if held.all():
-        raise ValueError(f"dataset {data.description} is too small to hold out {fraction}")
+        raise OptionError(f"dataset {data.description} is too small to hold out {fraction}")
     part = lambda keep, tag: Dataset(  # noqa: E731
         data.images[keep], data.labels[keep], data.names, f"{data.description}[{tag}]"
     )
@@ -220,7 +221,7 @@ def train(
         The statistics of every epoch; the last one holds the final held-out accuracy.
     """
     if len(train_data) < config.batch_size:
-        raise ValueError(
+        raise OptionError(
             f"training set has {len(train_data)} samples, fewer than one batch "
             f"(batch_size={config.batch_size})"
         )
@@ -292,7 +293,7 @@ def load_checkpoint(path: Path) -> tuple[SmallCNN, dict]:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     missing = CHECKPOINT_KEYS - set(ckpt) if isinstance(ckpt, dict) else CHECKPOINT_KEYS
     if missing:
-        raise ValueError(f"{path} is not a SmallCNN checkpoint: missing keys {sorted(missing)}")
+        raise OptionError(f"{path} is not a SmallCNN checkpoint: missing keys {sorted(missing)}")
     model = SmallCNN(len(ckpt["labels"]), ckpt["width"])
     model.load_state_dict(ckpt["state_dict"], strict=True)
     return model.eval(), ckpt

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradtap.runtime.errors import GradtapError
+
 log = logging.getLogger(__name__)
 
 RANDOM = "random"
@@ -23,7 +25,7 @@ RANDOM_SEED = 0
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
 
-class WeightsError(ValueError):
+class WeightsError(GradtapError):
     """Weights could not be used for a model (base class of the errors below)."""
 
 

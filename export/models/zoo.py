@@ -44,6 +44,7 @@ from gradtap.export.models.weights import (
     seeded_init,
     state_dict_of,
 )
+from gradtap.runtime.errors import GradtapError, OptionError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ _TAPS = {
 }
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(GradtapError):
     """A model name gradtap does not know."""
 
 
@@ -225,7 +226,7 @@ def _spec(
 
 def _check_labels(name: str, labels: Sequence[str], num_classes: int) -> tuple[str, ...]:
     if len(labels) != num_classes:
-        raise ValueError(f"{name} has {num_classes} classes but {len(labels)} labels were given")
+        raise OptionError(f"{name} has {num_classes} classes but {len(labels)} labels were given")
     return tuple(str(label) for label in labels)
 
 

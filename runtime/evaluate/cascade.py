@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from gradtap.runtime.errors import OptionError
 from gradtap.runtime.evaluate import randomize as sanity
 from gradtap.runtime.evaluate.maps import MapSettings, compute_maps
 from gradtap.runtime.evaluate.metrics import spearman, ssim
@@ -52,9 +53,9 @@ def cascade_depths(n_layers: int, steps: int) -> list[int]:
     """Cascade depths to evaluate: all ``1..n_layers`` (``steps`` 0), else ``steps`` evenly
     spaced ones that always include the top layer alone and every layer."""
     if n_layers < 1:
-        raise ValueError(f"the cascade needs at least one layer, got {n_layers}")
+        raise OptionError(f"the cascade needs at least one layer, got {n_layers}")
     if steps < 0:
-        raise ValueError(f"sanity steps must be >= 0, got {steps}")
+        raise OptionError(f"sanity steps must be >= 0, got {steps}")
     if steps == 0 or steps >= n_layers:
         return list(range(1, n_layers + 1))
     if steps == 1:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from gradtap.runtime.errors import OptionError
+
 logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.floating]
@@ -45,18 +47,18 @@ class Curve:
 def _map(name: str, value: npt.ArrayLike) -> npt.NDArray[np.float64]:
     arr = np.asarray(value, dtype=np.float64)
     if arr.ndim != 2 or arr.size == 0:
-        raise ValueError(f"{name} must be a non-empty 2-D map [H, W], got shape {arr.shape}")
+        raise OptionError(f"{name} must be a non-empty 2-D map [H, W], got shape {arr.shape}")
     if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or Inf")
+        raise OptionError(f"{name} contains NaN or Inf")
     return arr
 
 
 def _mask(name: str, value: npt.ArrayLike, shape: tuple[int, ...]) -> BoolArray:
     arr = np.asarray(value)
     if arr.shape != shape:
-        raise ValueError(f"{name} has shape {arr.shape}, the map has shape {shape}")
+        raise OptionError(f"{name} has shape {arr.shape}, the map has shape {shape}")
     if arr.dtype != np.bool_:
-        raise ValueError(f"{name} must be a bool mask, got dtype {arr.dtype}")
+        raise OptionError(f"{name} must be a bool mask, got dtype {arr.dtype}")
     return arr
 
 
@@ -97,7 +99,7 @@ def pointing_game(saliency: npt.ArrayLike, mask: npt.ArrayLike, *, tolerance: fl
     sal = _map("saliency", saliency)
     target = _mask("mask", mask, sal.shape)
     if tolerance < 0:
-        raise ValueError(f"tolerance must be >= 0 pixels, got {tolerance}")
+        raise OptionError(f"tolerance must be >= 0 pixels, got {tolerance}")
     if tolerance > 0:
         target = dilate(target, tolerance)
     peaks = sal == sal.max()
@@ -129,7 +131,7 @@ def gaussian_blur(image: npt.ArrayLike, sigma: float, truncate: float = 4.0) -> 
     """Separable Gaussian blur of a [C, H, W] image over H and W, borders mirrored."""
     img = np.asarray(image, dtype=np.float64)
     if sigma <= 0:
-        raise ValueError(f"blur sigma must be > 0 pixels, got {sigma}")
+        raise OptionError(f"blur sigma must be > 0 pixels, got {sigma}")
     radius = int(truncate * sigma + 0.5)
     x = np.arange(-radius, radius + 1, dtype=np.float64)
     kernel = np.exp(-0.5 * (x / sigma) ** 2)
@@ -153,16 +155,16 @@ def _image(image: npt.ArrayLike) -> npt.NDArray[np.float32]:
     if arr.ndim == 4 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim != 3 or arr.shape[0] != 3:
-        raise ValueError(f"image must be [3, H, W] or [1, 3, H, W] RGB, got shape {arr.shape}")
+        raise OptionError(f"image must be [3, H, W] or [1, 3, H, W] RGB, got shape {arr.shape}")
     if not np.isfinite(arr).all() or arr.min() < 0.0 or arr.max() > 1.0:
-        raise ValueError("image pixels must be finite and in [0, 1]")
+        raise OptionError("image pixels must be finite and in [0, 1]")
     return arr
 
 
 def _substrate(kind: str | float | npt.ArrayLike, image: np.ndarray, sigma: float) -> np.ndarray:
     if isinstance(kind, str):
         if kind not in SUBSTRATES:
-            raise ValueError(f"unknown substrate {kind!r}; valid: {sorted(SUBSTRATES)}")
+            raise OptionError(f"unknown substrate {kind!r}; valid: {sorted(SUBSTRATES)}")
         if kind == "zeros":
             return np.zeros_like(image)
         if kind == "mean":
@@ -170,19 +172,19 @@ def _substrate(kind: str | float | npt.ArrayLike, image: np.ndarray, sigma: floa
         return gaussian_blur(image, sigma).astype(np.float32)
     arr = np.broadcast_to(np.asarray(kind, dtype=np.float32), image.shape)
     if not np.isfinite(arr).all() or arr.min() < 0.0 or arr.max() > 1.0:
-        raise ValueError("substrate pixels must be finite and in [0, 1]")
+        raise OptionError("substrate pixels must be finite and in [0, 1]")
     return arr.copy()
 
 
 def _probs(prob_fn: ProbFn, batch: np.ndarray, target: int) -> npt.NDArray[np.float64]:
     out = np.asarray(prob_fn(batch), dtype=np.float64)
     if out.ndim != 2 or out.shape[0] != len(batch):
-        raise ValueError(f"prob_fn must return [N, classes] for N={len(batch)}, got {out.shape}")
+        raise OptionError(f"prob_fn must return [N, classes] for N={len(batch)}, got {out.shape}")
     if not 0 <= target < out.shape[1]:
-        raise ValueError(f"target {target} out of range for {out.shape[1]} classes")
+        raise OptionError(f"target {target} out of range for {out.shape[1]} classes")
     sums = out.sum(axis=1)
     if not np.isfinite(out).all() or out.min() < -1e-6 or not np.allclose(sums, 1.0, atol=1e-3):
-        raise ValueError(
+        raise OptionError(
             "prob_fn must return class probabilities (rows in [0, 1] summing to 1); got rows "
             f"summing to {sums.min():.4g}..{sums.max():.4g}; wrap a logits function in softmax"
         )
@@ -202,10 +204,10 @@ def _curve(
     sal = _map("saliency", saliency)
     c, h, w = base.shape
     if sal.shape != (h, w):
-        raise ValueError(f"saliency has shape {sal.shape}, the image is {h}x{w}")
+        raise OptionError(f"saliency has shape {sal.shape}, the image is {h}x{w}")
     step = w if step is None else step
     if step < 1 or batch_size < 1:
-        raise ValueError(f"step and batch_size must be >= 1, got {step} and {batch_size}")
+        raise OptionError(f"step and batch_size must be >= 1, got {step} and {batch_size}")
     order = np.argsort(-sal.ravel(), kind="stable")
     rank = np.empty(h * w, np.int64)
     rank[order] = np.arange(h * w)
@@ -302,9 +304,9 @@ def spearman(a: npt.ArrayLike, b: npt.ArrayLike, *, absolute: bool = False) -> f
     """
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if x.shape != y.shape or x.size < 2:
-        raise ValueError(f"maps must share a shape with >= 2 values, got {x.shape} and {y.shape}")
+        raise OptionError(f"maps must share a shape with >= 2 values, got {x.shape} and {y.shape}")
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
-        raise ValueError("maps contain NaN or Inf")
+        raise OptionError("maps contain NaN or Inf")
     if absolute:
         x, y = np.abs(x), np.abs(y)
     rx, ry = rankdata(x), rankdata(y)
@@ -338,13 +340,13 @@ def ssim(
     """
     x, y = _map("first map", a), _map("second map", b)
     if x.shape != y.shape:
-        raise ValueError(f"maps must share a shape, got {x.shape} and {y.shape}")
+        raise OptionError(f"maps must share a shape, got {x.shape} and {y.shape}")
     if win_size < 3 or win_size % 2 == 0 or win_size > min(x.shape):
-        raise ValueError(f"win_size must be odd, >= 3 and <= {min(x.shape)}, got {win_size}")
+        raise OptionError(f"win_size must be odd, >= 3 and <= {min(x.shape)}, got {win_size}")
     if data_range is None:
         data_range = float(max(x.max(), y.max()) - min(x.min(), y.min()))
     if data_range <= 0:
-        raise ValueError(f"data_range must be > 0, got {data_range} (are both maps constant?)")
+        raise OptionError(f"data_range must be > 0, got {data_range} (are both maps constant?)")
     norm = win_size**2 / (win_size**2 - 1)
     mx, my = _box_mean(x, win_size), _box_mean(y, win_size)
     vx = norm * (_box_mean(x * x, win_size) - mx * mx)
@@ -358,7 +360,7 @@ def ssim(
 def _box(name: str, box: npt.ArrayLike) -> Box:
     arr = np.asarray(box, dtype=np.float64)
     if arr.shape != (4,) or not np.isfinite(arr).all() or arr[2] < arr[0] or arr[3] < arr[1]:
-        raise ValueError(
+        raise OptionError(
             f"{name} must be finite (x0, y0, x1, y1) with x1 >= x0, y1 >= y0; got {box}"
         )
     return float(arr[0]), float(arr[1]), float(arr[2]), float(arr[3])
@@ -371,7 +373,7 @@ def box_iou(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
     inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
     union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
     if union <= 0:
-        raise ValueError(f"IoU undefined: both boxes are empty ({a}, {b})")
+        raise OptionError(f"IoU undefined: both boxes are empty ({a}, {b})")
     return inter / union
 
 
@@ -382,5 +384,5 @@ def mask_iou(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
     x = _mask("first mask", x, y.shape)
     union = np.count_nonzero(x | y)
     if union == 0:
-        raise ValueError("IoU undefined: both masks are empty")
+        raise OptionError("IoU undefined: both masks are empty")
     return np.count_nonzero(x & y) / union

@@ -25,6 +25,7 @@ import onnx
 from onnx import numpy_helper
 
 from gradtap.runtime import contract
+from gradtap.runtime.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def _ancestors(graph: onnx.GraphProto, output: str) -> list[int]:
     producer = {out: i for i, node in enumerate(graph.node) for out in node.output}
     if output not in producer:
         outputs = sorted(o.name for o in graph.output)
-        raise ValueError(f"no node produces {output!r}; graph outputs: {outputs}")
+        raise ModelError(f"no node produces {output!r}; graph outputs: {outputs}")
     seen: set[int] = set()
     stack = [producer[output]]
     while stack:
@@ -100,7 +101,7 @@ def parameterised_layers(model: onnx.ModelProto, output: str = contract.LOGITS) 
             layers.append(layer)
     if not layers:
         ops = ", ".join(sorted(PARAMETERISED_OPS))
-        raise ValueError(
+        raise ModelError(
             f"no parameterised layer ({ops} with an initializer weight) feeds {output!r}"
         )
     return layers
@@ -110,7 +111,7 @@ def _redraw(tensor: onnx.TensorProto, seed: int) -> onnx.TensorProto:
     """A tensor of the same name, shape and dtype, Gaussian with the original mean and std."""
     value = numpy_helper.to_array(tensor)
     if not np.issubdtype(value.dtype, np.floating):
-        raise ValueError(f"initializer {tensor.name!r} is {value.dtype}, not floating point")
+        raise ModelError(f"initializer {tensor.name!r} is {value.dtype}, not floating point")
     rng = np.random.default_rng([seed, zlib.crc32(tensor.name.encode())])
     as64 = value.astype(np.float64)
     new = rng.normal(as64.mean(), as64.std(), value.shape).astype(value.dtype)
@@ -141,7 +142,7 @@ def randomize_layers(
             out.graph.initializer[k].CopyFrom(_redraw(tensor, seed))
             found.add(tensor.name)
     if found != names:
-        raise ValueError(f"initializers not in the model: {sorted(names - found)}")
+        raise ModelError(f"initializers not in the model: {sorted(names - found)}")
     return out
 
 
@@ -151,7 +152,7 @@ def randomize_top(
     """A copy of ``model`` with its top ``k`` parameterised layers re-initialised."""
     layers = parameterised_layers(model, output)
     if not 0 <= k <= len(layers):
-        raise ValueError(
+        raise ModelError(
             f"k={k} out of range: the model has {len(layers)} layers (0..{len(layers)})"
         )
     return randomize_layers(model, layers[:k], seed=seed)

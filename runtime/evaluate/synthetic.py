@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from gradtap.runtime.errors import OptionError
+
 logger = logging.getLogger(__name__)
 
 CLASS_NAMES: tuple[str, ...] = ("disc", "square", "triangle", "star", "cross", "ring")
@@ -178,11 +180,11 @@ def _object_colour(
 
 def _check(index: int, seed: int, size: int) -> None:
     if index < 0:
-        raise ValueError(f"sample index must be >= 0, got {index}")
+        raise OptionError(f"sample index must be >= 0, got {index}")
     if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+        raise OptionError(f"seed must be >= 0, got {seed}")
     if size < MIN_SIZE:
-        raise ValueError(f"image size must be >= {MIN_SIZE} pixels, got {size}")
+        raise OptionError(f"image size must be >= {MIN_SIZE} pixels, got {size}")
 
 
 def _box(mask: npt.NDArray[np.bool_]) -> tuple[int, int, int, int]:
@@ -228,7 +230,7 @@ def iter_samples(
 ) -> Iterator[Sample]:
     """Yield samples ``start`` .. ``start + n - 1`` of split ``seed``."""
     if n < 0:
-        raise ValueError(f"number of samples must be >= 0, got {n}")
+        raise OptionError(f"number of samples must be >= 0, got {n}")
     for index in range(start, start + n):
         yield make_sample(index, seed, size)
 
@@ -246,7 +248,7 @@ def make_split(n: int, seed: int = TRAIN_SEED, size: int = DEFAULT_SIZE, start: 
         The stacked images, labels, masks and boxes.
     """
     if n < 1:
-        raise ValueError(f"a split needs at least 1 sample, got n={n}")
+        raise OptionError(f"a split needs at least 1 sample, got n={n}")
     samples = list(iter_samples(n, seed, size, start))
     return Split(
         images=np.stack([s.image for s in samples]),

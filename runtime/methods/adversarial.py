@@ -51,7 +51,7 @@ class Attack:
         """[N, classes] on the adversarial images."""
         if self._after is None:
             if self.session is None:
-                raise ValueError(
+                raise OptionError(
                     "this Attack has neither logits_after nor a session to compute them"
                 )
             object.__setattr__(self, "_after", self.session.logits(self.x))

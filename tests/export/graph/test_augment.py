@@ -11,8 +11,8 @@ from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
 from gradtap.export.graph.augment import augment, augment_file, load_model
-from gradtap.export.graph.vjp import UnsupportedOpsError
 from gradtap.runtime import contract as c
+from gradtap.runtime.errors import UnsupportedOpsError
 from tests.graphs import session, tiny_cnn
 
 RNG = np.random.default_rng(7)
