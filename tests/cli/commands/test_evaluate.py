@@ -94,3 +94,13 @@ def test_existing_report_needs_overwrite(models: dict[str, Path], tmp_path: Path
     assert (tmp_path / "evaluation.md").read_text("utf-8") == "old"
     assert run(*args, "--out", str(tmp_path), "--overwrite").exit_code == 0
     assert (tmp_path / "evaluation.md").read_text("utf-8").startswith("## ")
+
+
+def test_every_registered_method_is_evaluated(models: dict[str, Path], tmp_path: Path) -> None:
+    from gradtap.runtime.methods.registry import METHODS
+
+    out = tmp_path / "eval"
+    result = run("evaluate", "-M", str(models["shapes"]), *SMALL, "--no-sanity",
+                 "--out", str(out), "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.stdout)["methods"]) == {*METHODS, "random"}
