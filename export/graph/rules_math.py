@@ -31,6 +31,14 @@ def tanh_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     return _times(em, dys[0], em.op("Sub", em.scalar(1.0, y), em.op("Mul", y, y)))
 
 
+@vjp_rule("Softsign")
+def softsign_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
+    """dx = dy / (1 + |x|)^2."""
+    x = node.input[0]
+    one_plus = em.op("Add", em.scalar(1.0, x), em.op("Abs", x))
+    return (em.op("Div", dys[0], em.op("Mul", one_plus, one_plus)),)
+
+
 @vjp_rule("Exp")
 def exp_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     """dx = dy * y."""
