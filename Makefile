@@ -7,7 +7,7 @@ STAMP := $(VENV)/.gradtap-setup
 NPM_DIR := build/npm
 ORT_DIR := build/ort
 EMBED_STAMP := build/.gradtap-embed
-NPM_PACKAGES := onnxruntime-node@1.30.0 onnxruntime-web@1.30.0 com.github.asus4.onnxruntime@0.4.9
+NPM_PACKAGES := onnxruntime-node@1.30.0 onnxruntime-web@1.30.0 com.github.asus4.onnxruntime@0.4.9 pngjs@7.0.0 jpeg-js@0.4.4
 ORT_HEADERS := $(NPM_DIR)/node_modules/com.github.asus4.onnxruntime/Plugins/iOS~/onnxruntime.xcframework/ios-arm64/onnxruntime.framework/Headers
 ROOT := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
