@@ -12,11 +12,14 @@
 #include <onnxruntime_cxx_api.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <fstream>
 #include <regex>
 #include <string>
+#include <tuple>
 #include <vector>
 
 using Floats = std::vector<float>;
@@ -132,6 +135,17 @@ int main(int argc, char** argv) try {
   for (float v : grad) peak = std::max(peak, std::fabs(v));
   save(std::string(argv[3]) + "_guided.f32", grad);
   save_png(std::string(argv[3]) + "_guided.png", grad.data(), 3, H, W, -peak, peak);
+
+  if (const char* n = std::getenv("GRADTAP_REPEAT")) {  // time per call (bench/embedding.py)
+    for (auto [rule, compute, out] : {std::tuple{0, 1, "gradcam"}, std::tuple{1, 2, "guided"}}) {
+      std::vector<std::string> names = compute == 1 ? std::vector<std::string>{"logits", "tap/" + tap, "grad/tap/" + tap}
+                                                    : std::vector<std::string>{"grad/input"};
+      auto start = std::chrono::steady_clock::now();
+      for (int i = 0; i < std::atoi(n); ++i) run(rule, compute, names);
+      std::chrono::duration<double, std::milli> ms = std::chrono::steady_clock::now() - start;
+      std::printf("%s_ms %.3f\n", out, ms.count() / std::atoi(n));
+    }
+  }
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "explain: %s\n", e.what());

@@ -4,7 +4,7 @@
 // a PNG of each. INPUT.f32 (float32 [1, 3, H, W]) replaces the decoding and resizing.
 import { readFileSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
-import { explain, metadata, preprocess } from "../web/gradtap.mjs";
+import { explain, metadata, preprocess, timings } from "../web/gradtap.mjs";
 
 // packages from `make setup` (build/npm), or the folder GRADTAP_NPM names
 const require = createRequire(process.env.GRADTAP_NPM ?? new URL("../../build/npm/package.json", import.meta.url));
@@ -53,6 +53,10 @@ try {
   savePng(`${out}_gradcam.png`, r.gradcam, 1, ...r.camShape, 0, Math.max(...r.gradcam));
   const peak = Math.max(...r.guided.map(Math.abs));
   savePng(`${out}_guided.png`, r.guided, 3, H, W, -peak, peak);
+  if (process.env.GRADTAP_REPEAT) { // time per call (bench/embedding.py)
+    const n = Number(process.env.GRADTAP_REPEAT), t = await timings(ort, session, meta, x, H, W, n);
+    console.log(`gradcam_ms ${t.gradcam.toFixed(3)}\nguided_ms ${t.guided.toFixed(3)}`);
+  }
 } catch (err) {
   console.error(`explain: ${err.message}`);
   process.exit(1);

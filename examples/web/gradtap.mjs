@@ -123,3 +123,14 @@ export async function explain(ort, session, meta, x, H, W) {
   return { target, label: JSON.parse(meta["gradtap.labels"])[target], gradcam: map, camShape: [h, w],
            guided: guided["grad/input"].data };
 }
+
+// Milliseconds per Grad-CAM call and per guided-backprop call, averaged over n calls each.
+export async function timings(ort, session, meta, x, H, W, n) {
+  const tap = meta["gradtap.default_tap"], classes = JSON.parse(meta["gradtap.labels"]).length;
+  const time = async (rule, compute, names) => {
+    const start = performance.now();
+    for (let i = 0; i < n; i++) await session.run(feeds(ort, x, H, W, classes, rule, compute), names);
+    return (performance.now() - start) / n;
+  };
+  return { gradcam: await time(0, 1, ["logits", `tap/${tap}`, `grad/tap/${tap}`]), guided: await time(1, 2, ["grad/input"]) };
+}

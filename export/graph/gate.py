@@ -53,7 +53,7 @@ def gate(model: onnx.ModelProto) -> onnx.ModelProto:
     forward_outputs = [o for o in outputs if o == c.LOGITS or o.startswith(c.TAP_PREFIX)]
     tap_grads = [o for o in outputs if o.startswith(c.GRAD_PREFIX + c.TAP_PREFIX)]
     info = GraphInfo.of(model)
-    forward = _needed(nodes, forward_outputs) | _constant(graph)
+    forward = _needed(nodes, forward_outputs)  # weight transforms go where they are read
     backward = _needed(nodes, [*tap_grads, c.GRAD_INPUT]) - forward
     forward |= _shape_values(nodes, forward, backward, graph)
     backward -= forward
@@ -179,19 +179,11 @@ def _walk(nodes: Iterable[onnx.NodeProto]) -> Iterable[onnx.NodeProto]:
                 yield from _walk(sub.node)
 
 
-def _constant(graph: onnx.GraphProto) -> set[int]:
-    """Nodes computed from weights and constants alone (such as re-laid-out weights).
-
-    They stay at the top level, where runtimes fold them once at load time.
-    """
-    inputs = {i.name for i in graph.input}
-    known = {t.name for t in graph.initializer} - inputs
-    found = set()
-    for i, node in enumerate(graph.node):
-        if node.op_type not in ("If", "Loop", "Scan") and all(x in known for x in node.input if x):
-            found.add(i)
-            known.update(node.output)
-    return found
+# Weight transforms (a backward convolution's re-laid-out weight) depend on constants only and
+# go into the branch that reads them: runtimes fold them there at load time (onnxruntime does,
+# inside branches too), and a runtime that folds nothing recomputes them only in calls that run
+# that branch. Precomputing them in the file instead would store every such weight twice, and
+# a copy whose weights are rewritten in place (model-randomisation checks) would go stale.
 
 
 # Ops whose output is no bigger than their inputs and cheap to compute: worth computing in the

@@ -59,6 +59,21 @@ def reference(session: ExplainSession, image: Path) -> Reference:
     return Reference(x, int(cam.target[0]), cam.maps[0], guided_backprop(session, x).maps[0])
 
 
+def flat_variant(folder: Path) -> Path:
+    """The shipped model's flat variant: its forward graph (torch export of the shipped weights)
+    through `gradtap augment --flat`."""
+    from click.testing import CliRunner
+
+    from gradtap.cli.main import cli
+    from gradtap.export.models import to_onnx
+
+    forward, flat = folder / "forward.onnx", folder / "flat.onnx"
+    to_onnx.export_forward("smallcnn", forward, weights=str(MODEL.with_name("smallcnn.pt")))
+    result = CliRunner().invoke(cli, ["augment", str(forward), "--flat", "-o", str(flat), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    return flat
+
+
 def correlation(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
     return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
 

@@ -16,13 +16,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from click.testing import CliRunner
-
-from gradtap.cli.main import cli
 from gradtap.runtime import contract as c
 from gradtap.runtime.image.geometry import to_batch
 from gradtap.runtime.session import ExplainSession
-from tests.examples.common import MODEL, photos, relative_l2
+from tests.examples.common import MODEL, flat_variant, photos, relative_l2
 
 FORWARD_RTOL = 1e-5
 GRAD_REL_L2 = 1e-2
@@ -73,15 +70,7 @@ def test_openvino_at_f32_matches_onnxruntime_for_every_setting(batch: np.ndarray
 
 @pytest.fixture(scope="module")
 def flat(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped model's flat variant: its forward graph through `gradtap augment --flat`."""
-    from gradtap.export.models import to_onnx
-
-    folder = tmp_path_factory.mktemp("flat")
-    forward = folder / "forward.onnx"
-    to_onnx.export_forward("smallcnn", forward, weights=str(MODEL.with_name("smallcnn.pt")))
-    result = CliRunner().invoke(cli, ["augment", str(forward), "--flat", "-o", str(folder / "flat.onnx")])
-    assert result.exit_code == 0, result.output
-    return folder / "flat.onnx"
+    return flat_variant(tmp_path_factory.mktemp("flat"))
 
 
 @pytest.mark.torch

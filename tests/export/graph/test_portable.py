@@ -157,3 +157,33 @@ def test_the_resize_metadata_names_the_filter_and_the_crop(gated: onnx.ModelProt
         "policy": "shorter_side_center_crop", "size": 9, "filter": c.RESIZE_FILTER,
         "crop": "center",
     }  # fmt: skip
+
+
+def _kernels(model: onnx.ModelProto, level: str, compute: int, folder: Path) -> list[str]:
+    """Op types of the kernels onnxruntime runs for one call (from its profile)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(folder / f"{level}{compute}")
+    opts.log_severity_level = 3
+    s = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {c.INPUT: rng.random((1, 3, 8, 8), dtype=np.float32), c.SEED: np.ones((1, 3), np.float32)}
+    s.run(None, {**feeds, **controls(model, compute=compute)})
+    events = json.loads(Path(s.end_profiling()).read_text())
+    return [e["args"]["op_name"] for e in events if e.get("cat") == "Node" and "op_name" in e.get("args", {})]
+
+
+def test_weight_transforms_cost_nothing_when_folded_and_only_below_the_taps_when_not(
+    gated: onnx.ModelProto, tmp_path: Path
+) -> None:
+    """The backward convolutions' flipped weights: folded at load by onnxruntime's default
+    level (inside the branch too); with no folding at all, computed only by calls that run the
+    pass down to the input."""
+    relayout = {"Transpose", "Slice"}  # Reshape also serves other rules
+    assert not relayout & set(_kernels(gated, "ORT_ENABLE_BASIC", 2, tmp_path))
+    for compute in (0, 1):
+        assert not relayout & set(_kernels(gated, "ORT_DISABLE_ALL", compute, tmp_path))
+    assert relayout <= set(_kernels(gated, "ORT_DISABLE_ALL", 2, tmp_path))
