@@ -48,7 +48,7 @@ static Floats preprocess(const char* path, const std::string& resize, int H, int
   stbir_filter filter = (rh <= h && rw <= w) ? STBIR_FILTER_BOX : STBIR_FILTER_TRIANGLE;
   stbir_resize_float_generic(src.data(), w, h, 0, big.data(), rw, rh, 0, 3, STBIR_ALPHA_CHANNEL_NONE,
                              0, STBIR_EDGE_CLAMP, filter, STBIR_COLORSPACE_LINEAR, nullptr);
-  int top = int(std::lround((rh - H) / 2.0)), left = int(std::lround((rw - W) / 2.0));
+  int top = int(std::nearbyint((rh - H) / 2.0)), left = int(std::nearbyint((rw - W) / 2.0));  // half to even
   Floats chw(size_t(3) * H * W);
   for (int c = 0; c < 3; ++c)
     for (int y = 0; y < H; ++y)

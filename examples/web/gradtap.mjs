@@ -70,7 +70,8 @@ export function preprocess(rgba, w, h, meta) {
     else [rh, rw] = [Math.max(Math.trunc((spec.size * h) / w), H), spec.size];
   }
   const area = rh <= h && rw <= w;
-  const top = Math.round((rh - H) / 2), left = Math.round((rw - W) / 2);
+  const half = (v) => (v % 1 === 0.5 && Math.floor(v) % 2 === 0 ? Math.floor(v) : Math.round(v)); // to even
+  const top = half((rh - H) / 2), left = half((rw - W) / 2);
   const rows = taps(h, rh, area).slice(top, top + H), cols = taps(w, rw, area).slice(left, left + W);
   const x = new Float32Array(3 * H * W), line = new Float32Array(w * 3);
   rows.forEach(([ri, rwt], y) => {

@@ -45,10 +45,10 @@ def need(path: Path | str, what: str) -> None:
 
 
 def photos(folder: Path) -> dict[str, Path]:
-    """Two real photos from skimage.data: a PNG whose sides shrink by an integer factor and a
-    JPEG of another aspect ratio (a fractional area resize and a crop)."""
+    """Two real photos from skimage.data, both resized by fractional factors and cropped: a PNG
+    whose crop offset is a half pixel (16.5: rounded to even, 16) and a JPEG."""
     out = {"astronaut": folder / "astronaut.png", "coffee": folder / "coffee.jpg"}
-    Image.fromarray(skimage.data.astronaut()).save(out["astronaut"])
+    Image.fromarray(skimage.data.astronaut()[:336]).save(out["astronaut"])  # 336 x 512
     Image.fromarray(skimage.data.coffee()).save(out["coffee"], quality=95)
     return out
 
