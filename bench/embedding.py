@@ -61,28 +61,58 @@ def _onnxruntime(model: Path, x: np.ndarray, repeat: int, level: str = "ORT_ENAB
 
 
 def _folded(model: Path, folder: Path) -> Path:
-    """The graph with its weight-only top-level nodes computed once, as initializers."""
+    """The graph with every node computed from initializers alone (the backward convolutions'
+    re-laid-out weights, inside the branches too) replaced by its precomputed result."""
     import onnx
-    from onnx import numpy_helper
+    from onnx import helper, numpy_helper
     from onnx.reference import ReferenceEvaluator
 
     m = onnx.load(str(model))
     known = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
-    keep = []
-    for node in m.graph.node:
-        if node.op_type != "If" and node.input and all(i in known for i in node.input if i):
-            sub = onnx.helper.make_model(
-                onnx.helper.make_graph([node], "fold", [], [onnx.helper.make_empty_tensor_value_info(o) for o in node.output],
-                                       [numpy_helper.from_array(known[i], i) for i in node.input if i]),
-                opset_imports=m.opset_import,
-            )  # fmt: skip
-            for name, value in zip(node.output, ReferenceEvaluator(sub).run(None, {}), strict=True):
-                known[name] = value
-                m.graph.initializer.append(numpy_helper.from_array(value, name))
-        else:
-            keep.append(node)
-    del m.graph.node[:]
-    m.graph.node.extend(keep)
+
+    def fold(graph: onnx.GraphProto) -> None:
+        keep = []
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    fold(attr.g)
+            if node.op_type != "If" and node.input and all(i in known for i in node.input if i):
+                inputs = [numpy_helper.from_array(known[i], i) for i in node.input if i]
+                outputs = [helper.make_empty_tensor_value_info(o) for o in node.output]
+                sub = helper.make_model(
+                    helper.make_graph([node], "fold", [], outputs, inputs),
+                    opset_imports=m.opset_import,
+                )
+                for name, value in zip(
+                    node.output, ReferenceEvaluator(sub).run(None, {}), strict=True
+                ):
+                    known[name] = value
+                    graph.initializer.append(numpy_helper.from_array(value, name))
+            else:
+                keep.append(node)
+        del graph.node[:]
+        graph.node.extend(keep)
+
+    def used(graph: onnx.GraphProto) -> set[str]:
+        names = {o.name for o in graph.output}
+        for node in graph.node:
+            names.update(node.input)
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    names |= used(attr.g)
+        return names
+
+    def prune(graph: onnx.GraphProto, needed: set[str]) -> None:
+        inits = [t for t in graph.initializer if t.name in needed]
+        del graph.initializer[:]
+        graph.initializer.extend(inits)
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    prune(attr.g, needed)
+
+    fold(m.graph)
+    prune(m.graph, used(m.graph))
     out = folder / "folded.onnx"
     onnx.save(m, str(out))
     return out
@@ -90,7 +120,9 @@ def _folded(model: Path, folder: Path) -> Path:
 
 def _program(args: list[str], repeat: int) -> dict:
     env = {**os.environ, "GRADTAP_REPEAT": str(repeat)}
-    out = subprocess.run(args, capture_output=True, text=True, env=env, check=True, timeout=600).stdout
+    out = subprocess.run(
+        args, capture_output=True, text=True, env=env, check=True, timeout=600
+    ).stdout
     return {k.removesuffix("_ms"): float(v) for k, v in (ln.split() for ln in out.splitlines()[1:])}
 
 
@@ -121,7 +153,10 @@ def _openvino(model: Path, x: np.ndarray, repeat: int) -> dict:
 
     core = ov.Core()
     compiled = core.compile_model(str(model), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    return {k: _per_call(lambda r=r, cp=cp: compiled(_feeds(x, r, cp)), repeat) for k, (r, cp) in SETTINGS.items()}
+    return {
+        k: _per_call(lambda r=r, cp=cp: compiled(_feeds(x, r, cp)), repeat)
+        for k, (r, cp) in SETTINGS.items()
+    }
 
 
 def _tract(flat: Path, x: np.ndarray, repeat: int) -> dict:
@@ -164,7 +199,9 @@ def main() -> None:
     print(f"{'runtime':36s} {'Grad-CAM ms':>12s} {'ratio':>6s} {'guided ms':>10s} {'ratio':>6s}")
     for name, t in rows.items():
         g, b = t["gradcam"], t["guided"]
-        print(f"{name:36s} {g:12.2f} {g / base['gradcam']:6.2f} {b:10.2f} {b / base['guided']:6.2f}")
+        print(
+            f"{name:36s} {g:12.2f} {g / base['gradcam']:6.2f} {b:10.2f} {b / base['guided']:6.2f}"
+        )
 
 
 if __name__ == "__main__":

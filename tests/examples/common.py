@@ -69,7 +69,9 @@ def flat_variant(folder: Path) -> Path:
 
     forward, flat = folder / "forward.onnx", folder / "flat.onnx"
     to_onnx.export_forward("smallcnn", forward, weights=str(MODEL.with_name("smallcnn.pt")))
-    result = CliRunner().invoke(cli, ["augment", str(forward), "--flat", "-o", str(flat), "--overwrite"])
+    result = CliRunner().invoke(
+        cli, ["augment", str(forward), "--flat", "-o", str(flat), "--overwrite"]
+    )
     assert result.exit_code == 0, result.output
     return flat
 

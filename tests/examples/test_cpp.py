@@ -9,7 +9,14 @@ import pytest
 
 from gradtap.runtime.session import ExplainSession
 from tests.examples.common import (
-    MODEL, ORT_DIR, ROOT, correlation, need, photos, reference, run,
+    MODEL,
+    ORT_DIR,
+    ROOT,
+    correlation,
+    need,
+    photos,
+    reference,
+    run,
 )  # fmt: skip
 
 BUILD = ROOT / "build" / "cpp"
@@ -22,7 +29,17 @@ def program() -> Path:
     need(ORT_DIR / "lib" / "libonnxruntime.so.1", "libonnxruntime from the onnxruntime wheel")
     need(Path("/usr/include/stb/stb_image.h"), "stb (Debian libstb-dev)")
     src = ROOT / "examples" / "cpp"
-    run(["cmake", "-S", str(src), "-B", str(BUILD), f"-DORT_DIR={ORT_DIR}", "-DCMAKE_BUILD_TYPE=Release"])
+    run(
+        [
+            "cmake",
+            "-S",
+            str(src),
+            "-B",
+            str(BUILD),
+            f"-DORT_DIR={ORT_DIR}",
+            "-DCMAKE_BUILD_TYPE=Release",
+        ]
+    )
     run(["cmake", "--build", str(BUILD)])
     assert len((src / "explain.cpp").read_text().splitlines()) < 200
     return BUILD / "explain"
@@ -31,7 +48,9 @@ def program() -> Path:
 def _maps(prefix: Path, cam_shape: tuple[int, ...], guided_shape: tuple[int, ...]):
     cam = np.fromfile(f"{prefix}_gradcam.f32", np.float32).reshape(cam_shape)
     guided = np.fromfile(f"{prefix}_guided.f32", np.float32).reshape(guided_shape)
-    assert Path(f"{prefix}_gradcam.png").stat().st_size and Path(f"{prefix}_guided.png").stat().st_size
+    assert (
+        Path(f"{prefix}_gradcam.png").stat().st_size and Path(f"{prefix}_guided.png").stat().st_size
+    )
     return cam, guided
 
 
@@ -65,4 +84,6 @@ def test_cpp_reports_a_missing_image_in_one_line(program: Path, tmp_path: Path) 
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines() == [f"explain: cannot read image {tmp_path / 'nope.png'}"]
+    assert done.stderr.strip().splitlines() == [
+        f"explain: cannot read image {tmp_path / 'nope.png'}"
+    ]

@@ -36,4 +36,6 @@ def test_node_matches_python_on_real_photos(tmp_path: Path) -> None:
         cam = np.fromfile(f"{own}_gradcam.f32", np.float32)
         guided = np.fromfile(f"{own}_guided.f32", np.float32)
         assert correlation(cam, ref.gradcam) >= 0.99 and correlation(guided, ref.guided) >= 0.99
-        assert Path(f"{own}_gradcam.png").stat().st_size and Path(f"{own}_guided.png").stat().st_size
+        assert (
+            Path(f"{own}_gradcam.png").stat().st_size and Path(f"{own}_guided.png").stat().st_size
+        )

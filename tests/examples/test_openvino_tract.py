@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+
 from gradtap.runtime import contract as c
 from gradtap.runtime.image.geometry import to_batch
 from gradtap.runtime.session import ExplainSession
@@ -50,22 +51,36 @@ def _compare(got: dict[str, np.ndarray], want: dict[str, np.ndarray], where: str
         if name.startswith(c.GRAD_PREFIX):
             assert relative_l2(g, w) < GRAD_REL_L2, f"{where} {name}"
         else:
-            np.testing.assert_allclose(g, w, rtol=FORWARD_RTOL, atol=FORWARD_RTOL * np.abs(w).max(), err_msg=f"{where} {name}")
+            np.testing.assert_allclose(
+                g,
+                w,
+                rtol=FORWARD_RTOL,
+                atol=FORWARD_RTOL * np.abs(w).max(),
+                err_msg=f"{where} {name}",
+            )
 
 
 def test_openvino_at_f32_matches_onnxruntime_for_every_setting(batch: np.ndarray) -> None:
     import openvino as ov
 
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(str(MODEL)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = core.compile_model(
+        core.read_model(str(MODEL)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
     ref = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
     names = [o.name for o in ref.get_outputs()]
-    settings = itertools.product(c.RELU_RULES.values(), (0.0, 1.0), c.OBJECTIVES.values(), c.COMPUTE_LEVELS.values())
+    settings = itertools.product(
+        c.RELU_RULES.values(), (0.0, 1.0), c.OBJECTIVES.values(), c.COMPUTE_LEVELS.values()
+    )
     for rule, top1, objective, compute in settings:
         f = _feeds(batch, rule, top1, objective, compute)
         result = compiled(f)
         got = {name: result[name] for name in names}
-        _compare(got, dict(zip(names, ref.run(names, f), strict=True)), f"openvino {rule, top1, objective, compute}")
+        _compare(
+            got,
+            dict(zip(names, ref.run(names, f), strict=True)),
+            f"openvino {rule, top1, objective, compute}",
+        )
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +99,9 @@ def test_tract_runs_the_flat_variant_like_onnxruntime(batch: np.ndarray, flat: P
     assert c.COMPUTE not in inputs
     for rule, objective in itertools.product(c.RELU_RULES.values(), c.OBJECTIVES.values()):
         f = _feeds(batch, rule, 1.0, objective, None)
-        got = dict(zip(names, (v.to_numpy() for v in runnable.run([f[i] for i in inputs])), strict=True))
+        got = dict(
+            zip(names, (v.to_numpy() for v in runnable.run([f[i] for i in inputs])), strict=True)
+        )
         want = dict(zip(names, ref.run(names, f), strict=True))
         assert np.abs(got[c.GRAD_INPUT]).max() > 0  # symbolic batch: no all-zero gradients
         _compare(got, want, f"tract {rule, objective}")

@@ -176,7 +176,9 @@ def test_ungate_inlines_the_branches_back(gated: onnx.ModelProto, flat: onnx.Mod
     assert "If" not in {n.op_type for n in inlined.graph.node}
     onnx.checker.check_model(inlined)
     f = feeds(rule=2)
-    for got, want in zip(session(inlined).run(NAMES, f), session(flat).run(NAMES, _flat(f)), strict=True):
+    for got, want in zip(
+        session(inlined).run(NAMES, f), session(flat).run(NAMES, _flat(f)), strict=True
+    ):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 

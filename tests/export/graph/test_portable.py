@@ -58,7 +58,9 @@ def test_empty_stand_ins_keep_the_rank_of_what_they_stand_for(gated: onnx.ModelP
 
 def test_no_shape_vector_leaves_a_branch(gated: onnx.ModelProto) -> None:
     """Only activations' summaries (bool masks, int32 indices) and float gradients cross an If."""
-    kinds = {o.type.tensor_type.elem_type for n in _ifs(gated) for o in _branch(n, "then_branch").output}
+    kinds = {
+        o.type.tensor_type.elem_type for n in _ifs(gated) for o in _branch(n, "then_branch").output
+    }
     assert kinds <= {TensorProto.FLOAT, TensorProto.BOOL, TensorProto.INT32}
     inner_ops = {m.op_type for n in _ifs(gated) for m in _branch(n, "then_branch").node}
     assert not inner_ops & {"Shape", "Size"}
@@ -170,10 +172,17 @@ def _kernels(model: onnx.ModelProto, level: str, compute: int, folder: Path) -> 
     opts.log_severity_level = 3
     s = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
-    feeds = {c.INPUT: rng.random((1, 3, 8, 8), dtype=np.float32), c.SEED: np.ones((1, 3), np.float32)}
+    feeds = {
+        c.INPUT: rng.random((1, 3, 8, 8), dtype=np.float32),
+        c.SEED: np.ones((1, 3), np.float32),
+    }
     s.run(None, {**feeds, **controls(model, compute=compute)})
     events = json.loads(Path(s.end_profiling()).read_text())
-    return [e["args"]["op_name"] for e in events if e.get("cat") == "Node" and "op_name" in e.get("args", {})]
+    return [
+        e["args"]["op_name"]
+        for e in events
+        if e.get("cat") == "Node" and "op_name" in e.get("args", {})
+    ]
 
 
 def test_weight_transforms_cost_nothing_when_folded_and_only_below_the_taps_when_not(
