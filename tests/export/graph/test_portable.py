@@ -200,3 +200,21 @@ def test_weight_transforms_cost_nothing_when_folded_and_only_below_the_taps_when
     for compute in (0, 1):
         assert not relayout & set(_kernels(gated, "ORT_DISABLE_ALL", compute, tmp_path))
     assert relayout <= set(_kernels(gated, "ORT_DISABLE_ALL", 2, tmp_path))
+
+
+def test_the_python_runtime_runs_the_flat_variant() -> None:
+    """ExplainSession feeds only the inputs a graph declares: a flat graph computes everything,
+    so the same calls give the gated graph's results."""
+    from gradtap.runtime.session import ExplainSession
+
+    model = tiny_cnn()
+    flat = ExplainSession(augment(model, taps={"features": "features"}, flat=True))
+    gated = ExplainSession(augment(model, taps={"features": "features"}))
+    x = np.random.default_rng(5).random((2, 3, 8, 8), dtype=np.float32)
+    for kwargs in ({"grad_input": False, "taps": ["features"]}, {"relu_rule": "guided"}):
+        a, b = flat.run(x, None, top1=True, **kwargs), gated.run(x, None, top1=True, **kwargs)
+        np.testing.assert_allclose(a.logits, b.logits, rtol=1e-6)
+        for name in b.tap_grads:
+            np.testing.assert_allclose(a.tap_grads[name], b.tap_grads[name], rtol=1e-6, atol=1e-7)
+        if b.grad_input is not None:
+            np.testing.assert_allclose(a.grad_input, b.grad_input, rtol=1e-6, atol=1e-7)
