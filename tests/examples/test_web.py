@@ -16,7 +16,7 @@ from gradtap.runtime.session import ExplainSession
 from tests.examples.common import MODEL, NPM, ROOT, correlation, need, photos, reference
 
 SERVE = ROOT / "examples" / "web" / "serve.mjs"
-TIMEOUT_S = 120
+TIMEOUT_S = 180
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
