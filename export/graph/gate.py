@@ -124,8 +124,8 @@ def _shape_values(
     They run at the top level: a shape vector never passes through an If (runtimes that propagate
     shapes before running, such as OpenVINO and tract, cannot follow one out of a branch).
     """
-    known = {t.name for t in graph.initializer} | {i.name for i in graph.input}
-    known |= {o for i in forward for o in nodes[i].output}
+    weights = {t.name for t in graph.initializer}
+    known = weights | {i.name for i in graph.input} | {o for i in forward for o in nodes[i].output}
     shapes: set[str] = set()
     found: set[int] = set()
     for i in sorted(backward):
@@ -135,7 +135,7 @@ def _shape_values(
             continue
         if node.op_type in ("Shape", "Size") or (
             node.op_type in _SHAPE_ARITHMETIC and any(x in shapes for x in inputs)
-            and all(x in shapes or x in {t.name for t in graph.initializer} for x in inputs)
+            and all(x in shapes or x in weights for x in inputs)
         ):  # fmt: skip
             found.add(i)
             shapes.update(node.output)

@@ -204,8 +204,9 @@ def _mean_scale(em: Emitter, x: str, y: str) -> str:
     """size(y) / size(x) as a float scalar: a constant when the dimensions that differ are static
     (a symbolic batch cancels out), else computed."""
     xs, ys = em.info.shape(x), em.info.shape(y)
-    differ = [(a, b) for a, b in zip(xs, ys, strict=True) if a != b] if len(xs) == len(ys) else []
-    if len(xs) != len(ys):
+    if len(xs) == len(ys):  # equal named dimensions cancel; unknown ones (None) never do
+        differ = [(a, b) for a, b in zip(xs, ys, strict=True) if a != b or a is None]
+    else:
         differ = [(a, 1) for a in xs] + [(1, b) for b in ys]
     if all(isinstance(d, int) for pair in differ for d in pair):
         ratio = np.prod([b for _, b in differ]) / np.prod([a for a, _ in differ])
