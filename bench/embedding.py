@@ -127,7 +127,7 @@ def _program(args: list[str], repeat: int) -> dict:
 
 
 def _browser(model: Path, photo: Path, repeat: int, folder: Path) -> dict:
-    from tests.examples.test_web import SERVE, _stop
+    from tests.examples.test_web import CHROMIUM, SERVE, _stop
 
     result = folder / "result.json"
     server = subprocess.Popen(
@@ -136,8 +136,7 @@ def _browser(model: Path, photo: Path, repeat: int, folder: Path) -> dict:
     )  # fmt: skip
     url = server.stdout.readline().strip()  # type: ignore[union-attr]
     browser = subprocess.Popen(
-        ["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", f"--user-data-dir={folder / 'p'}",
-         f"{url}?image=/files/{photo.name}&report=/result&repeat={repeat}"],
+        [*CHROMIUM, f"--user-data-dir={folder / 'p'}", f"{url}?image=/files/{photo.name}&report=/result&repeat={repeat}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:

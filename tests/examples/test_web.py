@@ -17,6 +17,14 @@ from tests.examples.common import MODEL, NPM, ROOT, correlation, need, photos, r
 
 SERVE = ROOT / "examples" / "web" / "serve.mjs"
 TIMEOUT_S = 180
+# headless, as root in a container (no sandbox, small /dev/shm), no GPU
+CHROMIUM = [
+    "chromium",
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+]
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
@@ -39,8 +47,8 @@ def _explain_in_browser(tmp_path: Path, image: str) -> dict:
         url = server.stdout.readline().strip()  # type: ignore[union-attr]
         assert url.startswith("http://127.0.0.1:"), url
         browser = subprocess.Popen(
-            ["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             f"--user-data-dir={tmp_path / 'profile'}", f"{url}?image=/files/{image}&report=/result"],
+            [*CHROMIUM, "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+             f"{url}?image=/files/{image}&report=/result"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         server.wait(TIMEOUT_S)  # the server exits once the page has posted its result
