@@ -218,3 +218,17 @@ def test_the_python_runtime_runs_the_flat_variant() -> None:
             np.testing.assert_allclose(a.tap_grads[name], b.tap_grads[name], rtol=1e-6, atol=1e-7)
         if b.grad_input is not None:
             np.testing.assert_allclose(a.grad_input, b.grad_input, rtol=1e-6, atol=1e-7)
+
+
+def test_augment_flat_on_the_command_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from gradtap.cli.main import cli
+
+    src, dst = tmp_path / "tiny.onnx", tmp_path / "tiny.flat.gradtap.onnx"
+    onnx.save(tiny_cnn(), str(src))
+    result = CliRunner().invoke(cli, ["augment", str(src), "--flat", "-o", str(dst)])
+    assert result.exit_code == 0, result.output
+    flat = onnx.load(str(dst))
+    assert "If" not in {n.op_type for n in flat.graph.node}
+    assert c.COMPUTE not in {i.name for i in flat.graph.input}
