@@ -31,6 +31,8 @@ outputs
   ``logits``             float32 [N, classes]
   ``tap/<alias>``        the feature map of each tap, e.g. ``tap/layer4`` [N, C, h, w]
   ``grad/input``         d sum(seed * logits) / d input, [N, 3, H, W]
+  ``cam/<alias>``        class weights [classes, C] of a GAP -> linear head after the tap
+                         (only for such taps; they depend on the weights alone)
   ``grad/tap/<alias>``   d sum(seed * logits) / d tap, same shape as the tap
 """
 
@@ -48,6 +50,7 @@ INPUTS = (INPUT, SEED, RELU_RULE, SEED_TOP1, OBJECTIVE, COMPUTE)  # every graph 
 LOGITS = "logits"
 TAP_PREFIX = "tap/"
 GRAD_PREFIX = "grad/"
+CAM_PREFIX = "cam/"
 GRAD_INPUT = GRAD_PREFIX + INPUT
 
 RELU_RULES: dict[str, int] = {"plain": 0, "guided": 1, "deconvnet": 2}
@@ -88,6 +91,11 @@ RESIZE_FILTER = "area_down_bilinear_up"
 def tap_output(alias: str) -> str:
     """Graph output name of a tap's feature map."""
     return TAP_PREFIX + alias
+
+
+def cam_output(alias: str) -> str:
+    """Graph output name of the class weights [classes, C] of a GAP -> linear head after a tap."""
+    return CAM_PREFIX + alias
 
 
 def tap_grad_output(alias: str) -> str:

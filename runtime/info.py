@@ -32,6 +32,7 @@ class ModelInfo:
         taps: aliases of the feature taps, in graph output order.
         default_tap: alias used when a method needs a tap and none is given.
         relu_rules: ReLU backward rules the graph can switch between.
+        cam_taps: taps a global-average-pool -> linear head reads (with a ``cam/`` output).
         weights: the weights the graph was exported with, if recorded.
         source: where the architecture came from, if recorded.
         metadata: every ``metadata_props`` entry, raw.
@@ -47,6 +48,7 @@ class ModelInfo:
     taps: tuple[str, ...]
     default_tap: str | None
     relu_rules: tuple[str, ...]
+    cam_taps: tuple[str, ...] = ()
     weights: str | None = None
     source: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -113,6 +115,7 @@ def parse_info(
         taps=taps,
         default_tap=default_tap,
         relu_rules=rules,
+        cam_taps=tuple(t for t in taps if c.cam_output(t) in outputs),
         weights=meta.get(c.META_WEIGHTS),
         source=meta.get(c.META_SOURCE),
         metadata=MappingProxyType(dict(meta)),

@@ -39,12 +39,14 @@ class Pass:
         grad_input: d sum(seed * logits) / d input, [N, 3, H, W]; ``None`` when not fetched.
         taps: tap alias -> feature map [N, C, h, w], for the taps fetched.
         tap_grads: tap alias -> d sum(seed * logits) / d tap, for the tap gradients fetched.
+        constants: output name -> value, for the constant outputs asked for (``cam/<alias>``).
     """
 
     logits: Array
     grad_input: Array | None = None
     taps: Mapping[str, Array] = field(default_factory=dict)
     tap_grads: Mapping[str, Array] = field(default_factory=dict)
+    constants: Mapping[str, Array] = field(default_factory=dict)
 
 
 def default_providers() -> list[str]:
@@ -95,6 +97,8 @@ class ExplainSession:
         inputs.update({i.name: list(i.shape) for i in self._session.get_overridable_initializers()})
         self._feeds = frozenset(inputs)  # an optional input a graph lacks is not fed
         outputs = {o.name: list(o.shape) for o in self._session.get_outputs()}
+        self._outputs = frozenset(outputs)
+        self._constants: dict[str, Array] = {}
         meta = self._session.get_modelmeta().custom_metadata_map
         self.info: ModelInfo = parse_info(
             meta, inputs=inputs, outputs=outputs, fallback_name=_stem(model)
@@ -114,6 +118,7 @@ class ExplainSession:
         tap_grads: bool = True,
         top1: bool = False,
         objective: str = "logits",
+        constants: Sequence[str] = (),
     ) -> Pass:
         """One fused call: logits, and the gradients of ``sum(seed * logits)`` asked for.
 
@@ -133,6 +138,8 @@ class ExplainSession:
             objective: ``"logits"`` differentiates ``sum(seed * logits)``; ``"cross_entropy"``
                 differentiates ``-sum(seed * log_softmax(logits))`` (a one-hot seed: the loss
                 gradient that adversarial images follow).
+            constants: outputs that depend on the weights alone (``cam/<alias>``): fetched with
+                the first chunk of the first call that asks, then kept by the session.
 
         Returns:
             The :class:`Pass`; arrays not asked for are ``None`` / absent.
@@ -157,12 +164,16 @@ class ExplainSession:
             c.COMPUTE: np.array(c.COMPUTE_LEVELS[level], np.int64),
         }
         extra = {k: v for k, v in extra.items() if k in self._feeds}
-        out = dict(zip(names, self._run_chunked(names, x, seed, extra), strict=True))
+        fetch = [n for n in dict.fromkeys(constants) if n not in self._constants]
+        if unknown := [n for n in fetch if n not in self._outputs]:
+            raise ModelError(f"model {self.info.name!r} has no output {unknown[0]!r}")
+        out = dict(zip(names, self._run_chunked(names, x, seed, extra, fetch), strict=True))
         _check_finite(out)
         return Pass(
             logits=out[c.LOGITS],
             grad_input=out.get(c.GRAD_INPUT),
             taps=MappingProxyType({a: out[c.tap_output(a)] for a in aliases}),
+            constants=MappingProxyType({n: self._constants[n] for n in constants}),
             tap_grads=MappingProxyType(
                 {a: out[c.tap_grad_output(a)] for a in aliases} if tap_grads else {}
             ),
@@ -225,12 +236,21 @@ class ExplainSession:
         return c.RELU_RULES[relu_rule]
 
     def _run_chunked(
-        self, names: list[str], x: Array, seed: Array, extra: dict[str, Array]
+        self,
+        names: list[str],
+        x: Array,
+        seed: Array,
+        extra: dict[str, Array],
+        constants: Sequence[str] = (),
     ) -> list[Array]:
         parts: list[list[Array]] = []
         for i in range(0, len(x), self.batch_size):
             feeds = {c.INPUT: x[i : i + self.batch_size], c.SEED: seed[i : i + self.batch_size]}
-            parts.append(self._session.run(names, {**feeds, **extra}))
+            fetched = self._session.run([*names, *constants], {**feeds, **extra})
+            if constants:  # the first chunk brings them; they do not depend on the rows
+                self._constants.update(zip(constants, fetched[len(names) :], strict=True))
+                constants = ()
+            parts.append(fetched[: len(names)])
         if len(parts) == 1:
             return parts[0]
         return [np.concatenate(arrays) for arrays in zip(*parts, strict=True)]

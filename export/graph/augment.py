@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper, version_converter
+from onnx import helper, numpy_helper, version_converter
 
 from gradtap.export.graph.emitter import GraphInfo
 from gradtap.export.graph.gate import branch_nodes, gate
+from gradtap.export.graph.head import cam_outputs
+from gradtap.export.graph.seed import add_seed
 from gradtap.export.graph.taps import alias_for, candidate_taps, default_tap
 from gradtap.export.graph.tokens import expose_token_taps, split_spec
 from gradtap.export.graph.version import PASS_VERSION
@@ -71,9 +73,11 @@ def augment(
             helper.make_node("Identity", [tensor], [c.tap_output(alias)], name=f"tap/{alias}")
         )
         graph.output.append(helper.make_empty_tensor_value_info(c.tap_output(alias)))
+    for alias, why in cam_outputs(model, chosen).items():
+        log.info("no CAM weights for tap %r: %s", alias, why)
     wrt = {c.INPUT: c.GRAD_INPUT}
     wrt.update({tensor: c.tap_grad_output(alias) for alias, tensor in chosen.items()})
-    seed = _add_seed_inputs(model)
+    seed = add_seed(model)
     out = add_vjp(model, seed_of=c.LOGITS, seed=seed, wrt=wrt, relu_rule=c.RELU_RULE)
     out = out if flat else gate(out)
     _stamp(out, meta, chosen, labels)
@@ -216,60 +220,6 @@ def _prepend_normalization(
         c.META_NORMALIZATION,
         json.dumps({"mean": m.ravel().tolist(), "std": s.ravel().tolist(), "in_graph": True}),
     )
-
-
-def _add_seed_inputs(model: onnx.ModelProto) -> str:
-    """Declare seed, relu_rule, seed_top1 and objective; return the backward pass's cotangent.
-
-    With ``s = seed + seed_top1 * onehot(argmax(logits))`` (the predicted class explained in the
-    call that predicts it), the cotangent is ``s`` for objective 0 (``sum(s * logits)``) and
-    ``softmax(logits) * sum(s) - s`` for objective 1 (the cross-entropy ``-sum(s * log p)``).
-    """
-    graph = model.graph
-    batch, classes = GraphInfo.of(model).shape(c.LOGITS)
-    graph.input.append(helper.make_tensor_value_info(c.SEED, TensorProto.FLOAT, [batch, classes]))
-    graph.input.append(helper.make_tensor_value_info(c.RELU_RULE, TensorProto.INT64, []))
-    graph.input.append(helper.make_tensor_value_info(c.SEED_TOP1, TensorProto.FLOAT, []))
-    graph.input.append(helper.make_tensor_value_info(c.OBJECTIVE, TensorProto.INT64, []))
-    graph.initializer.extend([  # no defaults for the control inputs: every input is required
-        numpy_helper.from_array(np.asarray(c.OBJECTIVES["cross_entropy"], np.int64), "seed/ce"),
-        numpy_helper.from_array(np.asarray([1], np.int64), "seed/axis"),
-        numpy_helper.from_array(np.asarray([0.0, 1.0], np.float32), "seed/onehot_values"),
-    ])  # fmt: skip
-    if isinstance(classes, int):
-        graph.initializer.append(
-            numpy_helper.from_array(np.asarray(classes, np.int64), "seed/depth")
-        )
-        depth = ["seed/depth"]
-    else:
-        graph.initializer.append(
-            numpy_helper.from_array(np.asarray([1], np.int64), "seed/class_axis")
-        )
-        depth = ["seed/depth"]
-        graph.node.append(
-            helper.make_node("Shape", [c.LOGITS], ["seed/logits_shape"], name="seed/Shape")
-        )
-        graph.node.append(
-            helper.make_node(
-                "Gather", ["seed/logits_shape", "seed/class_axis"], depth, name="seed/Gather"
-            )
-        )
-    graph.node.extend([
-        helper.make_node("ArgMax", [c.LOGITS], ["seed/top1"], name="seed/ArgMax", axis=1, keepdims=0),
-        helper.make_node("OneHot", ["seed/top1", *depth, "seed/onehot_values"], ["seed/top1_onehot"],
-                         name="seed/OneHot", axis=-1),
-        helper.make_node("Mul", ["seed/top1_onehot", c.SEED_TOP1], ["seed/top1_scaled"], name="seed/Mul"),
-        helper.make_node("Add", [c.SEED, "seed/top1_scaled"], ["seed/weights"], name="seed/Add"),
-        helper.make_node("Softmax", [c.LOGITS], ["seed/prob"], name="seed/Softmax", axis=1),
-        helper.make_node("ReduceSum", ["seed/weights", "seed/axis"], ["seed/total"], name="seed/ReduceSum",
-                         keepdims=1),
-        helper.make_node("Mul", ["seed/prob", "seed/total"], ["seed/expected"], name="seed/Mul_prob"),
-        helper.make_node("Sub", ["seed/expected", "seed/weights"], ["seed/ce_grad"], name="seed/Sub"),
-        helper.make_node("Equal", [c.OBJECTIVE, "seed/ce"], ["seed/is_ce"], name="seed/Equal"),
-        helper.make_node("Where", ["seed/is_ce", "seed/ce_grad", "seed/weights"], ["seed/effective"],
-                         name="seed/Where"),
-    ])  # fmt: skip
-    return "seed/effective"
 
 
 def _set_meta(model: onnx.ModelProto, key: str, value: str) -> None:

@@ -50,7 +50,9 @@ def gate(model: onnx.ModelProto) -> onnx.ModelProto:
     _outputs_by_identity(graph)
     nodes = list(graph.node)
     outputs = [o.name for o in graph.output]
-    forward_outputs = [o for o in outputs if o == c.LOGITS or o.startswith(c.TAP_PREFIX)]
+    forward_outputs = [
+        o for o in outputs if o == c.LOGITS or o.startswith((c.TAP_PREFIX, c.CAM_PREFIX))
+    ]
     tap_grads = [o for o in outputs if o.startswith(c.GRAD_PREFIX + c.TAP_PREFIX)]
     info = GraphInfo.of(model, complete=False)
     forward = _needed(nodes, forward_outputs)  # weight transforms go where they are read

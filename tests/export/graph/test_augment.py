@@ -35,7 +35,7 @@ def test_contract_names_and_metadata(aug: onnx.ModelProto) -> None:
     inputs = [i.name for i in aug.graph.input]
     outputs = [o.name for o in aug.graph.output]
     assert inputs[:1] == [c.INPUT] and {c.SEED, c.RELU_RULE, c.SEED_TOP1} <= set(inputs)
-    assert outputs == [c.LOGITS, "tap/features", c.GRAD_INPUT, "grad/tap/features"]
+    assert outputs == [c.LOGITS, "tap/features", "cam/features", c.GRAD_INPUT, "grad/tap/features"]
     meta = {m.key: m.value for m in aug.metadata_props}
     assert meta[c.META_CONTRACT] == c.CONTRACT_VERSION and meta[c.META_AUGMENTED] == "1"
     assert json.loads(meta[c.META_TAPS]) == {"features": "features"}

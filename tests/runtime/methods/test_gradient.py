@@ -119,9 +119,8 @@ def test_cam_reads_matmul_heads() -> None:
 
 
 def test_cam_refuses_heads_without_global_pooling(linear: ExplainSession) -> None:
-    with pytest.raises(
-        ModelError, match="CAM needs a linear layer .* after tap 'conv', found Flatten"
-    ):
+    assert linear.info.cam_taps == ()
+    with pytest.raises(ModelError, match="CAM needs global average pooling .* after tap 'conv'"):
         m.cam(linear, images(1, 6))
 
 
@@ -231,3 +230,13 @@ def test_rectifier_rules_give_the_hand_computed_maps(rule: str) -> None:
     method = {"guided": m.guided_backprop, "deconvnet": m.deconvnet}.get(rule)
     if method is not None:
         np.testing.assert_allclose(method(session, HAND_X, 0).maps[0], HAND_MAPS[rule], atol=1e-6)
+
+
+def test_cam_weights_come_from_the_graph_not_the_model_file(
+    tiny: ExplainSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert tiny.info.cam_taps == tuple(tiny.info.taps)
+    monkeypatch.setattr(ExplainSession, "model_proto", lambda self: pytest.fail("file re-read"))
+    x = RNG.random((2, 3, *tiny.info.input_size), dtype=np.float32)
+    first, again = m.cam(tiny, x, 1), m.cam(tiny, x, 1)
+    np.testing.assert_array_equal(first.maps, again.maps)  # the second call reads the cache
