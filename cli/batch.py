@@ -17,7 +17,7 @@ from gradtap.cli.config import Config
 from gradtap.cli.errors import EXIT_INTERRUPTED, Failures, recoverable
 from gradtap.cli.inputs import expand, unique_stems
 from gradtap.cli.outputs import GALLERY, SUMMARY, OutDir, merge_summary
-from gradtap.runtime.image.read import DEFAULT_MAX_PIXELS
+from gradtap.runtime.image.read import DEFAULT_MAX_PIXELS, default_max_memory, set_max_memory
 from gradtap.runtime.targets import softmax
 
 Array = npt.NDArray[np.float32]
@@ -47,7 +47,18 @@ def output_options(default_out: str) -> Callable[[Callable[..., Any]], Callable[
 
 
 def max_pixels_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``--max-pixels``: the decompression-bomb limit, checked from the file header."""
+    """``--max-pixels`` and ``--max-memory``: decompression-bomb limits, checked from the header."""
+    func = click.option(
+        "--max-memory",
+        type=BYTES,
+        default=None,
+        expose_value=False,
+        callback=_set_max_memory,
+        metavar="BYTES",
+        help="Refuse images whose decoding needs more memory (e.g. 512M, 2G; estimated from the "
+        f"header before decoding). Default: an eighth of this machine's memory, "
+        f"{default_max_memory() >> 20} MiB here.",
+    )(func)
     return click.option(
         "--max-pixels",
         type=click.IntRange(min=1),
@@ -56,6 +67,32 @@ def max_pixels_option(func: Callable[..., Any]) -> Callable[..., Any]:
         help="Refuse images of more than N pixels (width x height), read from the file's header "
         "before anything is decoded.",
     )(func)
+
+
+class _Bytes(click.ParamType):
+    name = "bytes"
+    _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+        unit = text[-1:] if text[-1:] in self._UNITS and not text[-1:].isdigit() else ""
+        try:
+            number = float(text[: len(text) - len(unit)])
+        except ValueError:
+            self.fail(f"{value!r} is not a size (e.g. 512M, 2G)", param, ctx)
+        if not number > 0 or number * self._UNITS[unit] > 1 << 50:
+            self.fail(f"{value!r} must be a positive size (e.g. 512M, 2G)", param, ctx)
+        return int(number * self._UNITS[unit])
+
+
+BYTES = _Bytes()
+
+
+def _set_max_memory(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
+    if value is not None:
+        set_max_memory(value)
 
 
 @dataclass

@@ -73,3 +73,9 @@ def setup_logging(verbosity: int) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # Library warnings (Pillow on odd EXIF data, for instance) are details: shown with -v.
+    logging.captureWarnings(True)
+    warned = logging.getLogger("py.warnings")
+    warned.handlers[:] = [handler]
+    warned.setLevel(logging.WARNING if verbosity >= 1 else logging.ERROR)
+    warned.propagate = False

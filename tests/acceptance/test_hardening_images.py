@@ -20,7 +20,6 @@ from PIL import Image, ImageOps
 
 import gradtap.runtime.image.read as images
 from gradtap.runtime.errors import ImageError
-from gradtap.runtime.image.exif import header_size
 from gradtap.runtime.image.geometry import geometry_for, resize, to_input, to_original
 from gradtap.runtime.image.read import as_image, load_image
 from gradtap.runtime.image.resample import resized_crop
@@ -142,16 +141,6 @@ def test_a_file_too_big_for_the_limit_is_not_read(tmp_path: Path) -> None:
         f.truncate(images.METADATA_BYTES + 1024)
     with pytest.raises(ImageError, match=r"has \d+ bytes, more than any image within the pixel"):
         load_image(big, max_pixels=10)
-
-
-@pytest.mark.parametrize(
-    ("fmt", "kw"), [("TIFF", {}), ("PPM", {}), ("JPEG2000", {}), ("JPEG2000", {"no_jp2": True})]
-)
-def test_header_sizes_of_the_other_formats(fmt: str, kw: dict) -> None:
-    data = corpus.pillow_bytes(Image.new("RGB", (37, 5)), fmt, **kw)
-    assert header_size(data) == (37, 5)
-    assert header_size(cv2.imencode(".pam", np.zeros((5, 37, 3), np.uint8))[1].tobytes()) == (37, 5)
-    assert header_size(b"P6\n# comment\n 12 # more\n 34\n255\n") == (12, 34)
 
 
 # ----- extreme aspect ratios -----
