@@ -14,7 +14,16 @@ import numpy as np
 import numpy.typing as npt
 
 from gradtap.cli.config import Config
-from gradtap.cli.errors import EXIT_INTERRUPTED, Failures, recoverable
+from gradtap.cli.errors import (
+    EXIT_FAILED,
+    Failures,
+    Terminated,
+    interrupt_exit_code,
+    one_line,
+    printable,
+    recoverable,
+    signals_deferred,
+)
 from gradtap.cli.inputs import expand, unique_stems
 from gradtap.cli.outputs import GALLERY, SUMMARY, OutDir, merge_summary
 from gradtap.runtime.image.read import DEFAULT_MAX_PIXELS, default_max_memory, set_max_memory
@@ -107,6 +116,8 @@ class Run:
     failures: Failures = field(default_factory=Failures)
     skipped: list[dict[str, str]] = field(default_factory=list)
     interrupted: bool = False
+    exit_on_interrupt: int = 130
+    interrupted_by: str = ""
     started: float = field(default_factory=time.time)
 
     def record(self) -> dict[str, Any]:
@@ -122,6 +133,7 @@ class Run:
             "failures": self.failures.items,
             "skipped": self.skipped,
             "interrupted": self.interrupted,
+            **({"signal": self.interrupted_by} if self.interrupted_by else {}),
         }
 
 
@@ -179,7 +191,7 @@ def sources(
 
 def skipped_note(skipped: Sequence[tuple[str, str]], shown: int = 5) -> str:
     """One line naming the skipped entries (the first ``shown``) and why."""
-    names = [f"{path}: {why}" for path, why in skipped[:shown]]
+    names = [f"{printable(path)}: {why}" for path, why in skipped[:shown]]
     more = f"; and {len(skipped) - shown} more, see summary.json" if len(skipped) > shown else ""
     return f"gradtap: note: skipped {len(skipped)} entries: {'; '.join(names)}{more}"
 
@@ -200,25 +212,31 @@ def attempt(run: Run, path: Path | str, func: Callable[[], Any], *, what: str = 
 
 
 def finish(cfg: Config, out: OutDir, run: Run, *, as_json: bool) -> None:
-    """Merge the run into summary.json, rebuild the gallery, report, exit 0, 1 or 130.
+    """Merge the run into summary.json, rebuild the gallery, report, exit 0, 1 or 128 + signal.
 
     summary.json is written whenever something happened (results, failures or an interruption),
     so every failure of a batch is on record; an interrupted run keeps the results it finished.
     """
-    from gradtap.cli.gallery import write_gallery
-
     record = run.record()
-    if run.items or run.failures or run.interrupted or (out.root / SUMMARY).exists():
-        summary = merge_summary(out.root, record)
-        write_gallery(out.root, summary)
+    kept = True
+    with signals_deferred() as pending:
+        if run.items or run.failures or run.interrupted or (out.root / SUMMARY).exists():
+            kept = _record(out, record)
+    if pending and not run.interrupted:
+        run.interrupted, run.exit_on_interrupt = True, 128 + pending[0]
     if as_json:
         click.echo(json.dumps(record, indent=2, ensure_ascii=False))
     n = len(run.items)
     if run.interrupted:
+        where = f"{out.root} (summary.json)" if kept else str(out.root)
         click.echo(
-            f"gradtap: interrupted; {n} result(s) kept in {out.root} (summary.json)", err=True
+            f"gradtap: interrupted{run.interrupted_by and f' ({run.interrupted_by})'}; "
+            f"{n} result(s) kept in {where}",
+            err=True,
         )
-        click.get_current_context().exit(EXIT_INTERRUPTED)
+        click.get_current_context().exit(run.exit_on_interrupt)
+    if not kept:
+        click.get_current_context().exit(EXIT_FAILED)
     if not as_json:
         failed = f", {len(run.failures.items)} failed" if run.failures else ""
         cfg.note(f"{n} result(s) in {out.root}{failed}")
@@ -227,12 +245,30 @@ def finish(cfg: Config, out: OutDir, run: Run, *, as_json: bool) -> None:
     click.get_current_context().exit(run.failures.exit_code())
 
 
+def _record(out: OutDir, record: dict[str, Any]) -> bool:
+    """Merge the run into summary.json and rebuild the gallery; one error line if that fails."""
+    from gradtap.cli.gallery import write_gallery
+
+    try:
+        summary = merge_summary(out.root, record)
+    except OSError as err:
+        click.echo(f"gradtap: error: cannot record this run: {one_line(err)}", err=True)
+        return False
+    try:
+        write_gallery(out.root, summary)
+    except OSError as err:
+        click.echo(f"gradtap: error: cannot write the gallery: {one_line(err)}", err=True)
+    return True
+
+
 def interruptible(run: Run, work: Callable[[], None]) -> None:
-    """Run a batch; Ctrl-C stops it, and ``run`` records the interruption for :func:`finish`."""
+    """Run a batch; Ctrl-C, SIGTERM or SIGHUP stop it, and ``run`` records the interruption."""
     try:
         work()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         run.interrupted = True
+        run.exit_on_interrupt = interrupt_exit_code(err)
+        run.interrupted_by = err.args[0] if isinstance(err, Terminated) else ""
 
 
 class Progress:

@@ -1,12 +1,15 @@
 """User mistakes become one clear line and an exit code, never a traceback.
 
 Exit codes: 0 all good, 1 some inputs failed (or the model/file could not be used), 2 usage,
-130 interrupted (Ctrl-C).
+128 + the signal's number when interrupted: 130 Ctrl-C (SIGINT), 143 SIGTERM, 129 SIGHUP.
+SIGTERM and SIGHUP are handled exactly like Ctrl-C.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,9 +32,17 @@ def one_line(err: BaseException) -> str:
     """The first non-empty line of an exception's message (its type name if empty)."""
     text = str(err).strip()
     if isinstance(err, OSError) and err.strerror:
-        where = f"{err.filename}: " if err.filename else ""
+        where = f"{printable(str(err.filename))}: " if err.filename else ""
         text = f"{where}{err.strerror}"
     return text.splitlines()[0] if text else type(err).__name__
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (a newline in a file name cannot split a line)."""
+    return text.translate(_CONTROL)
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (GradtapError, OSError)
@@ -61,26 +72,87 @@ def user_errors(option: str | None = None, *, path: Path | str | None = None) ->
         raise click.ClickException(about(path, err) if path else one_line(err)) from None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread where Ctrl-C raises KeyboardInterrupt."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
+def interrupt_exit_code(err: BaseException) -> int:
+    """128 + the signal's number (130 for Ctrl-C)."""
+    return 128 + err.signum if isinstance(err, Terminated) else EXIT_INTERRUPTED
+
+
+@contextmanager
+def signals_as_interrupts() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise :class:`Terminated` (a KeyboardInterrupt) inside the block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {s: signal.signal(s, _raise_terminated) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[list[int]]:
+    """Ctrl-C, SIGTERM and SIGHUP wait until the block ends (so a record is written whole).
+
+    Yields the list of signals that arrived meanwhile.
+    """
+    pending: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pending
+        return
+    stops = (signal.SIGINT, *STOP_SIGNALS)
+    saved = {s: signal.signal(s, lambda n, f: pending.append(n)) for s in stops}
+    try:
+        yield pending
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+
+
 class GradtapGroup(click.Group):
-    """The command group: Ctrl-C anywhere ends with one line and exit code 130.
+    """The command group: Ctrl-C, SIGTERM or SIGHUP anywhere end with one line and 128 + signal.
 
     Whatever was being written is abandoned at its temporary name and removed (see
-    :mod:`gradtap.cli.outputs`); commands that process batches record what they finished first.
+    :mod:`gradtap.runtime.atomic`); commands that process batches record what they finished
+    first.
     """
 
     def invoke(self, ctx: click.Context) -> object:
         try:
-            return super().invoke(ctx)
-        except KeyboardInterrupt:
-            click.echo("gradtap: interrupted", err=True)
-            ctx.exit(EXIT_INTERRUPTED)
+            with signals_as_interrupts():
+                return super().invoke(ctx)
+        except KeyboardInterrupt as err:
+            click.echo(f"gradtap: interrupted{_by(err)}", err=True)
+            ctx.exit(interrupt_exit_code(err))
+
+
+def _by(err: BaseException) -> str:
+    return f" ({err.args[0]})" if isinstance(err, Terminated) else ""
 
 
 def about(path: Path | str, err: BaseException) -> str:
     """'path: message', without repeating the path when the message already names it."""
     message = one_line(err)
     name = str(path)
-    return message if name in message or Path(name).name in message else f"{name}: {message}"
+    if name in message or repr(name) in message or Path(name).name in message:
+        return message
+    return f"{printable(name)}: {message}"
 
 
 @dataclass
@@ -92,8 +164,9 @@ class Failures:
     def add(self, path: Path | str, err: BaseException | str, *, what: str = "") -> None:
         """Record and print one failure for ``path``."""
         text = err if isinstance(err, str) else about(path, err)
-        if isinstance(err, str) and str(path) not in text:
-            text = f"{path}: {text}"
+        if isinstance(err, str) and str(path) not in text and repr(str(path)) not in text:
+            text = f"{printable(str(path))}: {text}"
+        text = printable(text)
         entry = {"input": str(path), "error": text}
         if what:
             entry["step"] = what
