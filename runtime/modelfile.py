@@ -10,8 +10,10 @@ a 500 MB model, and refuses locations that resolve (symlinks included) outside t
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,11 +30,45 @@ _CHILDREN: dict[int, dict[int, int]] = {
     _SPARSE: {1: _TENSOR, 2: _TENSOR},
 }
 _TENSOR_NAME, _TENSOR_EXTERNAL = 8, 13
-_MAX_DEPTH = 64
+# protobuf's own recursion limit: deeper models (If inside If ...) cannot be parsed by onnx.
+_MAX_DEPTH = 100
+# A serialized protobuf message cannot exceed 2 GiB; bigger models keep weights as external data.
+MAX_MODEL_BYTES = 2**31 - 1
 
 
 class _Malformed(Exception):
     """The bytes are not a well-formed protobuf message."""
+
+
+class _TooDeep(_Malformed):
+    """Messages nested deeper than protobuf parses."""
+
+
+def check_model_file(path: str | os.PathLike[str]) -> None:
+    """Refuse, without reading it, what cannot be an ONNX file: folders, pipes, devices, sockets,
+    empty files and files over the 2 GiB a protobuf message can hold.
+
+    Raises:
+        ModelError: naming the file and what it is.
+    """
+    name = str(path)
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ENOENT:
+            raise ModelError(f"model file {name!r} does not exist") from None
+        raise ModelError(f"cannot read model {name!r}: {err.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ModelError(f"model path {name!r} is a folder, not an ONNX file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelError(f"model path {name!r} is not a file (a pipe, socket or device)")
+    if st.st_size == 0:
+        raise ModelError(f"model file {name!r} is empty (0 bytes)")
+    if st.st_size > MAX_MODEL_BYTES:
+        raise ModelError(
+            f"model file {name!r} has {st.st_size} bytes, more than the 2 GiB an ONNX file can "
+            "hold (bigger models keep their weights in external data files)"
+        )
 
 
 def check_external_data(model: str | os.PathLike[str] | bytes, *, base: Path | None = None) -> None:
@@ -77,10 +113,11 @@ def external_locations(model: str | os.PathLike[str] | bytes) -> list[tuple[str,
     if isinstance(model, bytes):
         return _scan(memoryview(model), "<in-memory model>")
     path = Path(model)
+    check_model_file(path)
     try:
         with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size == 0:
-                return []
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # replaced since checked
+                raise ModelError(f"model path {str(path)!r} is not a file")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                 view = memoryview(mm)
                 try:
@@ -95,16 +132,22 @@ def _scan(buf: memoryview, name: str) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     try:
         _walk(buf, 0, len(buf), _MODEL, found, 0)
+    except _TooDeep:
+        raise ModelError(
+            f"cannot load {name!r}: its graphs nest more than {_MAX_DEPTH} levels deep "
+            "(If/Loop inside If/Loop ...), more than protobuf parses"
+        ) from None
     except _Malformed as err:
         raise ModelError(
-            f"cannot load {name!r} as an ONNX model: not a protobuf file ({err})"
+            f"cannot load {name!r} as an ONNX model: not an ONNX model, not even a protobuf "
+            f"file ({err})"
         ) from None
     return found
 
 
 def _walk(buf: memoryview, start: int, end: int, kind: int, found: list, depth: int) -> None:
     if depth > _MAX_DEPTH:
-        raise _Malformed("nested too deeply")
+        raise _TooDeep("nested too deeply")
     if kind == _TENSOR:
         _tensor(buf, start, end, found)
         return
@@ -140,6 +183,8 @@ def _field(buf: memoryview, pos: int, end: int) -> tuple[int, int, int, int, int
     """One field at ``pos``: (number, wire type, value start, value end, next position)."""
     key, pos = _varint(buf, pos, end)
     number, wire = key >> 3, key & 7
+    if number == 0:  # no protobuf message has field 0: stops at once on zeros and most junk
+        raise _Malformed("field number 0")
     start = pos
     if wire == 0:
         _, pos = _varint(buf, pos, end)

@@ -18,7 +18,7 @@ import onnxruntime as ort
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import ModelError, NonFiniteError, OptionError
 from gradtap.runtime.info import ModelInfo, parse_info
-from gradtap.runtime.modelfile import check_external_data
+from gradtap.runtime.modelfile import check_external_data, check_model_file
 
 logger = logging.getLogger(__name__)
 
@@ -255,12 +255,7 @@ def _open(
         check_external_data(model)
     else:
         path = Path(model)
-        if path.is_dir():
-            raise ModelError(f"model path {str(path)!r} is a folder, not an ONNX file")
-        if not path.is_file():
-            raise ModelError(f"model file {str(path)!r} does not exist")
-        if path.stat().st_size == 0:
-            raise ModelError(f"model file {str(path)!r} is empty (0 bytes)")
+        check_model_file(path)  # folders, pipes, devices, empty and over-2-GiB files
         check_external_data(path)  # before onnxruntime reads any of it
         model = str(path)
     try:

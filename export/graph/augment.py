@@ -22,7 +22,7 @@ from gradtap.export.graph.version import PASS_VERSION
 from gradtap.export.graph.vjp import add_vjp
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import GraphError
-from gradtap.runtime.modelfile import check_external_data, external_locations
+from gradtap.runtime.modelfile import check_external_data, check_model_file, external_locations
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +93,14 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     external data is read; an empty or graph-less file is not an ONNX model.
     """
     path = Path(path)
+    check_model_file(path)  # no folders, pipes, devices or files over 2 GiB
+    check_external_data(path)  # a structural pre-scan: junk is refused before onnx parses it
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # protobuf raises several unrelated types for garbage input
         raise GraphError(f"{path}: not an ONNX model ({type(err).__name__})") from None
     if not model.graph.node:
         raise GraphError(f"{path}: not an ONNX model (no graph nodes)")
-    check_external_data(path)
     base = path.resolve().parent
     if external_locations(path):
         onnx.load_external_data_for_model(model, str(base))

@@ -8,18 +8,20 @@ the model's folder are refused by gradtap itself before onnx or onnxruntime read
 from __future__ import annotations
 
 import os
+import re
+import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner, Result
-from onnx import helper
+from onnx import TensorProto, helper
 
 from gradtap.cli.main import cli
 from gradtap.export.graph.augment import augment, load_model
 from gradtap.runtime.errors import ModelError
-from gradtap.runtime.modelfile import external_locations
+from gradtap.runtime.modelfile import check_external_data, external_locations
 from gradtap.runtime.session import ExplainSession
 from tests import corpus
 from tests.graphs import tiny_cnn
@@ -81,7 +83,8 @@ JUNK = {
 def test_not_an_onnx_file(tmp_path: Path, image: Path, name: str) -> None:
     path = tmp_path / name
     path.write_bytes(JUNK[name])
-    assert_one_line(invoke("info", path), 1, str(path), "not an ONNX model")
+    why = "is empty (0 bytes)" if name == "empty.onnx" else "not an ONNX model"
+    assert_one_line(invoke("info", path), 1, str(path), why)
     assert_one_line(invoke("augment", path, "-o", tmp_path / "out.onnx"), 1, str(path))
     result = explain(image, path, tmp_path / "out")
     assert_one_line(result, 1, str(path))
@@ -95,6 +98,97 @@ def test_a_folder_given_as_the_model(tmp_path: Path, image: Path) -> None:
     assert_one_line(invoke("augment", tmp_path), 2, "is a directory")
     with pytest.raises(ModelError, match="is a folder, not an ONNX file"):
         ExplainSession(tmp_path)
+
+
+def special_files(tmp_path: Path) -> dict[str, Path]:
+    """What is not a regular file: a FIFO (reading it blocks forever), a device, a folder."""
+    fifo = tmp_path / "pipe.onnx"
+    os.mkfifo(fifo)
+    folder = tmp_path / "folder.onnx"
+    folder.mkdir()
+    return {"fifo": fifo, "device": Path("/dev/zero"), "folder": folder}
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_files_that_are_not_regular_are_refused_at_once(
+    tmp_path: Path, image: Path, kind: str
+) -> None:
+    path = special_files(tmp_path)[kind]
+    why = "is a folder" if kind == "folder" else "is not a file (a pipe, socket or device)"
+    with pytest.raises(ModelError, match=re.escape(why)):
+        ExplainSession(path)
+    with pytest.raises(ModelError, match=re.escape(why)):
+        load_model(path)
+    assert_one_line(invoke("explain", image, "-M", path, "-o", tmp_path / "out"), 2, "not a file")
+    if kind != "folder":  # click refuses folders itself
+        assert_one_line(invoke("info", path), 2, str(path), why)
+        assert_one_line(invoke("augment", path, "-o", tmp_path / "o.onnx"), 2, why)
+        labels = ["augment", corpus.augmented_model(tmp_path / "m.onnx"), "--labels", path]
+        assert_one_line(invoke(*labels, "-o", tmp_path / "o.onnx"), 2, "--labels", why)
+
+
+def test_a_huge_file_of_zeros_is_refused_in_well_under_a_second(tmp_path: Path) -> None:
+    path = tmp_path / "zeros.onnx"
+    with open(path, "wb") as f:  # sparse: 3 GB, no disk used
+        f.truncate(3 * 10**9)
+    started = time.perf_counter()
+    with pytest.raises(ModelError, match="more than the 2 GiB an ONNX file can hold"):
+        check_external_data(path)
+    path2 = tmp_path / "zeros-1g.onnx"
+    with open(path2, "wb") as f:
+        f.truncate(10**9)
+    with pytest.raises(ModelError, match="not even a protobuf file \\(field number 0\\)"):
+        check_external_data(path2)
+    assert time.perf_counter() - started < 0.5
+
+
+def nested_if(levels: int) -> onnx.ModelProto:
+    """A valid model whose output comes through ``levels`` If nodes, each inside the last."""
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    inner = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "leaf", [], [out])
+    leaf = inner
+    for k in range(levels):
+        node = helper.make_node("If", ["c"], ["y"], then_branch=inner, else_branch=leaf)
+        inner = helper.make_graph([node], f"level{k}", [], [out])
+    graph = helper.make_graph(
+        list(inner.node),
+        "top",
+        [
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1]),
+        ],
+        [out],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field (wire type 2)."""
+    size, n = b"", len(payload)
+    while True:
+        size += bytes([(n & 0x7F) | (0x80 if n > 0x7F else 0)])
+        n >>= 7
+        if not n:
+            break
+    return bytes([number << 3 | 2]) + size + payload
+
+
+def nested_bytes(levels: int) -> bytes:
+    """Model > graph > (node > attribute > graph) * levels, written on the wire directly (onnx's
+    own serializer stops at protobuf's depth limit)."""
+    graph = b""
+    for _ in range(levels):
+        graph = field(1, field(5, field(6, graph)))  # graph.node[0].attribute[0].g
+    return field(7, graph)
+
+
+def test_deeply_nested_if_models_are_refused_for_the_right_reason(tmp_path: Path) -> None:
+    ok, deep = tmp_path / "ok.onnx", tmp_path / "deep.onnx"
+    onnx.save(nested_if(25), str(ok))
+    check_external_data(ok)  # 25 levels: a valid model, scanned fine
+    deep.write_bytes(nested_bytes(40))
+    with pytest.raises(ModelError, match="nest more than 100 levels deep"):
+        check_external_data(deep)
 
 
 # ----- ONNX, but not a gradtap explanation graph -----
