@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +77,16 @@ def max_pixels_option(func: Callable[..., Any]) -> Callable[..., Any]:
         help="Refuse images of more than N pixels (width x height), read from the file's header "
         "before anything is decoded.",
     )(func)
+
+
+class FiniteRange(click.FloatRange):
+    """A float range that also refuses NaN (which passes every comparison-based range check)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 class _Bytes(click.ParamType):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass
 
 import click
 
+# More intra-op threads than this only contend for the cores (1,000 threads on 2 cores stall).
+MAX_THREADS = 4 * (os.cpu_count() or 1)
 # Short provider names accepted by --provider, and what each expands to (CPU always last).
 PROVIDER_ALIASES: dict[str, tuple[str, ...]] = {
     "cpu": ("CPUExecutionProvider",),

@@ -19,7 +19,7 @@ import numpy as np
 from gradtap.cli.batch import Array, Progress, Run, Source, attempt, chunks, top_k
 from gradtap.cli.errors import recoverable
 from gradtap.cli.outputs import OutDir, OutputExistsError, save_npy
-from gradtap.runtime.errors import ModelError
+from gradtap.runtime.errors import ModelError, OptionError
 from gradtap.runtime.image.geometry import Geometry, to_input
 from gradtap.runtime.image.read import DEFAULT_MAX_PIXELS, load_image
 from gradtap.runtime.methods.base import Explanation
@@ -162,6 +162,8 @@ def _explain_chunk(
     start = time.perf_counter()
     try:
         expl = METHODS[method](session, x, s.target, **options_for(method, s.options))
+    except OptionError:  # the same for every image: one usage error (see explain.py)
+        raise
     except ModelError as err:  # the method does not apply to this model at all
         run.failures.add(f"method {method}", err, what=method)
         disabled.add(method)

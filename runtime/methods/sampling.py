@@ -147,9 +147,17 @@ def occlusion(
     return finish("occlusion", maps, prep, session, row_logits=logits0)
 
 
+MAX_GAUSS_LEGENDRE = 1024
+
+
 def quadrature(rule: str, steps: int) -> tuple[Array, Array]:
     """Points in [0, 1] and weights summing to 1 for integrating over the path."""
     if rule == "gausslegendre":
+        if steps > MAX_GAUSS_LEGENDRE:  # numpy builds a steps x steps matrix for the nodes
+            raise OptionError(
+                f"gausslegendre needs steps <= {MAX_GAUSS_LEGENDRE} (more adds no accuracy), got "
+                f"{steps}; use rule=riemann_trapezoid for more steps"
+            )
         nodes, weights = np.polynomial.legendre.leggauss(steps)
         return (0.5 * (nodes + 1)).astype(np.float32), (0.5 * weights).astype(np.float32)
     if rule == "riemann_trapezoid":
