@@ -131,13 +131,14 @@ class OutDir:
             staged = []
             for rel, writer in writers.items():
                 dst = self.root / rel
-                _make_folder(dst.parent)
+                make_folder(dst.parent)
                 staged.append((writer, stack.enter_context(atomic_path(dst))))
             for writer, tmp in staged:
                 writer(tmp)
 
 
-def _make_folder(folder: Path) -> None:
+def make_folder(folder: Path) -> None:
+    """``mkdir -p``; a file where the folder goes is an OSError that says so."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError:

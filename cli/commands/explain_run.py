@@ -18,7 +18,7 @@ import numpy as np
 
 from gradtap.cli.batch import Array, Progress, Run, Source, attempt, chunks, top_k
 from gradtap.cli.errors import recoverable
-from gradtap.cli.outputs import OutDir, OutputExistsError, save_npy
+from gradtap.cli.outputs import OutDir, OutputExistsError, make_folder, save_npy
 from gradtap.runtime.errors import ModelError, OptionError
 from gradtap.runtime.image.geometry import Geometry, to_input
 from gradtap.runtime.image.read import DEFAULT_MAX_PIXELS, load_image
@@ -124,7 +124,8 @@ def _plan(
         except OutputExistsError as err:
             run.failures.add(im.source.path, str(err), what="outputs")
             continue
-        _write_input(out, im)
+        if attempt(run, im.source.path, lambda im=im: _write_input(out, im) or True) is None:
+            continue  # the input picture could not be written (a full disk): a failed image
         run.groups[im.source.stem] = {
             "source": str(im.source.path),
             "input": f"{im.source.stem}/input.png",
@@ -137,7 +138,7 @@ def _plan(
 
 def _write_input(out: OutDir, im: Loaded) -> None:
     dst = out.root / im.source.stem / "input.png"
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(dst.parent)
     if out.overwrite or not dst.exists():
         write_image(dst, im.image)
 
