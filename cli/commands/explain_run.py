@@ -55,6 +55,7 @@ class Loaded:
     image: Array
     geometry: Geometry
     rows: list[int] | None = None
+    original_size: tuple[int, int] | None = None  # [H, W] of the photo; geometry's is displayed
 
 
 def options_for(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -96,7 +97,7 @@ def _load(session: ExplainSession, src: Source, s: Settings, run: Run) -> Loaded
         rgb = load_image(src.path, max_pixels=s.max_pixels)
         x, geometry = to_input(rgb, session.info)
         image, display = for_display(rgb, geometry, s.max_side)
-        return Loaded(src, x, image, display)
+        return Loaded(src, x, image, display, original_size=geometry.original_size)
 
     return attempt(run, src.path, read, what="read")
 
@@ -129,7 +130,8 @@ def _plan(
         run.groups[im.source.stem] = {
             "source": str(im.source.path),
             "input": f"{im.source.stem}/input.png",
-            "size": list(im.geometry.original_size),
+            "size": list(im.original_size or im.geometry.original_size),
+            "display_size": list(im.geometry.original_size),
             "predictions": top_k(logits[k : k + 1], session.info.labels)[0],
         }
         keep.append(im)

@@ -357,3 +357,16 @@ def _memory_limit_restored(monkeypatch: pytest.MonkeyPatch) -> None:
     from gradtap.runtime.image import read
 
     monkeypatch.setattr(read, "_MAX_MEMORY", list(read._MAX_MEMORY))
+
+
+def test_the_summary_records_the_original_and_the_displayed_size(
+    model: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "wide.png"
+    path.write_bytes(corpus.encode(".png", corpus.photo(200, 300)))
+    out = tmp_path / "out"
+    assert invoke("explain", path, "-M", model, "--max-side", "120", "-o", out).exit_code == 0
+    group = summary(out)["groups"]["wide"]
+    assert group["size"] == [200, 300]  # [H, W] of the file
+    assert group["display_size"] == [80, 120]  # the pictures' size
+    assert corpus.cv2.imread(str(out / "wide" / "gradcam.png")).shape[:2] == (80, 120)
