@@ -18,7 +18,12 @@ import onnxruntime as ort
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import ModelError, NonFiniteError, OptionError
 from gradtap.runtime.info import ModelInfo, parse_info
-from gradtap.runtime.modelfile import check_external_data, check_model_file
+from gradtap.runtime.modelfile import (
+    check_external_data,
+    check_model_file,
+    runtime_log_level,
+    runtime_message,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +247,8 @@ def _options(threads: int | None, *, lean: bool = True) -> ort.SessionOptions:
             raise OptionError(f"threads must be >= 1, got {threads}")
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = runtime_log_level()
+    ort.set_default_logger_severity(runtime_log_level())
     return opts
 
 
@@ -262,8 +268,7 @@ def _open(
         return ort.InferenceSession(model, sess_options=opts, providers=providers)
     except Exception as err:  # onnxruntime raises its own exception types for bad files
         what = model if isinstance(model, str) else "<in-memory model>"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"cannot load {what!r} as an ONNX model: {first}") from err
+        raise ModelError(f"cannot load {what!r} as an ONNX model: {runtime_message(err)}") from err
 
 
 def _stem(model: ModelSource) -> str:

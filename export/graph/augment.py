@@ -143,7 +143,18 @@ def _upgrade(model: onnx.ModelProto) -> onnx.ModelProto:
     opset = next((o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS), 0)
     if opset < 16:
         log.info("converting opset %d to %d", opset, TARGET_OPSET)
-        model = version_converter.convert_version(model, TARGET_OPSET)
+        # IR 3 lists initializers among the inputs; read as IR 4, where they need not be
+        # (the converter otherwise calls an initializer-only tensor "undefined").
+        model.ir_version = max(model.ir_version, 4)
+        try:
+            model = version_converter.convert_version(model, TARGET_OPSET)
+        except Exception as err:  # the converter raises its own types, with C++ wording
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise GraphError(
+                f"cannot convert opset {opset} to {TARGET_OPSET}: {first}; convert the model "
+                "with a newer exporter"
+            ) from None
+        model.ir_version = max(model.ir_version, helper.find_min_ir_version_for(model.opset_import))
     return model
 
 

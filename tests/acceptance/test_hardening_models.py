@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -379,3 +381,97 @@ def test_non_finite_gradients_are_reported_and_nothing_is_drawn(
     attack = invoke("attack", image, "-M", path, "-o", out)
     assert_one_line(attack, 1, "NaN or Inf in ['grad/input']", str(image))
     assert not list(out.rglob("fgsm*"))
+
+
+# ----- external data that is not there, and what onnxruntime says -----
+
+
+def data_file(kind: str, path: Path) -> None:
+    """The external-data file of a model, in one of the ways it goes wrong (or right)."""
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "truncated":
+        path.write_bytes(b"\0" * 10)
+
+
+@pytest.mark.parametrize(
+    ("kind", "why"),
+    [
+        ("missing", "is missing (a model copied without its data file?)"),
+        ("fifo", "is not a file (a pipe, socket or device)"),
+        ("folder", "is a folder, not a file"),
+        ("truncated", "has 10 bytes, the tensor's data ends at byte"),
+    ],
+)
+def test_external_data_that_cannot_be_read_is_named_in_one_line(
+    tmp_path: Path, image: Path, kind: str, why: str
+) -> None:
+    forward = tmp_path / "forward.onnx"
+    onnx.save(corpus.with_external_data(tiny_cnn(size=corpus.SIZE), "w.bin"), str(forward))
+    model = tmp_path / "model.onnx"
+    explained = onnx.load(str(corpus.augmented_model(tmp_path / "full.onnx")))
+    onnx.save(corpus.with_external_data(explained, "w.bin"), str(model))
+    data_file(kind, tmp_path / "w.bin")
+    needle = f"external data file 'w.bin' of tensor 'w2' {why}"
+    assert_one_line(invoke("info", model), 1, needle)
+    assert_one_line(invoke("augment", forward, "-o", tmp_path / "o.onnx"), 1, needle)
+    result = explain(image, model, tmp_path / "out")
+    assert_one_line(result, 1, needle)
+    assert "\x1b" not in result.output and "::" not in result.output
+    with pytest.raises(ModelError, match=re.escape(needle)):
+        ExplainSession(model)
+
+
+def test_onnxruntime_messages_lose_codes_and_cpp_signatures() -> None:
+    from gradtap.runtime.modelfile import runtime_message
+
+    raw = (
+        "[ONNXRuntimeError] : 1 : FAIL : Load model failed: bad tensor "
+        "onnxruntime::utils::UnpackTensor(const onnx::TensorProto&, const void*) [T = float]"
+        "\nStacktrace:\n#0 0x7f onnxruntime::Foo()"
+    )
+    assert runtime_message(RuntimeError(raw)) == "Load model failed: bad tensor"
+    assert len(runtime_message(RuntimeError("x" * 1000))) == 300
+
+
+def test_onnxruntime_logs_nothing_by_itself(tmp_path: Path, image: Path) -> None:
+    """A model onnxruntime refuses: its own (ANSI-coloured) log line stays out of stderr."""
+    model = corpus.augmented_model(tmp_path / "m.onnx")
+    proto = onnx.load(str(model))
+    proto.graph.node[0].op_type = "NoSuchOp"
+    onnx.save(proto, str(model))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gradtap.cli",
+            "explain",
+            str(image),
+            "-M",
+            str(model),
+            "-o",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == 1
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "\x1b" not in proc.stderr and "NoSuchOp" in proc.stderr
+
+
+@pytest.mark.parametrize(("ir", "opset"), [(3, 7), (4, 9), (6, 11)])
+def test_augment_converts_old_opsets(tmp_path: Path, image: Path, ir: int, opset: int) -> None:
+    old = tiny_cnn(size=corpus.SIZE)
+    old.ir_version = ir
+    del old.opset_import[:]
+    old.opset_import.append(helper.make_opsetid("", opset))
+    src, dst = tmp_path / "old.onnx", tmp_path / "old.gradtap.onnx"
+    onnx.save(old, str(src))
+    result = invoke("augment", src, "-o", dst)
+    assert result.exit_code == 0, result.output
+    assert explain(image, dst, tmp_path / "out").exit_code == 0
