@@ -475,3 +475,31 @@ def test_augment_converts_old_opsets(tmp_path: Path, image: Path, ir: int, opset
     result = invoke("augment", src, "-o", dst)
     assert result.exit_code == 0, result.output
     assert explain(image, dst, tmp_path / "out").exit_code == 0
+
+
+# ----- metadata that disagrees with the graph -----
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "needle"),
+    [
+        ("input_size", "[100000, 100000]", "gradtap.input_size must be [H, W] with sides"),
+        ("normalization", '"bright"', "gradtap.normalization must be a JSON object"),
+        ("normalization", '{"std": [0, 1, 1]}', "gradtap.normalization 'std' must be 3"),
+        ("labels", '["a", "b"]', "gradtap.labels has 2 names, but the logits have 3 classes"),
+        ("resize", '{"policy": "shorter_side_center_crop", "size": 999999}', "gradtap.resize"),
+    ],
+)
+def test_metadata_that_disagrees_is_named_by_key(
+    tmp_path: Path, image: Path, key: str, value: str, needle: str
+) -> None:
+    proto = onnx.load(str(corpus.augmented_model(tmp_path / "good.onnx")))
+    onnx.helper.set_model_props(
+        proto, {**{p.key: p.value for p in proto.metadata_props}, f"gradtap.{key}": value}
+    )
+    model = tmp_path / "bad.onnx"
+    onnx.save(proto, str(model))
+    assert_one_line(invoke("info", model), 1, needle)
+    assert_one_line(explain(image, model, tmp_path / "out"), 1, needle)
+    if key == "labels":
+        assert_one_line(invoke("attack", image, "-M", model, "-o", tmp_path / "o2"), 1, needle)
