@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -20,7 +21,6 @@ from gradtap.runtime.atomic import atomic_path, write_bytes  # noqa: F401 - re-e
 SUMMARY = "summary.json"
 GALLERY = "index.html"
 SCHEMA = 1
-LOCK = ".gradtap.lock"
 
 
 class OutputExistsError(FileExistsError):
@@ -205,22 +205,23 @@ def interrupted_files(summary: Mapping[str, Any]) -> frozenset[str]:
 
 @contextmanager
 def summary_lock(root: Path) -> Iterator[None]:
-    """Hold the folder's advisory lock (``.gradtap.lock``): one summary update at a time.
+    """Hold an advisory lock on the output folder itself: one summary update at a time.
 
     Runs into one folder, in one process or several, take turns at reading, merging and writing
-    summary.json, so no run's record is lost. Where ``fcntl`` is missing the lock is a no-op.
+    summary.json, so no run's record is lost; the lock is on the folder, so no lock file is left
+    behind. Where ``fcntl`` is missing (Windows) the lock is a no-op.
     """
     try:
         import fcntl
     except ImportError:  # Windows
         yield
         return
-    with open(root / LOCK, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def merge_summary(root: Path, run: Mapping[str, Any]) -> dict[str, Any]:
