@@ -228,6 +228,7 @@ def finish(cfg: Config, out: OutDir, run: Run, *, as_json: bool) -> None:
     summary.json is written whenever something happened (results, failures or an interruption),
     so every failure of a batch is on record; an interrupted run keeps the results it finished.
     """
+    run.failures.report_repeats()
     record = run.record()
     kept = True
     with signals_deferred() as pending:

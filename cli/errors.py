@@ -160,6 +160,7 @@ class Failures:
     """Per-input failures of a batch: each printed as one line on stderr when it happens."""
 
     items: list[dict[str, str]] = field(default_factory=list)
+    repeats: dict[str, int] = field(default_factory=dict)
 
     def add(self, path: Path | str, err: BaseException | str, *, what: str = "") -> None:
         """Record and print one failure for ``path``."""
@@ -171,9 +172,29 @@ class Failures:
         if what:
             entry["step"] = what
         self.items.append(entry)
-        click.echo(f"gradtap: error: {text}", err=True)
+        said = str(err)
+        about_the_file = str(path) in said or Path(str(path)).name in said
+        same = "" if about_the_file else _without(text, str(path))
+        if same and same in self.repeats:  # an earlier image's failure, not about this file:
+            # a model-level problem, printed once
+            self.repeats[same] += 1
+        else:
+            if same:
+                self.repeats[same] = 0
+            click.echo(f"gradtap: error: {text}", err=True)
         if isinstance(err, BaseException):
             logger.debug("failure details", exc_info=err)
+
+    def report_repeats(self) -> None:
+        """One line per failure that repeated on other images (printed once when it happened)."""
+        for same, more in self.repeats.items():
+            if more:
+                noun = "image" if more == 1 else "images"
+                click.echo(
+                    f"gradtap: error: {more} more {noun} failed the same way ({same}); "
+                    "all are listed in summary.json",
+                    err=True,
+                )
 
     def __bool__(self) -> bool:
         return bool(self.items)
@@ -181,6 +202,13 @@ class Failures:
     def exit_code(self) -> int:
         """1 when anything failed, else 0."""
         return EXIT_FAILED if self.items else EXIT_OK
+
+
+def _without(text: str, name: str) -> str:
+    """A failure's message without the file it is about (to see when failures repeat)."""
+    for form in (repr(name), printable(repr(name)), printable(name), name):
+        text = text.replace(f"{form}: ", "").replace(form, "<image>")
+    return text
 
 
 def recoverable() -> tuple[type[BaseException], ...]:

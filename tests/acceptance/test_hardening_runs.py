@@ -370,3 +370,26 @@ def test_the_summary_records_the_original_and_the_displayed_size(
     assert group["size"] == [200, 300]  # [H, W] of the file
     assert group["display_size"] == [80, 120]  # the pictures' size
     assert corpus.cv2.imread(str(out / "wide" / "gradcam.png")).shape[:2] == (80, 120)
+
+
+def test_a_model_level_problem_is_reported_once(photos: list[Path], tmp_path: Path) -> None:
+    model = corpus.augmented_model(tmp_path / "nan.onnx", corpus.with_bias(float("nan")))
+    out = tmp_path / "out"
+    result = invoke("explain", *photos[:4], "-M", model, "-o", out)
+    assert result.exit_code == 1
+    assert error_lines(result) == [
+        f"gradtap: error: {photos[0]}: the model produced NaN or Inf in ['logits']",
+        "gradtap: error: 3 more images failed the same way (the model produced NaN or Inf in "
+        "['logits']); all are listed in summary.json",
+    ]
+    assert len(summary(out)["runs"][-1]["failures"]) == 4
+
+
+def test_failures_about_each_file_are_each_reported(tmp_path: Path, model: Path) -> None:
+    empties = [tmp_path / f"e{i}.png" for i in range(3)]
+    for path in empties:
+        path.write_bytes(b"")
+    result = invoke("explain", *empties, "-M", model, "-o", tmp_path / "out")
+    assert [ln.split(": ", 2)[-1] for ln in error_lines(result)] == [
+        f"image file {str(p)!r} is empty (0 bytes)" for p in empties
+    ]
