@@ -193,7 +193,10 @@ def _sixteen_bit_colour(img: Image.Image) -> bool:
 
 
 def _opencv_16bit(data: bytes, hw: tuple[int, ...], name: str) -> np.ndarray:
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # its message names OpenCV's source files: not for users
+        decoded = None
     if decoded is None or decoded.shape[:2] != tuple(hw) or decoded.ndim != 3:
         raise ImageError(f"{name!r} is damaged: its 16-bit samples do not decode")
     order = [2, 1, 0] if decoded.shape[2] == 3 else [2, 1, 0, 3]
