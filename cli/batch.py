@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from gradtap.cli.errors import (
     EXIT_FAILED,
     Failures,
     Terminated,
+    defer_signals,
     interrupt_exit_code,
     one_line,
     printable,
@@ -228,13 +230,16 @@ def finish(cfg: Config, out: OutDir, run: Run, *, as_json: bool) -> None:
     summary.json is written whenever something happened (results, failures or an interruption),
     so every failure of a batch is on record; an interrupted run keeps the results it finished.
     """
-    run.failures.report_repeats()
-    record = run.record()
     kept = True
     with signals_deferred() as pending:
+        if pending and not run.interrupted:  # arrived after the batch, before this record
+            run.interrupted, run.exit_on_interrupt = True, 128 + pending[0]
+            run.interrupted_by = signal.Signals(pending[0]).name
+        run.failures.report_repeats()
+        record = run.record()
         if run.items or run.failures or run.interrupted or (out.root / SUMMARY).exists():
             kept = _record(out, record)
-    if pending and not run.interrupted:
+    if pending and not run.interrupted:  # arrived while the record was written: it is whole
         run.interrupted, run.exit_on_interrupt = True, 128 + pending[0]
     if as_json:
         click.echo(json.dumps(record, indent=2, ensure_ascii=False))
@@ -281,6 +286,8 @@ def interruptible(run: Run, work: Callable[[], None]) -> None:
         run.interrupted = True
         run.exit_on_interrupt = interrupt_exit_code(err)
         run.interrupted_by = err.args[0] if isinstance(err, Terminated) else ""
+    finally:
+        defer_signals()  # a signal from here on is noted, and :func:`finish` records it
 
 
 class Progress:

@@ -98,7 +98,9 @@ def signals_as_interrupts() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    saved = {s: signal.signal(s, _raise_terminated) for s in STOP_SIGNALS}
+    _PENDING.clear()
+    saved = {s: signal.signal(s, _raise_terminated) for s in (signal.SIGINT, *STOP_SIGNALS)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
@@ -112,17 +114,27 @@ def signals_deferred() -> Iterator[list[int]]:
 
     Yields the list of signals that arrived meanwhile.
     """
-    pending: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield pending
+        yield _PENDING
         return
-    stops = (signal.SIGINT, *STOP_SIGNALS)
-    saved = {s: signal.signal(s, lambda n, f: pending.append(n)) for s in stops}
+    saved = defer_signals()
     try:
-        yield pending
+        yield _PENDING
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)
+
+
+_PENDING: list[int] = []
+
+
+def defer_signals() -> dict[int, object]:
+    """From now on Ctrl-C, SIGTERM and SIGHUP are only noted (see :func:`signals_deferred`);
+    returns the handlers they replace. The command group restores them when the command ends."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    stops = (signal.SIGINT, *STOP_SIGNALS)
+    return {s: signal.signal(s, lambda n, f: _PENDING.append(n)) for s in stops}
 
 
 class GradtapGroup(click.Group):
