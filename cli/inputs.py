@@ -22,7 +22,7 @@ import click
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"}
-    | {".pam", ".gif", ".jp2", ".j2k"}
+    | {".gif", ".jp2", ".j2k"}
 )
 
 

@@ -72,6 +72,8 @@ def open_image(data: bytes, name: str) -> Image.Image:
     """
     Image.init()
     prefix = data[:16]
+    if prefix[:2] == b"P7":
+        raise ImageError(f"{name!r} is a PAM (P7) file, which gradtap does not read; convert it")
     for fmt in PILLOW_FORMATS:
         factory, accept = Image.OPEN[fmt]
         if accept is not None and not _accepts(accept, prefix):

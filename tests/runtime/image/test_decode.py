@@ -45,6 +45,12 @@ def test_unknown_or_short_headers_are_image_errors(data: bytes) -> None:
         open_image(data, "x")
 
 
+def test_pam_files_are_refused_by_name() -> None:
+    data = b"P7\nWIDTH 2\nHEIGHT 1\nDEPTH 3\nMAXVAL 255\nTUPLTYPE RGB\nENDHDR\n" + bytes(6)
+    with pytest.raises(ImageError, match="'x' is a PAM \\(P7\\) file, which gradtap does not"):
+        open_image(data, "x")
+
+
 @pytest.mark.parametrize("value", [1, 3, 6, 8])
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
 def test_orientation_read_back(fmt: str, value: int) -> None:
