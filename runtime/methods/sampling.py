@@ -148,6 +148,8 @@ def occlusion(
 
 
 MAX_GAUSS_LEGENDRE = 1024
+# Samples and steps are run in chunks of the session's batch; their weights are kept whole.
+MAX_SAMPLES = 100_000
 
 
 def quadrature(rule: str, steps: int) -> tuple[Array, Array]:
@@ -235,3 +237,5 @@ def _pair(name: str, value: int | tuple[int, int]) -> tuple[int, int]:
 def _positive(name: str, value: int) -> None:
     if not isinstance(value, int) or value < 1:
         raise OptionError(f"{name} must be an int >= 1, got {value!r}")
+    if value > MAX_SAMPLES:  # the per-sample weights alone would not fit in memory
+        raise OptionError(f"{name} must be at most {MAX_SAMPLES}, got {value}")

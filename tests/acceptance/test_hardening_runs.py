@@ -311,6 +311,18 @@ def test_control_characters_in_file_names_cannot_split_a_line(model: Path, tmp_p
         (("-t", "top-4"), "--target: top-k needs 1 <= k <= 3, got 4"),
         (("-m", "integrated_gradients", "--set", "steps=100000"), "needs steps <= 1024"),
         (("-m", "integrated_gradients", "--set", "steps=abc"), "steps must be an int >= 1"),
+        (
+            (
+                "-m",
+                "integrated_gradients",
+                "--set",
+                "rule=riemann_left",
+                "--set",
+                "steps=10000000000",
+            ),
+            "steps must be at most 100000",
+        ),
+        (("-m", "smoothgrad", "--set", "samples=1000000000"), "samples must be at most 100000"),
         (("-m", "smoothgrad", "--set", "noise=nan"), "'noise=nan': not a finite number"),
         (("-m", "smoothgrad", "--set", "noise=Infinity"), "not a finite number"),
     ],
