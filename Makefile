@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.gradtap-setup
 
-.PHONY: setup test test-fast demo bench lint models clean
+.PHONY: setup test test-fast demo bench lint typecheck models clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,9 @@ models: setup  # the committed explanation graph of the trained custom CNN
 lint: setup
 	$(BIN)/ruff check export runtime cli tests bench
 	$(BIN)/ruff format --check export runtime cli tests bench
+
+typecheck: setup  # runtime/ and export/graph/ (pyproject [tool.mypy])
+	$(BIN)/mypy
 
 clean:
 	rm -rf out models/cache .pytest_cache

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper, version_converter
 from gradtap.export.graph.emitter import GraphInfo
 from gradtap.export.graph.gate import branch_nodes, gate
 from gradtap.export.graph.taps import alias_for, candidate_taps, default_tap
+from gradtap.export.graph.tokens import expose_token_taps, split_spec
 from gradtap.export.graph.version import PASS_VERSION
 from gradtap.export.graph.vjp import add_vjp
 from gradtap.runtime import contract as c
@@ -60,7 +61,7 @@ def augment(
     if mean is not None or std is not None:
         _prepend_normalization(model, mean, std)
     meta = {m.key: m.value for m in model.metadata_props}
-    chosen = resolve_taps(model, taps, meta)
+    chosen = expose_token_taps(model, resolve_taps(model, taps, meta), c.INPUT)
     graph = model.graph
     for alias, tensor in chosen.items():
         graph.node.append(
@@ -131,7 +132,7 @@ def resolve_taps(
         taps = {alias_for(t): t for t in taps}
     produced = {o for n in model.graph.node for o in n.output}
     for alias, tensor in taps.items():
-        if tensor not in produced:
+        if split_spec(tensor)[0] not in produced:
             names = [t.name for t in candidate_taps(model)][-8:]
             raise GraphError(
                 f"unknown tap tensor {tensor!r} (alias {alias!r}); feature maps near the head: {names}"
@@ -312,7 +313,7 @@ def _stamp(
     _set_meta(model, c.META_PASS_VERSION, PASS_VERSION)
     if labels is not None:
         _set_meta(model, c.META_LABELS, json.dumps(list(labels)))
-    info = GraphInfo.of(model)
+    info = GraphInfo.of(model, complete=False)
     if c.META_INPUT_SIZE not in meta and all(isinstance(d, int) for d in info.shape(c.INPUT)[2:]):
         _set_meta(model, c.META_INPUT_SIZE, json.dumps(list(info.shape(c.INPUT)[2:])))
 

@@ -12,12 +12,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 from onnx import helper
 
-from gradtap.cli.main import cli
 from gradtap.export.graph.augment import augment
 from gradtap.runtime import contract as c
+from tests.conftest import invoke
 from tests.graphs import tiny_cnn
 
 LABELS = ["cat", "dog", "bird"]
@@ -36,10 +36,6 @@ def augmented(forward: Path) -> Path:
     path = forward.with_name("tiny.gradtap.onnx")
     onnx.save(augment(onnx.load(str(forward)), labels=LABELS), str(path))
     return path
-
-
-def invoke(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def assert_clean_error(result: Result, code: int, *needles: str) -> None:

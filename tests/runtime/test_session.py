@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
+from gradtap.export.graph.augment import augment
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import ModelError, NonFiniteError, OptionError
 from gradtap.runtime.session import ExplainSession, default_providers
@@ -242,3 +243,27 @@ def test_lean_sessions_skip_memory_patterns_and_prepacked_weights(model: onnx.Mo
         ExplainSession(model, lean=False).run(x, seed).grad_input,
         rtol=1e-6,
     )
+
+
+def test_a_method_call_validates_its_batch_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gradtap.runtime import methods
+
+    session = ExplainSession(augment(tiny_cnn(size=8), labels=["a", "b", "c"]))
+    seen: list[tuple[int, ...]] = []
+    real = ExplainSession._validate
+
+    def counted(self, x):  # noqa: ANN001, ANN202
+        seen.append(np.shape(x))
+        return real(self, x)
+
+    monkeypatch.setattr(ExplainSession, "_validate", counted)
+    for method in (methods.gradcam, methods.saliency, methods.guided_gradcam):
+        seen.clear()
+        method(session, np.full((2, 3, 8, 8), 0.5, np.float32))
+        assert seen == [(2, 3, 8, 8)], method.__name__
+    seen.clear()
+    x = np.full((2, 3, 8, 8), 0.5, np.float32)
+    methods.saliency(session, x, ["a", "b"], input_scale=0.5)  # rows picked from the checked batch
+    assert seen == [(2, 3, 8, 8)]
+    with pytest.raises(OptionError, match="NaN"):  # a new array is checked again
+        session.run(np.full((1, 3, 8, 8), np.nan, np.float32))
