@@ -39,6 +39,7 @@ def augment(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     labels: Sequence[str] | None = None,
+    flat: bool = False,
 ) -> onnx.ModelProto:
     """Add taps, a seed input, a rectifier-rule input and the backward pass to a classifier.
 
@@ -50,6 +51,8 @@ def augment(
         mean, std: per-channel normalisation in [0, 1] pixel units, prepended to the graph so
             the result takes RGB pixels in [0, 1]; omit when the graph already takes those.
         labels: class names (index = class id), stored in the metadata if given.
+        flat: no If nodes and no ``compute`` input: every call runs the whole backward pass
+            (for runtimes that cannot run If, such as tract); the ``relu_rule`` switch stays.
 
     Returns:
         The explanation graph described in gradtap.runtime.contract.
@@ -71,10 +74,13 @@ def augment(
     wrt = {c.INPUT: c.GRAD_INPUT}
     wrt.update({tensor: c.tap_grad_output(alias) for alias, tensor in chosen.items()})
     seed = _add_seed_inputs(model)
-    out = gate(add_vjp(model, seed_of=c.LOGITS, seed=seed, wrt=wrt, relu_rule=c.RELU_RULE))
+    out = add_vjp(model, seed_of=c.LOGITS, seed=seed, wrt=wrt, relu_rule=c.RELU_RULE)
+    out = out if flat else gate(out)
     _stamp(out, meta, chosen, labels)
     del out.graph.value_info[:]
     out = onnx.shape_inference.infer_shapes(out, check_type=True, strict_mode=True)
+    if not flat:
+        _declare_gated_outputs(out)
     _ensure(out)
     return out
 
@@ -237,10 +243,7 @@ def _add_seed_inputs(model: onnx.ModelProto) -> str:
     graph.input.append(helper.make_tensor_value_info(c.RELU_RULE, TensorProto.INT64, []))
     graph.input.append(helper.make_tensor_value_info(c.SEED_TOP1, TensorProto.FLOAT, []))
     graph.input.append(helper.make_tensor_value_info(c.OBJECTIVE, TensorProto.INT64, []))
-    graph.initializer.extend([
-        numpy_helper.from_array(np.asarray(0, np.int64), c.RELU_RULE),
-        numpy_helper.from_array(np.asarray(0.0, np.float32), c.SEED_TOP1),
-        numpy_helper.from_array(np.asarray(c.OBJECTIVES["logits"], np.int64), c.OBJECTIVE),
+    graph.initializer.extend([  # no defaults for the control inputs: every input is required
         numpy_helper.from_array(np.asarray(c.OBJECTIVES["cross_entropy"], np.int64), "seed/ce"),
         numpy_helper.from_array(np.asarray([1], np.int64), "seed/axis"),
         numpy_helper.from_array(np.asarray([0.0, 1.0], np.float32), "seed/onehot_values"),
@@ -289,6 +292,27 @@ def _set_meta(model: onnx.ModelProto, key: str, value: str) -> None:
     model.metadata_props.add(key=key, value=value)
 
 
+def _declare_gated_outputs(model: onnx.ModelProto) -> None:
+    """Gradient outputs declared as rank-4 tensors of their own symbolic dimensions: they come
+    back empty from a call that does not compute them, so a fixed declared size would be false."""
+    for out in model.graph.output:
+        if not out.name.startswith(c.GRAD_PREFIX):
+            continue
+        dims = out.type.tensor_type.shape.dim
+        for k, dim in enumerate(dims):
+            dim.Clear()
+            dim.dim_param = f"{out.name}:{k}"
+
+
+def _resize_spec(meta: Mapping[str, str]) -> str:
+    """The resize metadata with the filter and the crop named, so an embedder can match them."""
+    spec = json.loads(meta[c.META_RESIZE]) if c.META_RESIZE in meta else {"policy": "stretch"}
+    spec.setdefault("filter", c.RESIZE_FILTER)
+    if spec.get("policy") == "shorter_side_center_crop":
+        spec.setdefault("crop", "center")
+    return json.dumps(spec)
+
+
 def _stamp(
     model: onnx.ModelProto,
     meta: Mapping[str, str],
@@ -307,6 +331,7 @@ def _stamp(
     _set_meta(model, c.META_TAPS, json.dumps(dict(taps)))
     if taps:
         _set_meta(model, c.META_DEFAULT_TAP, default if default in taps else next(iter(taps)))
+    _set_meta(model, c.META_RESIZE, _resize_spec(meta))
     _set_meta(model, c.META_RELU_RULES, json.dumps(c.RELU_RULES))
     _set_meta(model, c.META_CONTRACT, c.CONTRACT_VERSION)
     _set_meta(model, c.META_AUGMENTED, "1")

@@ -206,10 +206,16 @@ def average_pool_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
 
 
 def _mean_scale(em: Emitter, x: str, y: str) -> str:
-    """size(y) / size(x) as a float scalar: static when both shapes are, else computed."""
+    """size(y) / size(x) as a float scalar: a constant when the dimensions that differ are static
+    (a symbolic batch cancels out), else computed."""
     xs, ys = em.info.shape(x), em.info.shape(y)
-    if all(isinstance(d, int) for d in xs + ys):
-        return em.scalar(float(np.prod(ys)) / float(np.prod(xs)), x)
+    if len(xs) == len(ys):  # equal named dimensions cancel; unknown ones (None) never do
+        differ = [(a, b) for a, b in zip(xs, ys, strict=True) if a != b or a is None]
+    else:
+        differ = [(a, 1) for a in xs] + [(1, b) for b in ys]
+    if all(isinstance(d, int) for pair in differ for d in pair):
+        ratio = np.prod([b for _, b in differ]) / np.prod([a for a, _ in differ])
+        return em.scalar(float(ratio), x)
     to = em.info.dtypes[x]
     return em.op(
         "Div", em.op("Cast", em.op("Size", y), to=to), em.op("Cast", em.op("Size", x), to=to)

@@ -14,7 +14,7 @@ from gradtap.export.graph.augment import augment
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import ModelError, NonFiniteError, OptionError
 from gradtap.runtime.session import ExplainSession, default_providers
-from tests.graphs import tiny_cnn
+from tests.graphs import controls, tiny_cnn
 from tests.runtime_graphs import LABELS, tiny_model
 
 RNG = np.random.default_rng(3)
@@ -33,7 +33,7 @@ def sess(model: onnx.ModelProto) -> ExplainSession:
 def raw(model: onnx.ModelProto, names: list[str], x: np.ndarray, seed: np.ndarray, rule: int = 0):
     """The same graph in a plain onnxruntime session: the reference answer."""
     s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    feeds = {c.INPUT: x, c.SEED: seed, c.RELU_RULE: np.asarray(rule, np.int64)}
+    feeds = {c.INPUT: x, c.SEED: seed, **controls(model, relu_rule=rule)}
     return s.run(names, feeds)
 
 

@@ -28,7 +28,7 @@ from gradtap.runtime.image.geometry import resize
 from gradtap.runtime.present.postprocess import minmax
 from gradtap.runtime.session import ExplainSession
 from tests.export.graph.test_rules import assert_vjp
-from tests.graphs import session
+from tests.graphs import controls, session
 
 TARGETS = [1, 3]
 
@@ -129,7 +129,7 @@ def test_the_default_tap_is_the_last_blocks_normalised_tokens_on_the_grid(
     x = rng.random((3, 3, 16, 16), dtype=np.float32)
     seed = rng.normal(size=(3, 5)).astype(np.float32)
     tap, grad = session(aug).run(
-        [c.tap_output(alias), c.tap_grad_output(alias)], {c.INPUT: x, c.SEED: seed}
+        [c.tap_output(alias), c.tap_grad_output(alias)], {c.INPUT: x, c.SEED: seed, **controls()}
     )
     ref_tap, ref_grad = torch_tap_and_grad(net, x, seed)
     assert tap.shape == grad.shape == (3, 16, 4, 4)
@@ -162,7 +162,7 @@ def test_a_named_grid_and_tap_give_the_same_view(exported: onnx.ModelProto) -> N
     tensor = next(n.input[0] for n in default.graph.node if n.name.endswith("/Slice_patches"))
     named = augment(exported, taps={"tokens": f"{tensor}@4x4"})
     x = np.random.default_rng(2).random((1, 3, 16, 16), dtype=np.float32)
-    feeds = {c.INPUT: x, c.SEED: np.ones((1, 5), np.float32)}
+    feeds = {c.INPUT: x, c.SEED: np.ones((1, 5), np.float32), **controls()}
     a = session(default).run([c.tap_grad_output(meta[c.META_DEFAULT_TAP])], feeds)[0]
     b = session(named).run([c.tap_grad_output("tokens")], feeds)[0]
     np.testing.assert_array_equal(a, b)
