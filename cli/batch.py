@@ -266,15 +266,17 @@ def _record(out: OutDir, record: dict[str, Any]) -> bool:
     """Merge the run into summary.json and rebuild the gallery; one error line if that fails."""
     from gradtap.cli.gallery import write_gallery
 
+    def gallery(summary: dict[str, Any]) -> None:
+        try:
+            write_gallery(out.root, summary)
+        except OSError as err:
+            click.echo(f"gradtap: error: cannot write the gallery: {one_line(err)}", err=True)
+
     try:
-        summary = merge_summary(out.root, record)
+        merge_summary(out.root, record, then=gallery)
     except OSError as err:
         click.echo(f"gradtap: error: cannot record this run: {one_line(err)}", err=True)
         return False
-    try:
-        write_gallery(out.root, summary)
-    except OSError as err:
-        click.echo(f"gradtap: error: cannot write the gallery: {one_line(err)}", err=True)
     return True
 
 

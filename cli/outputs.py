@@ -224,18 +224,28 @@ def summary_lock(root: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def merge_summary(root: Path, run: Mapping[str, Any]) -> dict[str, Any]:
+def merge_summary(
+    root: Path,
+    run: Mapping[str, Any],
+    *,
+    then: Callable[[dict[str, Any]], Any] | None = None,
+) -> dict[str, Any]:
     """Add one run to the folder's summary.json; items replace earlier items for the same key.
 
     Args:
         root: the output folder.
         run: ``{"command", "model", ..., "groups": {...}, "items": [...], "failures": [...]}``.
+        then: called with the merged summary while the folder is still locked (the gallery is
+            rebuilt there, so a concurrent run cannot overwrite it with an older summary).
 
     Returns:
         The merged summary, also written to ``root/summary.json``.
     """
     with summary_lock(root):
-        return _merge(root, run)
+        summary = _merge(root, run)
+        if then is not None:
+            then(summary)
+        return summary
 
 
 def _merge(root: Path, run: Mapping[str, Any]) -> dict[str, Any]:
