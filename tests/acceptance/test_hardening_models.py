@@ -142,6 +142,10 @@ def test_a_huge_file_of_zeros_is_refused_in_well_under_a_second(tmp_path: Path) 
     with pytest.raises(ModelError, match="not even a protobuf file \\(field number 0\\)"):
         check_external_data(path2)
     assert time.perf_counter() - started < 0.5
+    started = time.perf_counter()
+    assert_one_line(invoke("info", path), 1, "more than the 2 GiB an ONNX file can hold")
+    assert_one_line(invoke("augment", path2, "-o", tmp_path / "o.onnx"), 1, "field number 0")
+    assert time.perf_counter() - started < 5  # two in-process commands, no scan of the bytes
 
 
 def nested_if(levels: int) -> onnx.ModelProto:
