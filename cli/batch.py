@@ -113,8 +113,7 @@ BYTES = _Bytes()
 
 
 def _set_max_memory(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
-    if value is not None:
-        set_max_memory(value)
+    set_max_memory(default_max_memory() if value is None else value)
 
 
 @dataclass

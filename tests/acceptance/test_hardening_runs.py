@@ -50,10 +50,11 @@ def invoke(*args: str | Path) -> Result:
 
 
 def gradtap(*args: str | Path, **kw: object) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT.parent)}
-    env.pop("GRADTAP_MODEL", None)
+    env = {k: v for k, v in os.environ.items() if k != "GRADTAP_MODEL"}
     cmd = [sys.executable, "-m", "gradtap.cli", *map(str, args)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+    )
 
 
 def summary(out: Path) -> dict:
