@@ -59,7 +59,10 @@ def test_full_metadata() -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ({c.META_LABELS: ["a", "b", "c"]}, "gradtap.labels has 3 names, but the logits have 2 classes"),
+        (
+            {c.META_LABELS: ["a", "b", "c"]},
+            "gradtap.labels has 3 names, but the logits have 2 classes",
+        ),
         ({c.META_LABELS: "not json"}, "is not valid JSON"),
         ({c.META_LABELS: [1, 2]}, "must be a JSON list of strings"),
         ({c.META_RESIZE: {"policy": "crop"}}, r"gradtap.resize policy \"crop\" unknown; valid: \["),
@@ -76,7 +79,10 @@ def test_full_metadata() -> None:
         ({c.META_NORMALIZATION: {"mean": "0.5"}}, "'mean' must be 3 finite numbers, got"),
         ({c.META_NORMALIZATION: {"std": [1, 0, 1]}}, "'std' must be 3 finite numbers > 0"),
         ({c.META_NORMALIZATION: {"mean": [1, 2]}}, "'mean' must be 3 finite numbers"),
-        ({c.META_INPUT_SIZE: [32]}, r"gradtap.input_size must be \[H, W\] with sides in 1..16384, got \[32\]"),
+        (
+            {c.META_INPUT_SIZE: [32]},
+            r"gradtap.input_size must be \[H, W\] with sides in 1..16384, got \[32\]",
+        ),
         ({c.META_DEFAULT_TAP: "conv5_3"}, r"default tap 'conv5_3' is not among taps \('layer4',\)"),
         ({c.META_CONTRACT: "0"}, "contract version '0'"),
         ({c.META_AUGMENTED: "0"}, "not an augmented gradtap model .*gradtap augment"),
