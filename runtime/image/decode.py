@@ -79,7 +79,7 @@ def open_image(data: bytes, name: str) -> Image.Image:
         if accept is not None and not _accepts(accept, prefix):
             continue
         try:
-            return factory(io.BytesIO(data), None)
+            return factory(io.BytesIO(data), name)
         except _PARSE_ERRORS:
             logger.debug("%r is not %s", name, fmt, exc_info=True)
     raise ImageError(f"cannot decode {name!r} as an image (not a {FORMATS} file, or corrupt)")
@@ -149,7 +149,7 @@ def decode(img: Image.Image, data: bytes, name: str) -> np.ndarray:
 
 def _verify(data: bytes) -> None:
     factory, _ = Image.OPEN["PNG"]  # not Image.open: its bomb check is Pillow's global setting
-    factory(io.BytesIO(data), None).verify()
+    factory(io.BytesIO(data), "").verify()
 
 
 def orientation(img: Image.Image) -> int:
@@ -187,7 +187,8 @@ def _sixteen_bit_colour(img: Image.Image) -> bool:
     """Whether Pillow reduces this file's colour samples from 16 to 8 bits."""
     if img.mode not in ("RGB", "RGBA") or img.format not in ("PNG", "TIFF", "PPM"):
         return False
-    args = img.tile[0][3] if img.tile and len(img.tile[0]) > 3 else ()
+    tile = getattr(img, "tile", None)  # ImageFile's list of decoder calls
+    args = tile[0][3] if tile and len(tile[0]) > 3 else ()
     args = args if isinstance(args, tuple) else (args,)
     if img.format == "PPM":  # ("RGB", maxval)
         return len(args) > 1 and isinstance(args[1], int) and args[1] > 255
