@@ -86,6 +86,8 @@ def describe(path: Path) -> dict[str, Any]:
             }
             for v in values
         ]
+    if out["augmented"] and meta.get(c.META_CONTRACT) == c.CONTRACT_VERSION:
+        _check_metadata(meta, ports, path)
     out.update(_from_metadata(meta))
     if not out["labels"].get("count") and out["outputs"]:
         classes = out["outputs"][0]["shape"][-1:]  # the logits' class dimension
@@ -94,6 +96,14 @@ def describe(path: Path) -> dict[str, Any]:
     out["metadata"] = {k: _short(k, v) for k, v in sorted(meta.items())}
     out["providers"] = _providers()
     return out
+
+
+def _check_metadata(meta: dict[str, str], ports: dict[str, list], path: Path) -> None:
+    """The runtime's metadata checks, so info names a wrong key as every command does."""
+    from gradtap.runtime.info import parse_info
+
+    shapes = {k: {v.name: _shape(v) for v in vs} for k, vs in ports.items()}
+    parse_info(meta, inputs=shapes["inputs"], outputs=shapes["outputs"], fallback_name=path.stem)
 
 
 def _from_metadata(meta: dict[str, str]) -> dict[str, Any]:

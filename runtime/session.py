@@ -19,7 +19,12 @@ import onnxruntime as ort
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import ModelError, NonFiniteError, OptionError
 from gradtap.runtime.info import ModelInfo, parse_info
-from gradtap.runtime.modelfile import check_external_data
+from gradtap.runtime.modelfile import (
+    check_external_data,
+    check_model_file,
+    runtime_log_level,
+    runtime_message,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -278,7 +283,8 @@ def _options(threads: int | None, *, lean: bool = True) -> ort.SessionOptions:
             raise OptionError(f"threads must be >= 1, got {threads}")
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = runtime_log_level()
+    ort.set_default_logger_severity(runtime_log_level())
     return opts
 
 
@@ -291,20 +297,14 @@ def _open(
         check_external_data(model)
     else:
         path = Path(model)
-        if path.is_dir():
-            raise ModelError(f"model path {str(path)!r} is a folder, not an ONNX file")
-        if not path.is_file():
-            raise ModelError(f"model file {str(path)!r} does not exist")
-        if path.stat().st_size == 0:
-            raise ModelError(f"model file {str(path)!r} is empty (0 bytes)")
+        check_model_file(path)  # folders, pipes, devices, empty and over-2-GiB files
         check_external_data(path)  # before onnxruntime reads any of it
         model = str(path)
     try:
         return ort.InferenceSession(model, sess_options=opts, providers=providers)
     except Exception as err:  # onnxruntime raises its own exception types for bad files
         what = model if isinstance(model, str) else "<in-memory model>"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"cannot load {what!r} as an ONNX model: {first}") from err
+        raise ModelError(f"cannot load {what!r} as an ONNX model: {runtime_message(err)}") from err
 
 
 def _stem(model: ModelSource) -> str:

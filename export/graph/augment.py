@@ -25,7 +25,7 @@ from gradtap.export.graph.version import PASS_VERSION
 from gradtap.export.graph.vjp import add_vjp
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import GraphError
-from gradtap.runtime.modelfile import check_external_data, external_locations
+from gradtap.runtime.modelfile import check_external_data, check_model_file, external_locations
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +104,14 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     external data is read; an empty or graph-less file is not an ONNX model.
     """
     path = Path(path)
+    check_model_file(path)  # no folders, pipes, devices or files over 2 GiB
+    check_external_data(path)  # a structural pre-scan: junk is refused before onnx parses it
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # protobuf raises several unrelated types for garbage input
         raise GraphError(f"{path}: not an ONNX model ({type(err).__name__})") from None
     if not model.graph.node:
         raise GraphError(f"{path}: not an ONNX model (no graph nodes)")
-    check_external_data(path)
     base = path.resolve().parent
     if external_locations(path):
         onnx.load_external_data_for_model(model, str(base))
@@ -153,7 +154,18 @@ def _upgrade(model: onnx.ModelProto) -> onnx.ModelProto:
     opset = next((o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS), 0)
     if opset < 16:
         log.info("converting opset %d to %d", opset, TARGET_OPSET)
-        model = version_converter.convert_version(model, TARGET_OPSET)
+        # IR 3 lists initializers among the inputs; read as IR 4, where they need not be
+        # (the converter otherwise calls an initializer-only tensor "undefined").
+        model.ir_version = max(model.ir_version, 4)
+        try:
+            model = version_converter.convert_version(model, TARGET_OPSET)
+        except Exception as err:  # the converter raises its own types, with C++ wording
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise GraphError(
+                f"cannot convert opset {opset} to {TARGET_OPSET}: {first}; convert the model "
+                "with a newer exporter"
+            ) from None
+        model.ir_version = max(model.ir_version, helper.find_min_ir_version_for(model.opset_import))
     return model
 
 
