@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from gradtap.runtime import catalog
 from gradtap.runtime.figure import summary_panel
 from gradtap.runtime.image.geometry import Geometry, ImageLike, to_batch, to_input
 from gradtap.runtime.image.read import DEFAULT_MAX_PIXELS, as_image, load_image
@@ -30,6 +32,18 @@ from gradtap.runtime.targets import TargetSpec, softmax
 Images = ImageLike | Sequence[ImageLike]
 
 
+class RandomWeightsWarning(UserWarning):
+    """The model was exported with random weights: its explanations mean nothing."""
+
+
+def resolve_model(model: ModelSource) -> ModelSource:
+    """A model name (no folder, no ``.onnx`` suffix, not an existing file) to its graph's path."""
+    if isinstance(model, str) and "/" not in model and os.sep not in model:
+        if not model.endswith(".onnx") and not os.path.exists(model):
+            return catalog.resolve_name(model)
+    return model
+
+
 class Explainer:
     """Explain images with an augmented gradtap model.
 
@@ -39,13 +53,15 @@ class Explainer:
 
     Example::
 
-        ex = Explainer("models/resnet18.gradtap.onnx")
+        ex = Explainer("smallcnn")  # or a .gradtap.onnx file, or "efficientnet_lite0"
         e = ex.gradcam("cat.jpg")
         print(e.target_labels[0], e.target_prob[0])
         heat = ex.heatmap(e)  # [H, W] in [0, 1] on the original image
 
     Args:
-        model: path of a ``.gradtap.onnx`` file, or an ``onnx.ModelProto``.
+        model: a model name resolved exactly as ``gradtap -M NAME`` does (a cached export, or a
+            packaged model such as ``"smallcnn"``; see ``gradtap.runtime.catalog``), the path of
+            a ``.gradtap.onnx`` file, an ``onnx.ModelProto`` or its bytes.
         alpha: how image transparency is flattened: ``"white"``, ``"black"`` or ``"drop"``.
         max_pixels: the largest image file accepted (refused from its header).
         **session_options: ``providers``, ``threads``, ``batch_size`` (see ExplainSession).
@@ -59,8 +75,12 @@ class Explainer:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         **session_options: Any,
     ) -> None:
-        self.session = ExplainSession(model, **session_options)
+        self.session = ExplainSession(resolve_model(model), **session_options)
         self.alpha, self.max_pixels = alpha, max_pixels
+        if catalog.is_random(self.info.weights):
+            warnings.warn(
+                catalog.random_weights_warning(self.info.name), RandomWeightsWarning, stacklevel=2
+            )
 
     @property
     def info(self) -> ModelInfo:

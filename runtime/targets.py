@@ -1,8 +1,16 @@
 """Targets: which class each explanation is for, and the seeds (cotangents) that select them.
 
-A target is ``None`` (the predicted class), an int class index, a class name (exact, or a unique
-case-insensitive match), ``"top-k"`` (the k most probable classes), or a list of these, which
-explains every image once per entry (e.g. the correct label next to wrong ones, in one batch).
+A target is one of:
+
+- ``None``: each image's predicted class;
+- an int class index or a class name (exact, case-insensitive, or any ImageNet synonym): that
+  class for every image;
+- ``"top-k"``: the k most probable classes of each image (k rows per image);
+- a list, tuple or 1-D array aligned with the batch: **one target per image**, as in captum and
+  pytorch-grad-cam (``[281, 967]`` explains image 0 for class 281 and image 1 for 967); its
+  entries may be any of the above;
+- :class:`Each` (``targets_each=`` in :class:`~gradtap.runtime.Explainer`, repeated ``-t`` on the
+  command line): every entry on every image, e.g. the correct label next to wrong ones.
 """
 
 from __future__ import annotations
@@ -20,7 +28,18 @@ from gradtap.runtime.errors import TargetError
 Array = npt.NDArray[np.float32]
 Ints = npt.NDArray[np.int64]
 Target = int | str | None
-TargetSpec = Target | Sequence[int | str]
+
+
+class Each(tuple):
+    """Targets explained on every image (the cross product), not one per image."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"Each({list(self)!r})"
+
+
+TargetSpec = Target | Sequence[Target] | npt.NDArray[np.integer] | Each
 
 _TOP_K = re.compile(r"^top-?(\d+)$", re.IGNORECASE)
 _INDEX = re.compile(r"^[+-]?\d+$")
@@ -36,8 +55,7 @@ class Rows:
 
 def needs_logits(spec: TargetSpec) -> bool:
     """Whether resolving ``spec`` needs the model's logits (predicted class or top-k)."""
-    items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
-    return any(t is None or (isinstance(t, str) and _TOP_K.match(t.strip())) for t in items)
+    return any(t is None or (isinstance(t, str) and _TOP_K.match(t.strip())) for t in _items(spec))
 
 
 def resolve(
@@ -52,16 +70,49 @@ def resolve(
         logits: [n_images, classes]; required when ``spec`` uses the prediction or top-k.
 
     Raises:
-        TargetError: an index out of range, an unknown or ambiguous name, an empty list.
+        TargetError: an index out of range, an unknown or ambiguous name, an empty list, a
+            per-image list whose length is not the batch size.
     """
-    items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    items = _items(spec)
     if not items:
         raise TargetError("empty target list; give at least one class index or name")
-    per_item = [_resolve_one(t, labels, n_images, logits) for t in items]
-    per_image = [[c for cols in per_item for c in cols[i]] for i in range(n_images)]
+    if isinstance(spec, Each) or not _is_sequence(spec):
+        per_item = [_resolve_one(t, labels, n_images, logits) for t in items]
+        per_image = [[c for cols in per_item for c in cols[i]] for i in range(n_images)]
+    else:
+        if len(items) != n_images:
+            raise TargetError(
+                f"{len(items)} targets for {n_images} images: a list gives one target per image; "
+                "to explain every image for each of them use targets_each= (Each([...]))"
+            )
+        per_image = [_resolve_one(t, labels, n_images, logits)[i] for i, t in enumerate(items)]
     image_index = np.repeat(np.arange(n_images), [len(p) for p in per_image])
     target = np.array([c for p in per_image for c in p], dtype=np.int64)
     return Rows(image_index=image_index.astype(np.int64), target=target)
+
+
+def _is_sequence(spec: TargetSpec) -> bool:
+    return isinstance(spec, (list, tuple, np.ndarray))
+
+
+def _items(spec: TargetSpec) -> list[Target]:
+    if isinstance(spec, np.ndarray):
+        if spec.ndim > 1:
+            raise TargetError(f"a target array must be 1-D (one per image), got shape {spec.shape}")
+        if spec.ndim == 0:
+            return [_scalar(spec.item())]
+        return [_scalar(v) for v in spec.tolist()]
+    if _is_sequence(spec):
+        return [_scalar(t) for t in spec]  # type: ignore[union-attr]
+    return [_scalar(spec)]
+
+
+def _scalar(t: object) -> Target:
+    if isinstance(t, np.integer):
+        return int(t)
+    if t is None or isinstance(t, (int, str)):
+        return t
+    raise TargetError(f"target {t!r} must be an int index, a class name, 'top-k' or None")
 
 
 def class_index(name_or_index: int | str, labels: Sequence[str]) -> int:

@@ -24,7 +24,7 @@ from gradtap.cli.errors import user_errors
 from gradtap.cli.modelref import model_option, open_session, resolve_model
 from gradtap.cli.outputs import OutDir
 from gradtap.runtime.methods.registry import METHODS
-from gradtap.runtime.targets import TargetSpec, class_index, needs_logits
+from gradtap.runtime.targets import Each, TargetSpec, class_index, needs_logits
 
 ALL = "all"
 DEFAULT_FORMATS = "overlay,panel"
@@ -67,7 +67,7 @@ def parse_target(values: Sequence[str], labels: Sequence[str]) -> TargetSpec:
                 class_index(item, labels)
     if not items:
         return None
-    return items[0] if len(items) == 1 else items
+    return items[0] if len(items) == 1 else Each(items)  # repeated -t: every class on every image
 
 
 def parse_options(values: Sequence[str], methods: Sequence[str]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import pytest
 
 from gradtap.runtime.errors import TargetError
 from gradtap.runtime.targets import (
+    Each,
     ce_seed,
     class_index,
     needs_logits,
@@ -66,14 +67,39 @@ def test_resolve_top_k_orders_by_logit() -> None:
 
 def test_resolve_list_explains_each_image_for_every_entry() -> None:
     """The correct label next to wrong ones, for every image, in one batch."""
-    rows = resolve([None, "dog house", 0], LABELS, 2, LOGITS)
+    rows = resolve(Each([None, "dog house", 0]), LABELS, 2, LOGITS)
     assert rows.image_index.tolist() == [0, 0, 0, 1, 1, 1]
     assert rows.target.tolist() == [1, 2, 0, 0, 2, 0]
 
 
+@pytest.mark.parametrize("spec", [[2, 0], (2, 0), np.array([2, 0]), [np.int64(2), "tabby cat"]])
+def test_resolve_list_is_one_target_per_image(spec) -> None:  # noqa: ANN001
+    """captum / pytorch-grad-cam meaning: entry i is image i's target."""
+    rows = resolve(spec, LABELS, 2, LOGITS)
+    assert rows.image_index.tolist() == [0, 1] and rows.target.tolist() == [2, 0]
+
+
+def test_resolve_per_image_entries_may_be_predictions_or_top_k() -> None:
+    rows = resolve([None, "top-2"], LABELS, 2, LOGITS)
+    assert rows.image_index.tolist() == [0, 1, 1] and rows.target.tolist() == [1, 0, 1]
+
+
+@pytest.mark.parametrize("spec", [[1, 2, 3], [1], np.array([1, 2, 3])])
+def test_resolve_per_image_list_of_the_wrong_length_names_targets_each(spec) -> None:  # noqa: ANN001
+    with pytest.raises(TargetError, match=r"one target per image.*targets_each"):
+        resolve(spec, LABELS, 2, LOGITS)
+
+
+def test_resolve_refuses_a_2d_array_and_floats() -> None:
+    with pytest.raises(TargetError, match="1-D"):
+        resolve(np.zeros((2, 2), np.int64), LABELS, 2, LOGITS)
+    with pytest.raises(TargetError, match="int index"):
+        resolve([1.5, 2], LABELS, 2, LOGITS)
+
+
 def test_resolve_explicit_targets_need_no_logits() -> None:
     assert not needs_logits([1, "Dog"]) and needs_logits(["Dog", None]) and needs_logits("top-2")
-    rows = resolve(["Dog"], LABELS, 3)
+    rows = resolve(Each(["Dog"]), LABELS, 3)
     assert rows.target.tolist() == [1, 1, 1] and rows.image_index.tolist() == [0, 1, 2]
 
 
