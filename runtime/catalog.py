@@ -57,7 +57,9 @@ def cached_models(name: str, cache_dir: Path | None = None) -> list[Path]:
 
 def packaged_models() -> dict[str, Path]:
     """Model name -> packaged explanation graph (the gradtap wheel's own, then model wheels')."""
-    found = {p.name[: -len(AUGMENTED_SUFFIX)]: p for p in _bundled_dir().glob(f"*{AUGMENTED_SUFFIX}")}
+    found = {
+        p.name[: -len(AUGMENTED_SUFFIX)]: p for p in _bundled_dir().glob(f"*{AUGMENTED_SUFFIX}")
+    }
     for name, path in _entry_point_models().items():
         found.setdefault(name, path)
     return found
@@ -80,7 +82,9 @@ def resolve_name(name: str, cache_dir: Path | None = None) -> Path:
     if cached:
         return cached[0]
     folder = default_cache_dir() if cache_dir is None else cache_dir
-    raise ModelError(f"no model {name!r} in the cache ({str(folder)!r}) or installed; {how_to_get(name)}")
+    raise ModelError(
+        f"no model {name!r} in the cache ({str(folder)!r}) or installed; {how_to_get(name)}"
+    )
 
 
 def how_to_get(name: str) -> str:

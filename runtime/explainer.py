@@ -27,7 +27,8 @@ from gradtap.runtime.methods.visualize import (
 )
 from gradtap.runtime.present.postprocess import heatmap
 from gradtap.runtime.session import ExplainSession, ModelSource
-from gradtap.runtime.targets import TargetSpec, softmax
+from gradtap.runtime.errors import TargetError
+from gradtap.runtime.targets import Each, TargetSpec, softmax
 
 Images = ImageLike | Sequence[ImageLike]
 
@@ -89,27 +90,53 @@ class Explainer:
 
     def inputs(self, images: Images) -> tuple[np.ndarray, tuple[Geometry, ...]]:
         """Preprocess images into a model batch and their geometries."""
-        return to_batch(_as_list(images), self.info, alpha=self.alpha, max_pixels=self.max_pixels)
+        return to_batch(self.load(images), self.info)
+
+    def load(self, images: Images) -> list[np.ndarray]:
+        """Images (paths, PIL images, HWC or CHW arrays, uint8 or float, or a list) as RGB."""
+        out = []
+        for image in _as_list(images):
+            if isinstance(image, (str, os.PathLike)):
+                out.append(load_image(image, alpha=self.alpha, max_pixels=self.max_pixels))
+            else:
+                out.append(as_image(_array(image), alpha=self.alpha))
+        return out
 
     def explain(
-        self, method: str, images: Images, target: TargetSpec = None, **options: Any
+        self,
+        method: str,
+        images: Images,
+        target: TargetSpec = None,
+        *,
+        targets_each: Sequence[int | str] | None = None,
+        **options: Any,
     ) -> Explanation:
-        """Run any method of ``METHODS`` by name; options go to the method."""
-        x, geometries = self.inputs(images)
+        """Run any method of ``METHODS`` by name; options go to the method.
+
+        ``target`` is one class for all images, ``None`` (the prediction), ``"top-k"``, or a
+        list aligned with the images (one target per image, as captum); ``targets_each``
+        explains every image for each of its classes instead (the cross product).
+        """
+        if targets_each is not None:
+            if target is not None:
+                raise TargetError("give target= or targets_each=, not both")
+            target = Each(targets_each)
+        rgb = self.load(images)
+        x, geometries = to_batch(rgb, self.info)
         result = get_method(method)(self.session, x, target, **options)
-        return replace(result, geometries=geometries)
+        return replace(result, geometries=geometries, images=tuple(rgb))
 
     def saliency(self, images: Images, target: TargetSpec = None, **options: Any) -> Explanation:
         """Saliency maps [R, H, W]; options ``signed``, ``times_input``, ``input_scale``."""
         return self.explain("saliency", images, target, **options)
 
-    def guided_backprop(self, images: Images, target: TargetSpec = None) -> Explanation:
+    def guided_backprop(self, images: Images, target: TargetSpec = None, **options: Any) -> Explanation:
         """Guided backpropagation: colour maps [R, 3, H, W]."""
-        return self.explain("guided_backprop", images, target)
+        return self.explain("guided_backprop", images, target, **options)
 
-    def deconvnet(self, images: Images, target: TargetSpec = None) -> Explanation:
+    def deconvnet(self, images: Images, target: TargetSpec = None, **options: Any) -> Explanation:
         """Deconvnet: colour maps [R, 3, H, W]."""
-        return self.explain("deconvnet", images, target)
+        return self.explain("deconvnet", images, target, **options)
 
     def cam(self, images: Images, target: TargetSpec = None, **options: Any) -> Explanation:
         """CAM at tap resolution; options ``tap``, ``relu``."""
@@ -195,12 +222,10 @@ class Explainer:
         **grabcut_options: Any,
     ) -> tuple[Localization, Explanation]:
         """GrabCut localisation on the original image from a ``method`` map of one target."""
-        if isinstance(image, (str, os.PathLike)):
-            rgb = load_image(image, alpha=self.alpha, max_pixels=self.max_pixels)
-        else:
-            rgb = as_image(image, alpha=self.alpha)
+        (rgb,) = self.load(image)
         x, geometry = to_input(rgb, self.info)
-        expl = replace(get_method(method)(self.session, x, target), geometries=(geometry,))
+        expl = get_method(method)(self.session, x, target)
+        expl = replace(expl, geometries=(geometry,), images=(rgb,))
         loc = grabcut(rgb, self.heatmap(expl, 0, outlier_perc=0), **grabcut_options)
         return loc, expl
 
@@ -220,6 +245,21 @@ class Explainer:
 
 
 def _as_list(images: Images) -> list[ImageLike]:
-    if isinstance(images, (str, os.PathLike, np.ndarray)):
+    if isinstance(images, (str, os.PathLike, np.ndarray)) or _is_pil(images):
         return [images]
     return list(images)
+
+
+def _is_pil(image: object) -> bool:
+    return hasattr(image, "convert") and hasattr(image, "mode") and hasattr(image, "size")
+
+
+def _array(image: Any) -> np.ndarray:
+    """A PIL image or an array as an HWC array: CHW ([1 or 3, H, W] with H, W > 4) transposed."""
+    if _is_pil(image):
+        keep = image.mode in ("RGB", "RGBA", "L", "LA")
+        return np.asarray(image if keep else image.convert("RGBA" if "A" in image.mode else "RGB"))
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
+        arr = arr.transpose(1, 2, 0)
+    return arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr

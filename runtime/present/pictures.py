@@ -15,6 +15,7 @@ import numpy.typing as npt
 from gradtap.runtime.image.geometry import Geometry, to_original
 from gradtap.runtime.present.overlay import colorize, overlay_heatmap, panel
 from gradtap.runtime.present.postprocess import gradient_image, heatmap
+from gradtap.runtime.present.unseen import mark_unseen, seen_mask
 
 Rgb8 = npt.NDArray[np.uint8]
 Image = npt.NDArray[np.float32]
@@ -49,7 +50,8 @@ def pictures(raw: npt.NDArray[np.float32], image: Image, geometry: Geometry) -> 
     """The ``overlay`` and ``heatmap`` pictures of one raw map, on the (display) image.
 
     For colour gradients the overlay is the gradient picture itself (grey = zero) placed where
-    the model looked, the heat map its max |gradient| over channels.
+    the model looked, the heat map its max |gradient| over channels. Pixels outside the
+    model's centre crop are greyed and hatched (``unseen``).
     """
     heat = heatmap(raw, geometry)
     if is_colour(raw):
@@ -57,7 +59,8 @@ def pictures(raw: npt.NDArray[np.float32], image: Image, geometry: Geometry) -> 
         overlay = np.rint(np.clip(grad, 0.0, 1.0) * 255).astype(np.uint8)
     else:
         overlay = overlay_heatmap(image, heat)
-    return {"overlay": overlay, "heatmap": colorize(heat)}
+    seen = seen_mask(geometry, heat.shape)  # outside the centre crop: greyed, not "unimportant"
+    return {"overlay": mark_unseen(overlay, seen), "heatmap": mark_unseen(colorize(heat), seen)}
 
 
 def explanation_panel(image: Image, pics: dict[str, Rgb8], *, title: str, colour: bool) -> Rgb8:
