@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from gradtap.runtime import catalog
+from gradtap.runtime.errors import TargetError
 from gradtap.runtime.figure import summary_panel
 from gradtap.runtime.image.geometry import Geometry, ImageLike, to_batch, to_input
 from gradtap.runtime.image.read import DEFAULT_MAX_PIXELS, as_image, load_image
@@ -27,7 +28,6 @@ from gradtap.runtime.methods.visualize import (
 )
 from gradtap.runtime.present.postprocess import heatmap
 from gradtap.runtime.session import ExplainSession, ModelSource
-from gradtap.runtime.errors import TargetError
 from gradtap.runtime.targets import Each, TargetSpec, softmax
 
 Images = ImageLike | Sequence[ImageLike]
