@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
-import onnx
 import onnxruntime as ort
 
 from gradtap.runtime import contract as c
@@ -20,10 +20,13 @@ from gradtap.runtime.errors import ModelError, NonFiniteError, OptionError
 from gradtap.runtime.info import ModelInfo, parse_info
 from gradtap.runtime.modelfile import check_external_data
 
+if TYPE_CHECKING:  # onnx costs ~1.5 s to import; only methods that read weights load it
+    import onnx
+
 logger = logging.getLogger(__name__)
 
 Array = npt.NDArray[np.float32]
-ModelSource = str | os.PathLike[str] | onnx.ModelProto | bytes
+ModelSource: TypeAlias = "str | os.PathLike[str] | onnx.ModelProto | bytes"
 
 DEFAULT_BATCH_SIZE = 16
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -86,7 +89,7 @@ class ExplainSession:
         if batch_size < 1:
             raise OptionError(f"batch_size must be >= 1, got {batch_size}")
         self._source = model
-        self._proto: onnx.ModelProto | None = model if isinstance(model, onnx.ModelProto) else None
+        self._proto: onnx.ModelProto | None = model if _is_proto(model) else None
         self._session = _open(model, _providers(providers), _options(threads, lean=lean))
         self.provider: str = self._session.get_providers()[0]
         inputs = {i.name: list(i.shape) for i in self._session.get_inputs()}
@@ -173,6 +176,8 @@ class ExplainSession:
     def model_proto(self) -> onnx.ModelProto:
         """The ONNX graph itself (loaded on first use), for methods that read weights from it."""
         if self._proto is None:
+            import onnx
+
             src = self._source
             proto = onnx.load_from_string(src) if isinstance(src, bytes) else onnx.load(src)
             self._proto = proto
@@ -249,7 +254,7 @@ def _options(threads: int | None, *, lean: bool = True) -> ort.SessionOptions:
 def _open(
     model: ModelSource, providers: list[str], opts: ort.SessionOptions
 ) -> ort.InferenceSession:
-    if isinstance(model, onnx.ModelProto):
+    if _is_proto(model):
         model = model.SerializeToString()
     if isinstance(model, bytes):
         check_external_data(model)
@@ -271,8 +276,14 @@ def _open(
         raise ModelError(f"cannot load {what!r} as an ONNX model: {first}") from err
 
 
+def _is_proto(model: object) -> bool:
+    """Whether ``model`` is an ``onnx.ModelProto``, without importing onnx when it cannot be."""
+    onnx = sys.modules.get("onnx")
+    return onnx is not None and isinstance(model, onnx.ModelProto)
+
+
 def _stem(model: ModelSource) -> str:
-    if isinstance(model, (onnx.ModelProto, bytes)):
+    if _is_proto(model) or isinstance(model, bytes):
         return "<in-memory model>"
     return Path(model).name.split(".")[0]
 

@@ -16,7 +16,6 @@ from gradtap.cli.outputs import OutDir
 from gradtap.runtime.evaluate.data import DATASETS, load_set
 from gradtap.runtime.evaluate.maps import MAP_METHODS, MapSettings
 from gradtap.runtime.evaluate.report import FILES, write_report
-from gradtap.runtime.evaluate.run import EvalConfig, evaluate
 
 EVAL_BATCH = 64
 
@@ -128,6 +127,8 @@ def evaluate_cmd(
       gradtap evaluate -M efficientnet_lite0 --dataset composites -n 40 --out eval/
       gradtap evaluate -M smallcnn --methods saliency,gradcam,random -n 10 --no-sanity
     """
+    from gradtap.runtime.evaluate.run import EvalConfig, evaluate  # onnx: the randomisation
+
     config = EvalConfig(
         methods=_methods(methods),
         curve_steps=steps,

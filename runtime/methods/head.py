@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import onnx
-from onnx import numpy_helper
 
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import ModelError
+
+if TYPE_CHECKING:  # the graph comes from ExplainSession.model_proto(), which imports onnx
+    import onnx
 
 _PASS_THROUGH = frozenset({"Identity", "Dropout", "Flatten", "Reshape", "Squeeze"})
 
@@ -56,7 +58,7 @@ def _linear(
         inner = [i for i in node.input if i not in consts]
         node = producers.get(_skip(inner[0], producers)) if len(inner) == 1 else None
     if node is not None and node.op_type == "Gemm" and node.input[1] in consts:
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        attrs = {a.name: _attribute(a) for a in node.attribute}
         if attrs.get("transA", 0) == 0:
             b = consts[node.input[1]]
             w = b if attrs.get("transB", 0) else b.T
@@ -75,7 +77,7 @@ def _pool_input(
     if node is not None and node.op_type == "GlobalAveragePool":
         return node.input[0]
     if node is not None and node.op_type == "ReduceMean":
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        attrs = {a.name: _attribute(a) for a in node.attribute}
         axes = attrs.get("axes")
         if axes is None and len(node.input) > 1 and node.input[1] in consts:
             axes = consts[node.input[1]].tolist()
@@ -99,10 +101,10 @@ def _tap_tensors(
 
 
 def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    consts = {t.name: _to_array(t) for t in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+            consts[node.output[0]] = _to_array(node.attribute[0].t)
     return consts
 
 
@@ -112,3 +114,15 @@ def _not_cam(tap: str, node: onnx.NodeProto | None, expected: str) -> ModelError
         f"CAM needs {expected} after tap {tap!r}, found {found}; "
         "CAM applies to global-average-pool -> linear heads (use gradcam otherwise)"
     )
+
+
+def _attribute(a: onnx.AttributeProto):  # noqa: ANN202
+    from onnx import helper
+
+    return helper.get_attribute_value(a)
+
+
+def _to_array(t: onnx.TensorProto) -> np.ndarray:
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(t)
