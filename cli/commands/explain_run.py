@@ -129,6 +129,7 @@ def _plan(
             "source": str(im.source.path),
             "input": f"{im.source.stem}/input.png",
             "size": list(im.geometry.original_size),
+            "geometry": im.geometry.to_dict(),  # maps a .npy map back onto the photo
             "predictions": top_k(logits[k : k + 1], session.info.labels)[0],
         }
         keep.append(im)

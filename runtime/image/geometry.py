@@ -34,6 +34,20 @@ class Geometry:
     resized_size: tuple[int, int]
     crop: tuple[int, int, int, int]
 
+    def to_dict(self) -> dict[str, object]:
+        """JSON form (``summary.json``): how to map a saved map back onto the photo.
+
+        A map of any resolution is resized to the crop's height x width, placed at (top, left)
+        in a canvas of ``resized_size``, and the canvas resized to ``original_size``;
+        :func:`to_original` does exactly this.
+        """
+        top, left, height, width = self.crop
+        return {
+            "original_size": list(self.original_size),
+            "resized_size": list(self.resized_size),
+            "crop": {"top": top, "left": left, "height": height, "width": width},
+        }
+
 
 def geometry_for(size: tuple[int, int], info: ModelInfo) -> Geometry:
     """The resize and crop the model's policy applies to an image of (H, W) ``size``."""
