@@ -65,6 +65,8 @@ class Explainer:
             a ``.gradtap.onnx`` file, an ``onnx.ModelProto`` or its bytes.
         alpha: how image transparency is flattened: ``"white"``, ``"black"`` or ``"drop"``.
         max_pixels: the largest image file accepted (refused from its header).
+        resample: ``"area"`` or ``"torchvision"`` (Pillow's antialiased bilinear: the inputs,
+            hence the predictions, of torchvision's ``Resize(256) + CenterCrop(224)``).
         **session_options: ``providers``, ``threads``, ``batch_size`` (see ExplainSession).
     """
 
@@ -74,10 +76,11 @@ class Explainer:
         *,
         alpha: str = "white",
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        resample: str = "area",
         **session_options: Any,
     ) -> None:
         self.session = ExplainSession(resolve_model(model), **session_options)
-        self.alpha, self.max_pixels = alpha, max_pixels
+        self.alpha, self.max_pixels, self.resample = alpha, max_pixels, resample
         if catalog.is_random(self.info.weights):
             warnings.warn(
                 catalog.random_weights_warning(self.info.name), RandomWeightsWarning, stacklevel=2
@@ -90,7 +93,7 @@ class Explainer:
 
     def inputs(self, images: Images) -> tuple[np.ndarray, tuple[Geometry, ...]]:
         """Preprocess images into a model batch and their geometries."""
-        return to_batch(self.load(images), self.info)
+        return to_batch(self.load(images), self.info, resample=self.resample)
 
     def load(self, images: Images) -> list[np.ndarray]:
         """Images (paths, PIL images, HWC or CHW arrays, uint8 or float, or a list) as RGB."""
@@ -122,7 +125,7 @@ class Explainer:
                 raise TargetError("give target= or targets_each=, not both")
             target = Each(targets_each)
         rgb = self.load(images)
-        x, geometries = to_batch(rgb, self.info)
+        x, geometries = to_batch(rgb, self.info, resample=self.resample)
         result = get_method(method)(self.session, x, target, **options)
         return replace(result, geometries=geometries, images=tuple(rgb))
 
@@ -223,7 +226,7 @@ class Explainer:
     ) -> tuple[Localization, Explanation]:
         """GrabCut localisation on the original image from a ``method`` map of one target."""
         (rgb,) = self.load(image)
-        x, geometry = to_input(rgb, self.info)
+        x, geometry = to_input(rgb, self.info, resample=self.resample)
         expl = get_method(method)(self.session, x, target)
         expl = replace(expl, geometries=(geometry,), images=(rgb,))
         loc = grabcut(rgb, self.heatmap(expl, 0, outlier_perc=0), **grabcut_options)
