@@ -176,10 +176,15 @@ def synonyms(labels: tuple[str, ...]) -> tuple[tuple[str, ...], ...] | None:
     if len(labels) != len(_synonym_table()):
         return None
     table = _synonym_table()
-    hits = sum(label.casefold() in (s.casefold() for s in syn) for label, syn in zip(labels, table))
+    hits = sum(
+        label.casefold() in (s.casefold() for s in syn)
+        for label, syn in zip(labels, table, strict=True)
+    )
     if hits < 0.95 * len(labels):
         return None
-    return tuple(tuple(dict.fromkeys((label, *syn))) for label, syn in zip(labels, table))
+    return tuple(
+        tuple(dict.fromkeys((label, *syn))) for label, syn in zip(labels, table, strict=True)
+    )
 
 
 @functools.cache

@@ -7,8 +7,8 @@ import pytest
 
 from gradtap.runtime.errors import TargetError
 from gradtap.runtime.targets import (
-    _synonym_table,
     Each,
+    _synonym_table,
     ce_seed,
     class_index,
     needs_logits,
