@@ -96,3 +96,25 @@ def test_gallery_stacks_on_a_phone(gallery: Path, browser: Browser) -> None:
     assert layout["cellDisplay"] == "block"
     assert layout["scrollWidth"] <= 390
     assert all(i["ok"] for i in layout["images"])
+
+
+def test_evaluation_page_renders(browser: Browser, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    args = ["-q", "evaluate", "-M", "smallcnn", "--dataset", "synthetic", "-n", "6"]
+    args += ["-m", "saliency,gradcam,random", "--sanity-images", "2", "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    browser.load((out / "evaluation.html").as_uri(), width=1400)
+    browser.evaluate(
+        "Promise.all([...document.images].map(i => i.decode().catch(() => 0)))", wait=True
+    )
+    page = browser.evaluate(
+        """({rows: [...document.querySelectorAll('tbody tr')].map(r => r.cells[0].textContent),
+             cols: document.querySelectorAll('thead th').length,
+             images: [...document.images].map(i => i.complete && i.naturalWidth > 0),
+             width: document.documentElement.scrollWidth})"""
+    )
+    assert browser.errors() == []
+    assert page["rows"] == ["saliency", "gradcam", "random"] and page["cols"] >= 10
+    assert page["images"] == [True, True, True]  # curves, sanity cascade, examples
+    assert page["width"] <= 1400
