@@ -71,7 +71,21 @@ def explanation_panel(image: Image, pics: dict[str, Rgb8], *, title: str, colour
         ("heat map", pics["heatmap"]),
         (third, pics["overlay"]),
     ]
-    return panel(tiles, height=PANEL_HEIGHT, title=title)
+    return panel(tiles, height=panel_height(image.shape[:2]), title=title)
+
+
+def panel_height(size: tuple[int, int]) -> int:
+    """Tile height for a photo of (H, W): taller for tall photos, so tiles stay legible.
+
+    A photo up to 1.5 times as tall as wide gets ``PANEL_HEIGHT``; a taller one grows until its
+    tile is ``PANEL_HEIGHT / 1.5`` wide, up to three times ``PANEL_HEIGHT``. (Wide photos keep the
+    height and grow in width, up to ``MAX_TILE_ASPECT`` times it, then are letterboxed.)
+    """
+    h, w = size
+    aspect = h / max(1, w)
+    if aspect <= 1.5:
+        return PANEL_HEIGHT
+    return int(min(PANEL_HEIGHT * aspect / 1.5, 3 * PANEL_HEIGHT))
 
 
 def perturbation_picture(delta: npt.NDArray[np.float32]) -> Rgb8:

@@ -130,3 +130,25 @@ def test_plot_has_a_colour_bar_per_map(ex: Explainer) -> None:
     assert len(fig.axes) == 4  # two maps, two colour bars
     assert fig.axes[0].images[-1].get_cmap().name == "RdBu_r"
     assert fig.axes[0].images[-1].get_clim() == (-1.0, 1.0)
+
+
+def test_panels_of_tall_photos_stay_legible() -> None:
+    from gradtap.runtime.present.pictures import PANEL_HEIGHT, explanation_panel, panel_height
+
+    assert panel_height((300, 400)) == PANEL_HEIGHT
+    assert panel_height((900, 300)) == 2 * PANEL_HEIGHT  # tile width stays PANEL_HEIGHT / 1.5
+    assert panel_height((5000, 10)) == 3 * PANEL_HEIGHT
+    tall = np.zeros((600, 100, 3), np.uint8)
+    pics = {"heatmap": tall, "overlay": tall}
+    out = explanation_panel(tall, pics, title="t", colour=False)
+    assert out.shape[0] > 3 * PANEL_HEIGHT - 1 and out.shape[1] >= 3 * (3 * PANEL_HEIGHT // 6)
+
+
+def test_labels_render_unicode_with_a_system_font() -> None:
+    from gradtap.runtime.present.text import font_path, text_block
+
+    assert font_path() is not None  # fonts-dejavu (Debian) or matplotlib's DejaVu
+    accented, ascii_only = text_block(["café"], 200), text_block(["caf?"], 200)
+    assert accented.shape == ascii_only.shape and not np.array_equal(accented, ascii_only)
+    cyrillic = text_block(["кот"], 200)
+    assert (cyrillic < 128).any() and not np.array_equal(cyrillic, text_block(["???"], 200))
