@@ -133,7 +133,9 @@ class Explainer:
         """Saliency maps [R, H, W]; options ``signed``, ``times_input``, ``input_scale``."""
         return self.explain("saliency", images, target, **options)
 
-    def guided_backprop(self, images: Images, target: TargetSpec = None, **options: Any) -> Explanation:
+    def guided_backprop(
+        self, images: Images, target: TargetSpec = None, **options: Any
+    ) -> Explanation:
         """Guided backpropagation: colour maps [R, 3, H, W]."""
         return self.explain("guided_backprop", images, target, **options)
 

@@ -116,7 +116,8 @@ def _check_tap(session: Any, tap: str | None) -> None:
     "targets",
     multiple=True,
     metavar="CLASS|top-K",
-    help="Class to explain: index, name or top-K; repeatable [default: the predicted class].",
+    help="Class to explain: index, name (any ImageNet synonym) or top-K; repeated, every image "
+    "is explained for each class [default: the predicted class].",
 )
 @click.option("--tap", help="Tap alias for the CAM family [default: the model's default tap].")
 @click.option(

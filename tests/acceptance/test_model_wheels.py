@@ -38,7 +38,12 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheels")
     py = sys.executable
     _run(py, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", out, ROOT)
-    graph = model_path("efficientnet_lite0", "IMAGENET1K", augmented=True)
+    # exported twice from the weights package, into fresh caches: the same bytes each time
+    graph, again_graph = (
+        model_path("efficientnet_lite0", "IMAGENET1K", augmented=True, cache_dir=out / name)
+        for name in ("cache-1", "cache-2")
+    )
+    assert sha256(graph) == sha256(again_graph)
     wheel = build_wheel("efficientnet_lite0", graph, out)
     first = sha256(wheel)
     again = build_wheel("efficientnet_lite0", graph, out / "again")

@@ -13,10 +13,10 @@ import onnx
 import pytest
 from PIL import Image
 
-from gradtap.runtime.targets import Each
 from gradtap.runtime import METHODS, Explainer, get_method, softmax
 from gradtap.runtime.errors import OptionError
 from gradtap.runtime.image.geometry import to_original
+from gradtap.runtime.targets import Each
 from tests.runtime_graphs import LABELS, tiny_model
 
 

@@ -169,7 +169,9 @@ def test_imagenet_names_match_any_synonym(name: str, index: int) -> None:
 
 
 def test_imagenet_ambiguous_and_unknown_names_list_real_ones() -> None:
-    with pytest.raises(TargetError, match=r"'crane' is ambiguous: 134 \(crane bird\), 517 \(construction crane\)"):
+    with pytest.raises(
+        TargetError, match=r"'crane' is ambiguous: 134 \(crane bird\), 517 \(construction crane\)"
+    ):
         class_index("crane", IMAGENET)
     with pytest.raises(TargetError, match=r"closest: 'espresso' \(967\)"):
         class_index("expresso", IMAGENET)

@@ -11,11 +11,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from gradtap.runtime.targets import Each
 from gradtap.export.graph.augment import augment
 from gradtap.runtime import methods as m
 from gradtap.runtime.errors import ModelError, OptionError
 from gradtap.runtime.session import ExplainSession
+from gradtap.runtime.targets import Each
 from tests.graphs import OPSET
 from tests.runtime_graphs import LABELS, linear_model, tiny_model
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradtap.runtime.targets import Each
 from gradtap.runtime.errors import OptionError
 from gradtap.runtime.methods import sampling as a
 from gradtap.runtime.methods.gradient import saliency
 from gradtap.runtime.session import ExplainSession
+from gradtap.runtime.targets import Each
 from tests.runtime_graphs import linear_model, tiny_model
 
 RNG = np.random.default_rng(5)
