@@ -154,3 +154,25 @@ def test_explainer_warns_on_random_weights(tmp_path: Path) -> None:
             p.value = catalog.RANDOM
     with pytest.warns(RandomWeightsWarning, match="RANDOM weights"):
         Explainer(model)
+
+
+def test_explainer_and_cli_resolve_names_alike(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    import shutil
+
+    from gradtap.cli.modelref import resolve_model
+    from gradtap.runtime import Explainer
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    shipped = catalog.packaged_models()["smallcnn"]
+    monkeypatch.setenv(catalog.CACHE_ENV, str(cache))
+    assert resolve_model("smallcnn") == shipped == Path(Explainer("smallcnn").session._source)
+    trained = cache / "smallcnn-mine_abcd1234.gradtap.onnx"  # a trained export wins
+    shutil.copy(shipped, trained)
+    assert resolve_model("smallcnn") == trained == Path(Explainer("smallcnn").session._source)
+    with pytest.raises(click.UsageError, match="gradtap export vgg16 --weights IMAGENET1K_V1"):
+        resolve_model("vgg16")
+    from gradtap.runtime.errors import ModelError
+
+    with pytest.raises(ModelError, match="gradtap export vgg16 --weights IMAGENET1K_V1"):
+        Explainer("vgg16")
