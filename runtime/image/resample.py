@@ -104,9 +104,14 @@ def pil_resized_crop(
     """``img`` (RGB float in [0, 1], 8-bit values) resized like torchvision on PIL, then cropped.
 
     Raises:
-        ImportError: Pillow is not installed.
+        ImageError: Pillow is not installed.
     """
-    from PIL import Image
+    try:
+        from PIL import Image
+    except ImportError:
+        from gradtap.runtime.errors import ImageError
+
+        raise ImageError("resample='torchvision' needs Pillow: pip install pillow") from None
 
     rgb8 = np.rint(np.clip(img, 0.0, 1.0) * 255).astype(np.uint8)
     pil = Image.fromarray(rgb8).resize((resized[1], resized[0]), Image.Resampling.BILINEAR)
