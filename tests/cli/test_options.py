@@ -176,3 +176,9 @@ def test_explainer_and_cli_resolve_names_alike(tmp_path: Path, monkeypatch) -> N
 
     with pytest.raises(ModelError, match="gradtap export vgg16 --weights IMAGENET1K_V1"):
         Explainer("vgg16")
+
+
+def test_info_takes_a_model_name_too() -> None:
+    done = CliRunner().invoke(cli, ["info", "smallcnn", "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["name"] == "smallcnn"
