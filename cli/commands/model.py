@@ -281,6 +281,8 @@ def info(model: str, as_json: bool) -> None:
     from gradtap.cli.describe import describe, to_text
     from gradtap.cli.modelref import resolve_model
 
+    if Path(model).is_dir():
+        raise click.UsageError(f"{model!r} is a directory, not an ONNX file")
     try:
         file = resolve_model(model)
     except click.UsageError as err:
