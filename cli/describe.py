@@ -14,13 +14,13 @@ from gradtap.runtime import contract as c
 _MEANING = {
     c.INPUT: "RGB pixels in [0, 1], NCHW; normalisation happens inside the graph",
     c.SEED: "cotangent on the logits: the graph differentiates sum(seed * logits)",
-    c.RELU_RULE: "rectifier backward rule (int64 scalar, optional): "
+    c.RELU_RULE: "rectifier backward rule (int64 scalar; 0 for plain gradients): "
     + ", ".join(f"{v} {k}" for k, v in c.RELU_RULES.items()),
-    c.SEED_TOP1: "float32 scalar, optional: added to the seed on each row's predicted class",
-    c.OBJECTIVE: "int64 scalar, optional: "
+    c.SEED_TOP1: "float32 scalar (0 for none): added to the seed on each row's predicted class",
+    c.OBJECTIVE: "int64 scalar (0 for the logits): "
     + ", ".join(f"{v} {k}" for k, v in c.OBJECTIVES.items())
     + " (the cross-entropy's gradient on the logits is softmax * sum(seed) - seed)",
-    c.COMPUTE: "int64 scalar, optional: how much runs: "
+    c.COMPUTE: "int64 scalar (2 for everything): how much runs: "
     + ", ".join(f"{v} {k}" for k, v in c.COMPUTE_LEVELS.items()),
     c.LOGITS: "class scores (before softmax)",
     c.GRAD_INPUT: "d sum(seed * logits) / d input",

@@ -7,7 +7,6 @@ is explained for several classes each name gets ``-<class index>`` after the met
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,9 +24,9 @@ from gradtap.runtime.image.read import DEFAULT_MAX_PIXELS, load_image
 from gradtap.runtime.methods.base import Explanation
 from gradtap.runtime.methods.registry import METHODS
 from gradtap.runtime.present.overlay import write_image
-from gradtap.runtime.present.pictures import explanation_panel, for_display, is_colour, pictures
+from gradtap.runtime.present.pictures import for_display, pictures
 from gradtap.runtime.session import ExplainSession
-from gradtap.runtime.targets import TargetSpec, resolve
+from gradtap.runtime.targets import TargetSpec, needs_logits
 
 FORMATS = ("overlay", "heatmap", "npy", "panel")
 SUFFIX = {"overlay": ".png", "heatmap": ".heatmap.png", "npy": ".npy", "panel": ".panel.png"}
@@ -54,19 +53,11 @@ class Loaded:
     x: Array
     image: Array
     geometry: Geometry
-    rows: list[int] | None = None
-
-
-def options_for(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``--set`` options the method's signature accepts."""
-    params = inspect.signature(METHODS[method]).parameters
-    return {k: v for k, v in options.items() if k in params}
 
 
 def accepted_options(methods: Sequence[str]) -> set[str]:
-    """Keyword options any of ``methods`` accepts."""
-    skip = {"session", "x", "target"}
-    return {p for m in methods for p in inspect.signature(METHODS[m]).parameters} - skip
+    """Keyword options any of ``methods`` accepts (from their records)."""
+    return {o for m in methods for o in METHODS[m].options}
 
 
 def run_explain(
@@ -77,18 +68,22 @@ def run_explain(
     run: Run,
     bar: Progress,
 ) -> None:
-    """Explain every source with every method; results and failures go into ``run``."""
+    """Explain every source with every method; results and failures go into ``run``.
+
+    Each method makes its own fused call per chunk: it predicts, resolves the targets and
+    explains them, and its :class:`Explanation` rows carry the image index, target and logits
+    that name the files and fill the summary. Nothing is predicted separately here.
+    """
     disabled: set[str] = set()
     for chunk in chunks(sources, s.batch_size):
         loaded = [im for im in (_load(session, src, s, run) for src in chunk) if im is not None]
-        loaded = _plan(session, loaded, s, out, run)
-        if not loaded:
-            bar.update(len(chunk) * len(s.methods))
-            continue
+        loaded = [im for im in loaded if _outputs_free(im, s, out, run)]
         for method in s.methods:
-            if method not in disabled:
-                _explain_chunk(session, method, loaded, s, out, run, disabled)
-            bar.update(len(chunk))
+            if loaded and method not in disabled:
+                _explain_chunk(session, method, loaded, s, out, run, disabled, bar)
+            else:
+                bar.update(len(loaded))
+            bar.update(len(chunk) - len(loaded))
 
 
 def _load(session: ExplainSession, src: Source, s: Settings, run: Run) -> Loaded | None:
@@ -101,52 +96,34 @@ def _load(session: ExplainSession, src: Source, s: Settings, run: Run) -> Loaded
     return attempt(run, src.path, read, what="read")
 
 
-def _plan(
-    session: ExplainSession, loaded: list[Loaded], s: Settings, out: OutDir, run: Run
-) -> list[Loaded]:
-    """Predict, resolve each image's target rows, refuse images whose outputs exist."""
-    if not loaded:
-        return []
+def _known_targets(target: TargetSpec) -> list[int | str] | None:
+    """The explicit targets of each image, or None when they depend on the prediction."""
+    items = list(target) if isinstance(target, (list, tuple)) else [target]  # Each: repeated -t
+    if any(needs_logits(t) for t in items if t is not None) or (len(items) > 1 and None in items):
+        return None
+    return [t for t in items if t is not None]
+
+
+def _outputs_free(im: Loaded, s: Settings, out: OutDir, run: Run) -> bool:
+    """Refuse an image before computing when its output names are known and some exist."""
+    known = _known_targets(s.target)
+    if known is None:
+        return True
+    several = len(known) > 1
     try:
-        logits = session.logits(np.concatenate([im.x for im in loaded]))
-    except recoverable() as err:  # a batch-level failure: retry image by image
-        if len(loaded) == 1:
-            run.failures.add(loaded[0].source.path, err, what="predict")
-            return []
-        return [im for one in loaded for im in _plan(session, [one], s, out, run)]
-    rows = resolve(s.target, session.info.labels, len(loaded), logits)
-    keep = []
-    for k, im in enumerate(loaded):
-        im.rows = [int(t) for t in rows.target[rows.image_index == k]]
-        names = [_name(im, m, t, f) for m in s.methods for t in im.rows for f in s.formats]
-        try:
-            out.plan(names)
-        except OutputExistsError as err:
-            run.failures.add(im.source.path, str(err), what="outputs")
-            continue
-        _write_input(out, im)
-        run.groups[im.source.stem] = {
-            "source": str(im.source.path),
-            "input": f"{im.source.stem}/input.png",
-            "size": list(im.geometry.original_size),
-            "geometry": im.geometry.to_dict(),  # maps a .npy map back onto the photo
-            "predictions": top_k(logits[k : k + 1], session.info.labels)[0],
-        }
-        keep.append(im)
-    return keep
+        out.plan(
+            [_name(im.source.stem, m, t, f, several) for m in s.methods for t in known or [0]
+             for f in s.formats]
+        )  # fmt: skip
+    except OutputExistsError as err:
+        run.failures.add(im.source.path, str(err), what="outputs")
+        return False
+    return True
 
 
-def _write_input(out: OutDir, im: Loaded) -> None:
-    dst = out.root / im.source.stem / "input.png"
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if out.overwrite or not dst.exists():
-        write_image(dst, im.image)
-
-
-def _name(im: Loaded, method: str, target: int, fmt: str) -> str:
-    several = im.rows is not None and len(im.rows) > 1
+def _name(stem: str, method: str, target: int | str, fmt: str, several: bool) -> str:
     base = f"{method}-{target}" if several else method
-    return f"{im.source.stem}/{base}{SUFFIX[fmt]}"
+    return f"{stem}/{base}{SUFFIX[fmt]}"
 
 
 def _explain_chunk(
@@ -157,58 +134,86 @@ def _explain_chunk(
     out: OutDir,
     run: Run,
     disabled: set[str],
+    bar: Progress,
 ) -> None:
     """One method over a chunk; a failing chunk is retried image by image to isolate the bad one."""
     x = np.concatenate([im.x for im in loaded])
+    record = METHODS[method]
     start = time.perf_counter()
     try:
-        expl = METHODS[method](session, x, s.target, **options_for(method, s.options))
+        expl = record(session, x, s.target, **record.accepted(dict(s.options)))
     except ModelError as err:  # the method does not apply to this model at all
         run.failures.add(f"method {method}", err, what=method)
         disabled.add(method)
+        bar.update(len(loaded))
         return
     except recoverable() as err:
         if len(loaded) > 1:
             for one in loaded:
-                _explain_chunk(session, method, [one], s, out, run, disabled)
+                _explain_chunk(session, method, [one], s, out, run, disabled, bar)
         else:
             run.failures.add(loaded[0].source.path, err, what=method)
+            bar.update(1)
         return
     seconds = (time.perf_counter() - start) / max(1, len(expl.target))
-    for r in range(len(expl.target)):
-        im = loaded[int(expl.image_index[r])]
-        attempt(
-            run,
-            im.source.path,
-            lambda r=r, im=im: _write_row(expl, r, method, im, s, out, run, seconds),
-            what=method,
-        )
+    for k, im in enumerate(loaded):
+        rows = np.flatnonzero(expl.image_index == k)
+        for r in rows:
+            several = len(rows) > 1
+            attempt(
+                run,
+                im.source.path,
+                lambda r=r, im=im, several=several: _write_row(
+                    expl, int(r), im, s, out, run, seconds, several
+                ),
+                what=method,
+            )
+        bar.update(1)
+
+
+def _record_image(im: Loaded, logits: Array, labels: Sequence[str], out: OutDir, run: Run) -> None:
+    """The image's summary group and its input picture, once, with its first result."""
+    stem = im.source.stem
+    if stem in run.groups:
+        return
+    dst = out.root / stem / "input.png"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if out.overwrite or not dst.exists():
+        write_image(dst, im.image)
+    run.groups[stem] = {
+        "source": str(im.source.path),
+        "input": f"{stem}/input.png",
+        "size": list(im.geometry.original_size),
+        "geometry": im.geometry.to_dict(),  # maps a .npy map back onto the photo
+        "predictions": top_k(logits[None], labels)[0],
+    }
 
 
 def _write_row(
     expl: Explanation,
     r: int,
-    method: str,
     im: Loaded,
     s: Settings,
     out: OutDir,
     run: Run,
     seconds: float,
+    several: bool,
 ) -> None:
     """Write the chosen formats of one explanation row and add its summary item."""
-    target = int(expl.target[r])
+    method, target = expl.method, int(expl.target[r])
+    record = METHODS[method]
     raw = expl.maps[r]
-    pics = pictures(raw, im.image, im.geometry)
+    colour = record.output == "colour"
     prob = float(expl.target_prob[r])
     caption = f"target {expl.labels[target]} ({target}) p={prob:.3f}"
-    if "panel" in s.formats:
-        title = f"{method}: {caption} - {im.source.stem}"
-        pics["panel"] = explanation_panel(im.image, pics, title=title, colour=is_colour(raw))
-    files = {fmt: _name(im, method, target, fmt) for fmt in s.formats}
+    title = f"{method}: {caption} - {im.source.stem}"
+    pics = pictures(raw, im.image, im.geometry, colour=colour, formats=s.formats, title=title)
+    files = {fmt: _name(im.source.stem, method, target, fmt, several) for fmt in s.formats}
+    _record_image(im, expl.logits[r], expl.labels, out, run)
     out.write_all({files[fmt]: _writer(raw if fmt == "npy" else pics[fmt]) for fmt in s.formats})
     run.items.append(
         {
-            "key": _name(im, method, target, "overlay"),
+            "key": _name(im.source.stem, method, target, "overlay", several),
             "group": im.source.stem,
             "kind": "explain",
             "method": method,

@@ -184,6 +184,9 @@ def _read_labels(path: Path | None) -> list[str] | None:
     "--std", metavar="R,G,B", help="Normalisation std in [0, 1] pixel units, added to the graph."
 )
 @click.option("--labels", type=EXISTING_FILE, help="Class names: one per line, or a JSON list.")
+@click.option(
+    "--flat", is_flag=True, help="No If nodes: every call runs the whole backward pass (for tract)."
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.pass_obj
 def augment(
@@ -196,6 +199,7 @@ def augment(
     mean: str | None,
     std: str | None,
     labels: Path | None,
+    flat: bool,
     overwrite: bool,
 ) -> None:
     """Add taps and the backward pass to a forward ONNX classifier (no torch needed).
@@ -225,6 +229,7 @@ def augment(
         "labels": _read_labels(labels),
         "mean": _triple(mean, "--mean"),
         "std": _triple(std, "--std", positive=True),
+        "flat": flat,
     }
     _check_names(model, options["taps"], logits)
     with user_errors(path=source):

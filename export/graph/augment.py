@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper, version_converter
 from gradtap.export.graph.emitter import GraphInfo
 from gradtap.export.graph.gate import branch_nodes, gate
 from gradtap.export.graph.taps import alias_for, candidate_taps, default_tap
+from gradtap.export.graph.tokens import expose_token_taps, split_spec
 from gradtap.export.graph.version import PASS_VERSION
 from gradtap.export.graph.vjp import add_vjp
 from gradtap.runtime import contract as c
@@ -38,6 +39,7 @@ def augment(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     labels: Sequence[str] | None = None,
+    flat: bool = False,
 ) -> onnx.ModelProto:
     """Add taps, a seed input, a rectifier-rule input and the backward pass to a classifier.
 
@@ -49,6 +51,8 @@ def augment(
         mean, std: per-channel normalisation in [0, 1] pixel units, prepended to the graph so
             the result takes RGB pixels in [0, 1]; omit when the graph already takes those.
         labels: class names (index = class id), stored in the metadata if given.
+        flat: no If nodes and no ``compute`` input: every call runs the whole backward pass
+            (for runtimes that cannot run If, such as tract); the ``relu_rule`` switch stays.
 
     Returns:
         The explanation graph described in gradtap.runtime.contract.
@@ -60,7 +64,7 @@ def augment(
     if mean is not None or std is not None:
         _prepend_normalization(model, mean, std)
     meta = {m.key: m.value for m in model.metadata_props}
-    chosen = resolve_taps(model, taps, meta)
+    chosen = expose_token_taps(model, resolve_taps(model, taps, meta), c.INPUT)
     graph = model.graph
     for alias, tensor in chosen.items():
         graph.node.append(
@@ -70,10 +74,13 @@ def augment(
     wrt = {c.INPUT: c.GRAD_INPUT}
     wrt.update({tensor: c.tap_grad_output(alias) for alias, tensor in chosen.items()})
     seed = _add_seed_inputs(model)
-    out = gate(add_vjp(model, seed_of=c.LOGITS, seed=seed, wrt=wrt, relu_rule=c.RELU_RULE))
+    out = add_vjp(model, seed_of=c.LOGITS, seed=seed, wrt=wrt, relu_rule=c.RELU_RULE)
+    out = out if flat else gate(out)
     _stamp(out, meta, chosen, labels)
     del out.graph.value_info[:]
     out = onnx.shape_inference.infer_shapes(out, check_type=True, strict_mode=True)
+    if not flat:
+        _declare_gated_outputs(out)
     _ensure(out)
     return out
 
@@ -130,7 +137,7 @@ def resolve_taps(
         taps = {alias_for(t): t for t in taps}
     produced = {o for n in model.graph.node for o in n.output}
     for alias, tensor in taps.items():
-        if tensor not in produced:
+        if split_spec(tensor)[0] not in produced:
             names = [t.name for t in candidate_taps(model)][-8:]
             raise GraphError(
                 f"unknown tap tensor {tensor!r} (alias {alias!r}); feature maps near the head: {names}"
@@ -224,10 +231,7 @@ def _add_seed_inputs(model: onnx.ModelProto) -> str:
     graph.input.append(helper.make_tensor_value_info(c.RELU_RULE, TensorProto.INT64, []))
     graph.input.append(helper.make_tensor_value_info(c.SEED_TOP1, TensorProto.FLOAT, []))
     graph.input.append(helper.make_tensor_value_info(c.OBJECTIVE, TensorProto.INT64, []))
-    graph.initializer.extend([
-        numpy_helper.from_array(np.asarray(0, np.int64), c.RELU_RULE),
-        numpy_helper.from_array(np.asarray(0.0, np.float32), c.SEED_TOP1),
-        numpy_helper.from_array(np.asarray(c.OBJECTIVES["logits"], np.int64), c.OBJECTIVE),
+    graph.initializer.extend([  # no defaults for the control inputs: every input is required
         numpy_helper.from_array(np.asarray(c.OBJECTIVES["cross_entropy"], np.int64), "seed/ce"),
         numpy_helper.from_array(np.asarray([1], np.int64), "seed/axis"),
         numpy_helper.from_array(np.asarray([0.0, 1.0], np.float32), "seed/onehot_values"),
@@ -276,6 +280,27 @@ def _set_meta(model: onnx.ModelProto, key: str, value: str) -> None:
     model.metadata_props.add(key=key, value=value)
 
 
+def _declare_gated_outputs(model: onnx.ModelProto) -> None:
+    """Gradient outputs declared as rank-4 tensors of their own symbolic dimensions: they come
+    back empty from a call that does not compute them, so a fixed declared size would be false."""
+    for out in model.graph.output:
+        if not out.name.startswith(c.GRAD_PREFIX):
+            continue
+        dims = out.type.tensor_type.shape.dim
+        for k, dim in enumerate(dims):
+            dim.Clear()
+            dim.dim_param = f"{out.name}:{k}"
+
+
+def _resize_spec(meta: Mapping[str, str]) -> str:
+    """The resize metadata with the filter and the crop named, so an embedder can match them."""
+    spec = json.loads(meta[c.META_RESIZE]) if c.META_RESIZE in meta else {"policy": "stretch"}
+    spec.setdefault("filter", c.RESIZE_FILTER)
+    if spec.get("policy") == "shorter_side_center_crop":
+        spec.setdefault("crop", "center")
+    return json.dumps(spec)
+
+
 def _stamp(
     model: onnx.ModelProto,
     meta: Mapping[str, str],
@@ -294,13 +319,14 @@ def _stamp(
     _set_meta(model, c.META_TAPS, json.dumps(dict(taps)))
     if taps:
         _set_meta(model, c.META_DEFAULT_TAP, default if default in taps else next(iter(taps)))
+    _set_meta(model, c.META_RESIZE, _resize_spec(meta))
     _set_meta(model, c.META_RELU_RULES, json.dumps(c.RELU_RULES))
     _set_meta(model, c.META_CONTRACT, c.CONTRACT_VERSION)
     _set_meta(model, c.META_AUGMENTED, "1")
     _set_meta(model, c.META_PASS_VERSION, PASS_VERSION)
     if labels is not None:
         _set_meta(model, c.META_LABELS, json.dumps(list(labels)))
-    info = GraphInfo.of(model)
+    info = GraphInfo.of(model, complete=False)
     if c.META_INPUT_SIZE not in meta and all(isinstance(d, int) for d in info.shape(c.INPUT)[2:]):
         _set_meta(model, c.META_INPUT_SIZE, json.dumps(list(info.shape(c.INPUT)[2:])))
 

@@ -23,21 +23,7 @@ from gradtap.runtime.session import ExplainSession
 
 Array = npt.NDArray[np.float32]
 RANDOM = "random"
-MAP_METHODS: tuple[str, ...] = (
-    "saliency",
-    "guided_backprop",
-    "deconvnet",
-    "cam",
-    "gradcam",
-    "gradcam++",
-    "guided_gradcam",
-    "smoothgrad",
-    "integrated_gradients",
-    "occlusion",
-    RANDOM,
-)
-NEEDS_TAP = frozenset({"cam", "gradcam", "gradcam++", "guided_gradcam"})
-NEEDS_RULE = {"guided_backprop": "guided", "guided_gradcam": "guided", "deconvnet": "deconvnet"}
+MAP_METHODS: tuple[str, ...] = (*METHODS, RANDOM)
 
 
 @dataclass(frozen=True)
@@ -68,29 +54,33 @@ def not_applicable(session: ExplainSession, method: str) -> str | None:
     """Why ``method`` cannot run on this model, or ``None`` when it can."""
     if method not in MAP_METHODS:
         raise OptionError(f"unknown method {method!r}; valid: {list(MAP_METHODS)}")
-    rule = NEEDS_RULE.get(method)
+    if method == RANDOM:
+        return None
+    record = METHODS[method]
+    rule = record.rectifier
     if rule is not None and rule not in session.info.relu_rules:
         return f"model {session.info.name!r} has no {rule!r} rectifier rule (no relu_rule input)"
     try:
-        if method in NEEDS_TAP:
+        if record.needs_tap:
             tap = session.info.tap(None)
-            if method == "cam":
+            if record.needs_head:
                 class_weights(session.model_proto(), tap)
     except ModelError as err:
         return str(err)
     return None
 
 
-def _options(method: str, size: tuple[int, int], settings: MapSettings) -> dict[str, object]:
+def _options(method: Method, size: tuple[int, int], settings: MapSettings) -> dict[str, object]:
+    """The bounded settings, under the option names the method takes."""
     side = min(size)
-    if method == "smoothgrad":
-        return {"samples": settings.samples, "seed": settings.seed}
-    if method == "integrated_gradients":
-        return {"steps": settings.samples}
-    if method == "occlusion":
-        window = max(1, round(side * settings.occlusion_window))
-        return {"window": window, "stride": max(1, round(side * settings.occlusion_stride))}
-    return {}
+    candidates: dict[str, object] = {
+        "samples": settings.samples,
+        "steps": settings.samples,
+        "seed": settings.seed,
+        "window": max(1, round(side * settings.occlusion_window)),
+        "stride": max(1, round(side * settings.occlusion_stride)),
+    }
+    return method.accepted(candidates)
 
 
 def _to_map(raw: Array, size: tuple[int, int]) -> Array:
@@ -119,8 +109,8 @@ def compute_maps(
         for i, k in enumerate(ids):
             out[i] = random_map(size, seed=settings.seed * 1_000_003 + int(k))
         return out
-    func: Method = METHODS[method]
-    options = _options(method, size, settings)
+    func = METHODS[method]
+    options = _options(func, size, settings)
     for cls in np.unique(targets):
         rows = np.flatnonzero(targets == cls)
         expl = func(session, x[rows], int(cls), **options)

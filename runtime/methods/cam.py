@@ -42,8 +42,9 @@ def cam(
     """
     alias = session.info.tap(tap)
     weights = class_weights(session.model_proto(), alias)
-    prep = prepare(session, x, target)
+    prep = prepare(session, x, target, defer_top1=True)
     run = session.run(prep.x, None, grad_input=False, taps=[alias], tap_grads=False)
+    prep = prep.settled(run.logits)
     maps = np.einsum("rk,rkhw->rhw", weights[prep.rows.target], run.taps[alias])
     maps = np.maximum(maps, 0) if relu else maps
     return finish("cam", maps, prep, session, row_logits=run.logits)

@@ -1,8 +1,18 @@
-"""METHODS: the explanation methods that return maps, by name (``gradtap explain -m``)."""
+"""METHODS: the explanation methods that return maps, as records, by name (``gradtap explain -m``).
+
+A record says what the CLI, the presentation, the :class:`~gradtap.runtime.Explainer` and the
+evaluation need to know about a method without calling it or reading its signature: the paper,
+whether it needs a tap (and the class weights of a GAP -> linear head), which rectifier rule it
+runs, whether its maps are spatial ``[R, h, w]`` or colour ``[R, 3, H, W]``, whether they are
+signed, and the keyword options it takes.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -15,9 +25,40 @@ from gradtap.runtime.methods.sampling import integrated_gradients, occlusion, sm
 from gradtap.runtime.session import ExplainSession
 from gradtap.runtime.targets import TargetSpec
 
+MethodFunc = Callable[..., Explanation]
+Output = Literal["spatial", "colour"]
+_NOT_OPTIONS = frozenset({"session", "x", "target"})
 
-class Method(Protocol):
-    """``method(session, x, target=None, **options) -> Explanation``."""
+
+@dataclass(frozen=True)
+class Method:
+    """One explanation method: ``method(session, x, target=None, **options) -> Explanation``.
+
+    Attributes:
+        name: the registry name (``-m NAME``).
+        func: the function computing it.
+        paper: where the method comes from.
+        output: ``"spatial"`` maps [R, h, w] or ``"colour"`` gradient images [R, 3, H, W].
+        needs_tap: reads a tap (the CAM family).
+        needs_head: reads the class weights of a GAP -> linear head after the tap (CAM).
+        rectifier: the ``relu_rule`` it runs (``"guided"``, ``"deconvnet"``), or None.
+        signed: its maps keep a meaningful sign (shown with a diverging colour map).
+        options: keyword options the function accepts (derived from its signature).
+    """
+
+    name: str
+    func: MethodFunc
+    paper: str
+    output: Output = "spatial"
+    needs_tap: bool = False
+    needs_head: bool = False
+    rectifier: str | None = None
+    signed: bool = False
+    options: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        params = inspect.signature(self.func).parameters
+        object.__setattr__(self, "options", tuple(p for p in params if p not in _NOT_OPTIONS))
 
     def __call__(
         self,
@@ -25,21 +66,54 @@ class Method(Protocol):
         x: npt.NDArray[np.float32],
         target: TargetSpec = None,
         **options: Any,
-    ) -> Explanation: ...
+    ) -> Explanation:
+        return self.func(session, x, target, **options)
+
+    def accepted(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The subset of ``options`` this method takes."""
+        return {k: v for k, v in options.items() if k in self.options}
 
 
-METHODS: dict[str, Method] = {
-    "saliency": saliency,
-    "deconvnet": deconvnet,
-    "guided_backprop": guided_backprop,
-    "cam": cam,
-    "gradcam": gradcam,
-    "gradcam++": gradcampp,
-    "guided_gradcam": guided_gradcam,
-    "smoothgrad": smoothgrad,
-    "integrated_gradients": integrated_gradients,
-    "occlusion": occlusion,
-}
+def _registry(*methods: Method) -> dict[str, Method]:
+    return {m.name: m for m in methods}
+
+
+METHODS: dict[str, Method] = _registry(
+    Method("saliency", saliency, "https://arxiv.org/abs/1312.6034"),
+    Method(
+        "deconvnet",
+        deconvnet,
+        "https://arxiv.org/abs/1311.2901",
+        output="colour",
+        rectifier="deconvnet",
+    ),
+    Method(
+        "guided_backprop",
+        guided_backprop,
+        "https://arxiv.org/abs/1412.6806",
+        output="colour",
+        rectifier="guided",
+    ),
+    Method("cam", cam, "https://arxiv.org/abs/1512.04150", needs_tap=True, needs_head=True),
+    Method("gradcam", gradcam, "https://arxiv.org/abs/1610.02391", needs_tap=True),
+    Method("gradcam++", gradcampp, "https://arxiv.org/abs/1710.11063", needs_tap=True),
+    Method(
+        "guided_gradcam",
+        guided_gradcam,
+        "https://arxiv.org/abs/1610.02391",
+        output="colour",
+        needs_tap=True,
+        rectifier="guided",
+    ),
+    Method("smoothgrad", smoothgrad, "https://arxiv.org/abs/1706.03825"),
+    Method(
+        "integrated_gradients",
+        integrated_gradients,
+        "https://arxiv.org/abs/1703.01365",
+        signed=True,
+    ),
+    Method("occlusion", occlusion, "https://arxiv.org/abs/1311.2901", signed=True),
+)
 
 
 def get_method(name: str) -> Method:

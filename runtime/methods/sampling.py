@@ -221,7 +221,7 @@ def _pair(name: str, value: int | tuple[int, int]) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) else tuple(value)
     if len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair):
         raise OptionError(f"{name} must be a positive int or (h, w), got {value!r}")
-    return pair  # type: ignore[return-value]
+    return int(pair[0]), int(pair[1])
 
 
 def _positive(name: str, value: int) -> None:

@@ -6,6 +6,7 @@ tiles and captions and keeps large photos at a bounded display size.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import replace
 
 import cv2
@@ -41,26 +42,41 @@ def for_display(image: Image, geometry: Geometry, max_side: int) -> tuple[Image,
     return small, replace(geometry, original_size=size)
 
 
-def is_colour(raw: npt.NDArray[np.float32]) -> bool:
-    """Whether a raw map is a colour gradient image [3, H, W] (guided backprop and the like)."""
-    return raw.ndim == 3 and raw.shape[0] == 3
+def pictures(
+    raw: npt.NDArray[np.float32],
+    image: Image,
+    geometry: Geometry,
+    *,
+    colour: bool,
+    formats: Collection[str] = ("overlay", "heatmap"),
+    title: str = "",
+) -> dict[str, Rgb8]:
+    """The pictures of one raw map named in ``formats`` (overlay, heatmap, panel), on ``image``.
 
-
-def pictures(raw: npt.NDArray[np.float32], image: Image, geometry: Geometry) -> dict[str, Rgb8]:
-    """The ``overlay`` and ``heatmap`` pictures of one raw map, on the (display) image.
-
-    For colour gradients the overlay is the gradient picture itself (grey = zero) placed where
-    the model looked, the heat map its max |gradient| over channels. Pixels outside the
-    model's centre crop are greyed and hatched (``unseen``).
+    For colour gradients (``colour``: a [3, H, W] map) the overlay is the gradient picture itself
+    (grey = zero) placed where the model looked, the heat map its max |gradient| over channels.
+    The panel shows input | heat map | overlay under ``title``. Nothing else is computed.
+    Pixels outside the model's centre crop are greyed and hatched (``unseen``), not painted as
+    "unimportant".
     """
+    wanted = set(formats)
+    if "panel" in wanted:
+        wanted |= {"overlay", "heatmap"}
+    out: dict[str, Rgb8] = {}
+    if not wanted & {"overlay", "heatmap"}:
+        return out
     heat = heatmap(raw, geometry)
-    if is_colour(raw):
+    seen = seen_mask(geometry, heat.shape)
+    if "heatmap" in wanted:
+        out["heatmap"] = mark_unseen(colorize(heat), seen)
+    if "overlay" in wanted and colour:
         grad = to_original(gradient_image(raw), geometry, fill=0.5)
-        overlay = np.rint(np.clip(grad, 0.0, 1.0) * 255).astype(np.uint8)
-    else:
-        overlay = overlay_heatmap(image, heat)
-    seen = seen_mask(geometry, heat.shape)  # outside the centre crop: greyed, not "unimportant"
-    return {"overlay": mark_unseen(overlay, seen), "heatmap": mark_unseen(colorize(heat), seen)}
+        out["overlay"] = mark_unseen(np.rint(np.clip(grad, 0.0, 1.0) * 255).astype(np.uint8), seen)
+    elif "overlay" in wanted:
+        out["overlay"] = mark_unseen(overlay_heatmap(image, heat), seen)
+    if "panel" in wanted:
+        out["panel"] = explanation_panel(image, out, title=title, colour=colour)
+    return out
 
 
 def explanation_panel(image: Image, pics: dict[str, Rgb8], *, title: str, colour: bool) -> Rgb8:

@@ -7,6 +7,7 @@ head (dS_k/dA_c = W[k, c] / (h * w)).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from html.parser import HTMLParser
 from pathlib import Path
@@ -27,6 +28,7 @@ from gradtap.runtime.image.geometry import to_input
 from gradtap.runtime.image.read import load_image
 from gradtap.runtime.methods.registry import METHODS
 from gradtap.runtime.session import ExplainSession
+from tests.conftest import invoke
 from tests.graphs import tiny_cnn
 
 LABELS = ["cat", "dog", "bird"]
@@ -52,13 +54,8 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
-@pytest.fixture(autouse=True)
-def _no_model_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("GRADTAP_MODEL", raising=False)
-
-
 def explain(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, ["explain", *map(str, args)])
+    return invoke("explain", *args)
 
 
 def forward_with_tap(path: Path) -> ort.InferenceSession:
@@ -439,7 +436,7 @@ def test_a_failing_image_in_a_batch_is_isolated(
             raise NonFiniteError("the model produced NaN or Inf in ['grad/tap/features']")
         return real(session, x, target, **options)
 
-    monkeypatch.setitem(METHODS, "gradcam", flaky)
+    monkeypatch.setitem(METHODS, "gradcam", dataclasses.replace(real, func=flaky))
     out = tmp_path / "out"
     result = explain(*photos.values(), "-M", models["augmented"], "-b", "2", "-o", out, "--json")
     assert result.exit_code == 1
@@ -485,3 +482,83 @@ def test_unicode_and_space_paths(
     assert (out / "chat_tigr\u00e9_\u732b" / "gradcam.panel.png").is_file()
     for url in linked_files((out / "index.html").read_text("utf-8")):
         assert (out / unquote(url)).is_file(), url
+
+
+def count_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count fused onnxruntime calls (ExplainSession.run) made from now on."""
+    calls: list[int] = []
+    real = ExplainSession.run
+
+    def counted(self, x, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        calls.append(len(x))
+        return real(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(ExplainSession, "run", counted)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("targets", "per_method"),
+    [
+        ((), 1),  # the predicted class: predicted and explained in the same call
+        (("-t", "dog"), 1),
+        (("-t", "top-2"), 2),  # top-k needs the logits first, inside the method
+    ],
+)
+def test_one_fused_call_per_method_and_chunk(
+    models: dict[str, Path],
+    photos: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    targets: tuple[str, ...],
+    per_method: int,
+) -> None:
+    calls = count_runs(monkeypatch)
+    methods = "saliency,gradcam,guided_backprop,cam"
+    out = tmp_path / "out"
+    result = explain(*photos.values(), "-M", models["augmented"], "-m", methods, *targets,
+                     "-b", "2", "-o", out, "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 4 * per_method and set(calls) <= {2, 4}  # one chunk of 2 images
+    record = json.loads(result.stdout)
+    rows = 2 if targets[-1:] == ("top-2",) else 1
+    assert len(record["items"]) == 2 * 4 * rows
+    for group in record["groups"].values():  # predictions come from the methods' own calls
+        assert len(group["predictions"]) == 3 and (out / group["input"]).is_file()
+
+
+def test_every_registered_method_runs_with_all(
+    models: dict[str, Path], photos: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    result = explain(photos["chelsea"], "-M", models["augmented"], "-m", "all", "-o", out,
+                     "--set", "samples=2", "--set", "steps=2", "--format", "npy", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    done = {item["method"] for item in json.loads(result.stdout)["items"]}
+    assert done == set(METHODS)
+    for name, record in METHODS.items():
+        raw = np.load(out / "chelsea" / f"{name}.npy")
+        assert raw.ndim == (3 if record.output == "colour" else 2), name
+        assert (raw.shape[0] == 3) == (record.output == "colour"), name
+
+
+def test_only_the_requested_pictures_are_computed(
+    models: dict[str, Path],
+    photos: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gradtap.runtime.present.pictures as pictures
+
+    drawn: list[str] = []
+    for name in ("overlay_heatmap", "explanation_panel", "colorize"):
+        real = getattr(pictures, name)
+        monkeypatch.setattr(
+            pictures, name, lambda *a, _n=name, _f=real, **k: (drawn.append(_n), _f(*a, **k))[1]
+        )
+    result = explain(photos["chelsea"], "-M", models["augmented"], "--format", "npy",
+                     "-o", tmp_path / "a")  # fmt: skip
+    assert result.exit_code == 0 and drawn == []
+    result = explain(photos["chelsea"], "-M", models["augmented"], "--format", "heatmap",
+                     "-o", tmp_path / "b")  # fmt: skip
+    assert result.exit_code == 0 and drawn == ["colorize"]

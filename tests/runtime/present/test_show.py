@@ -161,7 +161,7 @@ def test_cli_pictures_grey_what_the_model_never_saw() -> None:
     g = Geometry(original_size=(64, 192), resized_size=(64, 192), crop=(0, 64, 64, 64))
     raw = np.random.default_rng(0).random((8, 8)).astype(np.float32)
     photo = np.full((64, 192, 3), 0.5, np.float32)
-    for name, pic in pictures(raw, photo, g).items():
+    for name, pic in pictures(raw, photo, g, colour=False).items():
         side, centre = pic[:, :60].astype(int), pic[:, 70:120].astype(int)
         assert (side.max(axis=2) == side.min(axis=2)).all(), name  # grey, hatched
         assert (centre.max(axis=2) - centre.min(axis=2)).max() > 30, name  # the colour map
