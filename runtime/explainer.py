@@ -6,7 +6,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -30,7 +30,7 @@ from gradtap.runtime.present.postprocess import heatmap
 from gradtap.runtime.session import ExplainSession, ModelSource
 from gradtap.runtime.targets import Each, TargetSpec, softmax
 
-Images = ImageLike | Sequence[ImageLike]
+Images: TypeAlias = "ImageLike | Sequence[ImageLike]"
 
 
 class RandomWeightsWarning(UserWarning):

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeGuard
 
 import numpy as np
 import numpy.typing as npt
@@ -292,7 +292,7 @@ def _open(
         raise ModelError(f"cannot load {what!r} as an ONNX model: {first}") from err
 
 
-def _is_proto(model: object) -> bool:
+def _is_proto(model: object) -> TypeGuard[onnx.ModelProto]:
     """Whether ``model`` is an ``onnx.ModelProto``, without importing onnx when it cannot be."""
     onnx = sys.modules.get("onnx")
     return onnx is not None and isinstance(model, onnx.ModelProto)
