@@ -11,7 +11,7 @@ NPM_PACKAGES := onnxruntime-node@1.30.0 onnxruntime-web@1.30.0 com.github.asus4.
 ORT_HEADERS := $(NPM_DIR)/node_modules/com.github.asus4.onnxruntime/Plugins/iOS~/onnxruntime.xcframework/ios-arm64/onnxruntime.framework/Headers
 ROOT := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup test test-fast demo bench lint typecheck models clean examples
+.PHONY: setup test test-fast demo bench lint typecheck models wheels clean examples
 
 setup: $(STAMP) $(EMBED_STAMP)
 
@@ -49,6 +49,18 @@ bench: setup
 
 models: setup  # the committed explanation graph of the trained custom CNN
 	$(BIN)/gradtap export smallcnn -w models/smallcnn.pt -o models/smallcnn.gradtap.onnx --overwrite
+
+# Wheels for a machine without torch or network: gradtap itself (with the shipped smallcnn), the
+# EfficientNet-Lite0 model wheel (exported once with torch; reproducible, with .sha256 files) and
+# the runtime dependencies, so `pip install --no-index --find-links build/wheels --find-links
+# build/wheels/deps gradtap gradtap-models-imagenet` works offline.
+WHEELS := build/wheels
+wheels: setup
+	rm -f $(WHEELS)/gradtap-*.whl
+	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w $(WHEELS) .
+	cd $(WHEELS) && sha256sum gradtap-*.whl > "$$(ls gradtap-*.whl).sha256"
+	$(BIN)/python -m gradtap.export.models.wheel efficientnet_lite0 -o $(WHEELS)
+	$(BIN)/python -m pip download -q -d $(WHEELS)/deps $(WHEELS)/gradtap-*.whl
 
 lint: setup
 	$(BIN)/ruff check export runtime cli tests bench

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import click
@@ -82,3 +84,39 @@ def setup_logging(verbosity: int) -> None:
     warned.handlers[:] = [handler]
     warned.setLevel(logging.WARNING if verbosity >= 1 else logging.ERROR)
     warned.propagate = False
+
+
+GLOBAL_FLAGS = frozenset({"-q", "--quiet", "-v", "--verbose"})
+GLOBAL_VALUES = frozenset({"--provider", "--threads"})
+_VERBOSE = re.compile(r"^-v+$")
+
+
+def hoist_global_options(args: list[str], commands: Sequence[str]) -> list[str]:
+    """Global options given after the subcommand, moved before it (``gradtap explain x -q``).
+
+    Only ``-q``, ``-v``/``-vv``, ``--provider`` and ``--threads`` (with their values) move; no
+    subcommand uses these names. Nothing after ``--`` moves.
+    """
+    at = next((i for i, a in enumerate(args) if a in commands), None)
+    if at is None:
+        return list(args)
+    head, moved, rest = list(args[:at]), [], []
+    tail = args[at + 1 :]
+    i = 0
+    while i < len(tail):
+        arg = tail[i]
+        if arg == "--":
+            rest += tail[i:]
+            break
+        name = arg.split("=", 1)[0]
+        if arg in GLOBAL_FLAGS or _VERBOSE.match(arg):
+            moved.append(arg)
+        elif name in GLOBAL_VALUES and "=" in arg:
+            moved.append(arg)
+        elif arg in GLOBAL_VALUES and i + 1 < len(tail):
+            moved += [arg, tail[i + 1]]
+            i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return head + moved + [args[at]] + rest

@@ -14,17 +14,37 @@ from urllib.parse import quote
 
 from gradtap.cli.outputs import GALLERY, write_text
 
-PICTURE_ORDER = ("panel", "overlay", "heatmap", "image")
+# The grid shows the overlay (the input has its own column); the panel repeats the input.
+PICTURE_ORDER = ("overlay", "image", "heatmap", "panel")
 _STYLE = """
-body { font-family: system-ui, sans-serif; margin: 1.5em; background: #fafafa; color: #222; }
-h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 2em; border-bottom: 1px solid #ccc; }
-.meta, .preds { font-size: 0.9em; color: #555; }
-.grid { display: flex; flex-wrap: wrap; gap: 1em; }
-figure { margin: 0; background: #fff; padding: 0.5em; border: 1px solid #ddd; max-width: 100%; }
-figure img { max-width: 100%; height: auto; display: block; }
-figcaption { font-size: 0.85em; margin-top: 0.3em; }
-.files a { margin-right: 0.6em; font-size: 0.8em; }
+* { box-sizing: border-box; }
+body { font-family: system-ui, "DejaVu Sans", sans-serif; margin: 1em; background: #fafafa;
+  color: #222; }
+h1 { font-size: 1.4em; margin: 0 0 0.3em; } h2 { font-size: 1.1em; margin: 1.2em 0 0.4em; }
+.meta, .preds { font-size: 0.85em; color: #555; margin: 0.2em 0; overflow-wrap: anywhere; }
+nav.toc ol { columns: 16em; font-size: 0.9em; padding-left: 1.5em; margin: 0.3em 0 1em; }
+.scroll { overflow-x: auto; }
+table.grid { border-collapse: collapse; background: #fff; min-width: 100%; }
+.grid th, .grid td { border: 1px solid #ddd; padding: 0.4em; vertical-align: top; }
+.grid thead th { position: sticky; top: 0; background: #eee; font-size: 0.9em; z-index: 1; }
+.grid th.image { text-align: left; font-weight: normal; width: 14em; min-width: 10em;
+  background: #f4f4f4; }
+.grid td { min-width: 11em; }
+figure { margin: 0 0 0.5em; }
+figure img { display: block; width: 100%; max-height: 18em; object-fit: contain;
+  background: #f0f0f0; }
+figcaption { font-size: 0.8em; margin-top: 0.2em; overflow-wrap: anywhere; }
+.files a { margin-right: 0.5em; font-size: 0.8em; }
 .failures li { color: #a00; }
+@media (max-width: 700px) {
+  body { margin: 0.5em; }
+  .grid thead { display: none; }
+  .grid, .grid tbody, .grid tr, .grid th, .grid td { display: block; width: 100%; }
+  .grid tr { margin-bottom: 1em; border: 1px solid #ccc; }
+  .grid td::before { content: attr(data-label); display: block; font-weight: bold;
+    font-size: 0.85em; }
+  .grid th.image { width: 100%; }
+}
 """
 
 
@@ -46,21 +66,74 @@ def write_gallery(root: Path, summary: Mapping[str, Any]) -> Path:
 
 
 def render(root: Path, summary: Mapping[str, Any]) -> str:
-    """The gallery page as a string."""
+    """The gallery page: a table of contents, then one row per image and one column per method."""
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">']
+    parts.append('<meta name="viewport" content="width=device-width, initial-scale=1">')
     parts.append("<title>gradtap results</title>")
     parts.append(f"<style>{_STYLE}</style></head><body>")
     parts.append("<h1>gradtap results</h1>")
     parts += _models(summary.get("runs", []))
     items = summary.get("items", [])
     groups = summary.get("groups", {})
-    for group in _group_order(items, groups):
-        parts += _group(
-            root, group, groups.get(group, {}), [i for i in items if i["group"] == group]
-        )
+    order = [g for g in _group_order(items, groups) if any(i["group"] == g for i in items)]
+    columns = list(dict.fromkeys(_column(i) for i in items))
+    parts += _contents(order, groups)
+    parts.append('<div class="scroll"><table class="grid">')
+    head = "".join(f'<th scope="col">{esc(c)}</th>' for c in columns)
+    parts.append(f'<thead><tr><th scope="col" class="image">image</th>{head}</tr></thead><tbody>')
+    for i, group in enumerate(order):
+        mine = [it for it in items if it["group"] == group]
+        parts.append(_row(root, group, f"g{i}", groups.get(group, {}), mine, columns))
+    parts.append("</tbody></table></div>")
     parts += _failures(summary.get("runs", []))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _column(item: Mapping[str, Any]) -> str:
+    """The method (or other result kind) an item belongs to: its column in the grid."""
+    caption = item.get("caption") or [""]
+    return str(item.get("method") or caption[0] or item.get("kind") or "result")
+
+
+def _contents(order: list[str], groups: Mapping[str, Any]) -> list[str]:
+    if len(order) < 2:
+        return []
+    entries = []
+    for i, group in enumerate(order):
+        preds = groups.get(group, {}).get("predictions") or []
+        top = f" &mdash; {esc(preds[0]['label'])}" if preds else ""
+        entries.append(f'<li><a href="#g{i}">{esc(group)}</a>{top}</li>')
+    return ['<nav class="toc"><h2>Contents</h2><ol>', *entries, "</ol></nav>"]
+
+
+def _row(
+    root: Path,
+    name: str,
+    anchor: str,
+    info: Mapping[str, Any],
+    items: list[Mapping[str, Any]],
+    columns: list[str],
+) -> str:
+    head = [f"<strong>{esc(name)}</strong>"]
+    source = info.get("input")
+    if source and (root / source).is_file():
+        img = f'<img src="{href(source)}" alt="{esc(name)}" loading="lazy">'
+        head.insert(0, f'<figure><a href="{href(source)}">{img}</a></figure>')
+    if info.get("source"):
+        head.append(f'<p class="meta">source: {esc(info["source"])}</p>')
+    preds = info.get("predictions") or []
+    if preds:
+        text = ", ".join(f"{p['label']} ({p['class']}) {p['prob']:.3f}" for p in preds)
+        head.append(f'<p class="preds">top-{len(preds)}: {esc(text)}</p>')
+    cells = []
+    for column in columns:
+        figures = "".join(_figure(root, it) for it in items if _column(it) == column)
+        cells.append(f'<td data-label="{esc(column)}">{figures}</td>')
+    return (
+        f'<tr id="{anchor}" data-group="{esc(name)}"><th scope="row" class="image">'
+        f"{''.join(head)}</th>{''.join(cells)}</tr>"
+    )
 
 
 def _models(runs: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -79,24 +152,6 @@ def _group_order(items: Iterable[Mapping[str, Any]], groups: Mapping[str, Any]) 
         if item["group"] not in order:
             order.append(item["group"])
     return order
-
-
-def _group(
-    root: Path, name: str, info: Mapping[str, Any], items: list[Mapping[str, Any]]
-) -> list[str]:
-    if not items:
-        return []
-    parts = [f'<h2 id="{esc(name)}">{esc(name)}</h2>']
-    if info.get("source"):
-        parts.append(f'<p class="meta">source: {esc(info["source"])}</p>')
-    preds = info.get("predictions") or []
-    if preds:
-        text = ", ".join(f"{p['label']} ({p['class']}) {p['prob']:.3f}" for p in preds)
-        parts.append(f'<p class="preds">top-{len(preds)}: {esc(text)}</p>')
-    parts.append('<div class="grid">')
-    parts += [_figure(root, item) for item in items]
-    parts.append("</div>")
-    return parts
 
 
 def _figure(root: Path, item: Mapping[str, Any]) -> str:

@@ -18,6 +18,7 @@ from gradtap.cli.config import (
     PROVIDER_ALIASES,
     Config,
     expand_providers,
+    hoist_global_options,
     setup_logging,
 )
 from gradtap.cli.errors import GradtapGroup
@@ -25,7 +26,14 @@ from gradtap.cli.errors import GradtapGroup
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
 
 
-@click.group(context_settings=CONTEXT, cls=GradtapGroup)
+class Group(GradtapGroup):
+    """The gradtap group: global options are accepted after the subcommand too."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_options(args, list(self.commands)))
+
+
+@click.group(context_settings=CONTEXT, cls=Group)
 @click.option(
     "--provider",
     "providers",
@@ -61,6 +69,7 @@ def cli(
       gradtap explain photos/ -M efficientnet_lite0 -m gradcam -m guided_backprop --out out/
       gradtap attack cat.jpg -M efficientnet_lite0 --eps 0.01
 
+    Global options may also follow the command (gradtap explain x.jpg -q --threads 2).
     Exit codes: 0 all good, 1 some inputs failed, 2 usage error, 130 interrupted.
     """
     verbosity = -1 if quiet else verbose

@@ -10,11 +10,11 @@ import click
 
 from gradtap.cli.config import Config
 from gradtap.cli.errors import about, one_line
-from gradtap.export.models.catalog import MODEL_NAMES, default_cache_dir
+from gradtap.runtime import catalog
+from gradtap.runtime.catalog import AUGMENTED_SUFFIX, MODEL_NAMES
 
 KNOWN_MODELS = MODEL_NAMES
 MODEL_ENV = "GRADTAP_MODEL"
-AUGMENTED_SUFFIX = ".gradtap.onnx"
 logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
@@ -23,47 +23,45 @@ if TYPE_CHECKING:
 
 def cache_dir() -> Path:
     """Where ``gradtap export`` keeps models when no ``-o`` is given."""
-    return default_cache_dir()
-
-
-def cached_models(name: str) -> list[Path]:
-    """Augmented graphs of ``name`` in the cache: trained weights before random, then newest."""
-    folder = cache_dir()
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.glob(f"{name}-*{AUGMENTED_SUFFIX}") if p.is_file()]
-    return sorted(found, key=lambda p: (p.name.startswith(f"{name}-random."), -p.stat().st_mtime))
+    return catalog.default_cache_dir()
 
 
 def resolve_model(value: str | None) -> Path:
     """The model file named by ``--model``.
 
     Args:
-        value: a path to an augmented graph, or a model name exported with ``gradtap export``
-            (the newest cached export of that name is used).
+        value: a path to an augmented graph, or a model name: an export in the cache
+            (``gradtap export NAME``) or a packaged model (see ``gradtap.runtime.catalog``).
 
     Raises:
         click.UsageError: nothing given, or the file / name cannot be found (exit 2).
     """
     if not value:
         raise click.UsageError(
-            f"no model: pass --model FILE{AUGMENTED_SUFFIX} or a name exported with "
-            f"`gradtap export NAME` (or set {MODEL_ENV})"
+            f"no model: pass --model FILE{AUGMENTED_SUFFIX} or a model name such as smallcnn "
+            f"(or set {MODEL_ENV})"
         )
     path = Path(value).expanduser()
     if path.is_file():
         return path
-    if path.exists():
+    if path.exists():  # a folder, a pipe or a device: say which
+        from gradtap.runtime.errors import ModelError
+        from gradtap.runtime.modelfile import check_model_file
+
+        try:
+            check_model_file(path)
+        except ModelError as err:
+            raise click.UsageError(f"--model: {err}") from None
         raise click.UsageError(f"--model: {value!r} is not a file")
     if value in KNOWN_MODELS or ("/" not in value and not value.endswith(".onnx")):
-        found = cached_models(value)
-        if found:
-            logger.info("model %s: using %s", value, found[0])
-            return found[0]
-        raise click.UsageError(
-            f"--model: no exported {value!r} in {str(cache_dir())!r}; run `gradtap export "
-            f"{value}` first, or pass a {AUGMENTED_SUFFIX} file"
-        )
+        from gradtap.runtime.errors import ModelError
+
+        try:
+            found = catalog.resolve_name(value)
+        except ModelError as err:
+            raise click.UsageError(f"--model: {err}") from None
+        logger.info("model %s: using %s", value, found)
+        return found
     raise click.UsageError(f"--model: file {value!r} does not exist")
 
 
@@ -76,8 +74,8 @@ def model_option(func):  # noqa: ANN001, ANN201
         envvar=MODEL_ENV,
         show_envvar=True,
         metavar="FILE|NAME",
-        help=f"Augmented model: a {AUGMENTED_SUFFIX} file, or a model name exported with "
-        "`gradtap export` (looked up in the cache).",
+        help=f"Explanation graph: a {AUGMENTED_SUFFIX} file, or a model name (an export in the "
+        "cache, or a packaged model such as smallcnn).",
     )(func)
 
 
@@ -95,7 +93,7 @@ def open_session(
 
     path = resolve_model(value)
     try:
-        return ExplainSession(
+        session = ExplainSession(
             path,
             providers=cfg.providers,
             threads=cfg.threads,
@@ -105,3 +103,12 @@ def open_session(
         raise click.UsageError(f"--provider/--threads/--batch-size: {one_line(err)}") from None
     except (ModelError, OSError, ValueError) as err:
         raise click.ClickException(about(path, err)) from None
+    warn_if_random(cfg, session)
+    return session
+
+
+def warn_if_random(cfg: Config, session: ExplainSession) -> None:
+    """One visible warning on stderr (even without -v) when the model's weights are random."""
+    if catalog.is_random(session.info.weights) and not cfg.quiet:
+        message = catalog.random_weights_warning(session.info.name)
+        click.secho(f"gradtap: warning: {message}", err=True, fg="yellow")

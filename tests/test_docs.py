@@ -67,5 +67,27 @@ def test_the_contract_table_names_every_input_output_and_key() -> None:
 
 def test_the_picture_is_committed_and_small() -> None:
     path = ROOT / "docs" / "demo-panel.png"
-    assert "(docs/demo-panel.png)" in README
+    assert f"({RAW}/docs/demo-panel.png)" in README
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size < 300_000
+
+
+REPO = "https://github.com/gradtap/gradtap"  # pyproject [project.urls] Repository
+RAW = "https://raw.githubusercontent.com/gradtap/gradtap/main"
+
+
+def test_readme_links_are_absolute_and_name_real_files() -> None:
+    """A package index renders the README away from the repository: relative links break."""
+    links = re.findall(r"\]\(([^)\s]+)\)", README)
+    assert links
+    for url in links:
+        assert url.startswith("https://"), url
+        for base in (f"{REPO}/blob/main/", f"{RAW}/"):
+            if url.startswith(base):
+                assert (ROOT / url[len(base) :]).is_file(), url
+
+
+def test_the_repository_url_is_the_one_in_pyproject() -> None:
+    from importlib.metadata import metadata
+
+    urls = metadata("gradtap").get_all("Project-URL") or []
+    assert f"Repository, {REPO}" in urls

@@ -137,7 +137,9 @@ def _write(
 )
 @click.option(
     "-t",
+    "--target",
     "--target-class",
+    "target_class",
     metavar="CLASS",
     help="Push towards this class (index or name) [default: untargeted FGSM].",
 )
@@ -145,7 +147,7 @@ def _write(
     "--steps",
     type=click.IntRange(min=1),
     default=1,
-    help="1 = FGSM; more = iterative fooling towards --target-class, stopping once fooled.",
+    help="1 = FGSM; more = iterative fooling towards --target, stopping once fooled.",
 )
 @click.option(
     "--step-size",
@@ -180,12 +182,12 @@ def attack(
       gradtap attack cat.jpg -M efficientnet_lite0 -t "goldfish" --steps 50 --eps 0.05
     """
     if steps > 1 and target_class is None:
-        raise click.UsageError("--steps > 1 (iterative fooling) needs --target-class")
+        raise click.UsageError("--steps > 1 (iterative fooling) needs -t/--target")
     path = resolve_model(model)
     session = open_session(cfg, str(path))
     target = None
     if target_class is not None:
-        with user_errors("--target-class"):
+        with user_errors("--target"):
             target = class_index(
                 int(target_class) if target_class.isdigit() else target_class, session.info.labels
             )

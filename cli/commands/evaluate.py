@@ -16,18 +16,17 @@ from gradtap.cli.outputs import OutDir
 from gradtap.runtime.evaluate.data import DATASETS, load_set
 from gradtap.runtime.evaluate.maps import MAP_METHODS, MapSettings
 from gradtap.runtime.evaluate.report import FILES, write_report
-from gradtap.runtime.evaluate.run import EvalConfig, evaluate
 
 EVAL_BATCH = 64
 
 
 def _methods(values: tuple[str, ...]) -> tuple[str, ...]:
-    """``--methods``: repeatable and/or comma-separated; default every method."""
+    """``-m/--method``: repeatable and/or comma-separated; default every method."""
     names = [n.strip() for v in values for n in v.split(",") if n.strip()]
     unknown = [n for n in names if n not in MAP_METHODS]
     if unknown:
         raise click.BadParameter(
-            f"unknown {unknown}; valid: {', '.join(MAP_METHODS)}", param_hint="--methods"
+            f"unknown {unknown}; valid: {', '.join(MAP_METHODS)}", param_hint="-m/--method"
         )
     return tuple(dict.fromkeys(names)) or MAP_METHODS
 
@@ -55,6 +54,8 @@ class _Reporter:
     "photos pasted onto backgrounds (ImageNet-1k models; needs scikit-image).",
 )
 @click.option(
+    "-m",
+    "--method",
     "--methods",
     "methods",
     multiple=True,
@@ -126,8 +127,10 @@ def evaluate_cmd(
     Example:
       gradtap evaluate -M models/smallcnn.gradtap.onnx --dataset synthetic -n 200
       gradtap evaluate -M efficientnet_lite0 --dataset composites -n 40 --out eval/
-      gradtap evaluate -M smallcnn --methods saliency,gradcam,random -n 10 --no-sanity
+      gradtap evaluate -M smallcnn -m saliency,gradcam,random -n 10 --no-sanity
     """
+    from gradtap.runtime.evaluate.run import EvalConfig, evaluate  # onnx: the randomisation
+
     config = EvalConfig(
         methods=_methods(methods),
         curve_steps=steps,

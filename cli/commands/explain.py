@@ -26,7 +26,7 @@ from gradtap.cli.errors import user_errors
 from gradtap.cli.modelref import model_option, open_session, resolve_model
 from gradtap.cli.outputs import OutDir
 from gradtap.runtime.methods.registry import METHODS
-from gradtap.runtime.targets import TargetSpec, class_index, needs_logits, resolve
+from gradtap.runtime.targets import Each, TargetSpec, class_index, needs_logits, resolve
 
 ALL = "all"
 DEFAULT_FORMATS = "overlay,panel"
@@ -71,7 +71,7 @@ def parse_target(values: Sequence[str], labels: Sequence[str]) -> TargetSpec:
                 resolve(item, labels, 1, np.zeros((1, len(labels)), np.float32))
     if not items:
         return None
-    return items[0] if len(items) == 1 else items
+    return items[0] if len(items) == 1 else Each(items)  # repeated -t: every class on every image
 
 
 NON_FINITE = ("nan", "inf", "+inf", "-inf", "infinity", "-infinity")
@@ -126,7 +126,8 @@ def _check_tap(session: Any, tap: str | None) -> None:
     "targets",
     multiple=True,
     metavar="CLASS|top-K",
-    help="Class to explain: index, name or top-K; repeatable [default: the predicted class].",
+    help="Class to explain: index, name (any ImageNet synonym) or top-K; repeated, every image "
+    "is explained for each class [default: the predicted class].",
 )
 @click.option("--tap", help="Tap alias for the CAM family [default: the model's default tap].")
 @click.option(

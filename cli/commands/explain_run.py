@@ -99,7 +99,7 @@ def _load(session: ExplainSession, src: Source, s: Settings, run: Run) -> Loaded
 
 def _known_targets(target: TargetSpec) -> list[int | str] | None:
     """The explicit targets of each image, or None when they depend on the prediction."""
-    items = target if isinstance(target, list) else [target]
+    items = list(target) if isinstance(target, (list, tuple)) else [target]  # Each: repeated -t
     if any(needs_logits(t) for t in items if t is not None) or (len(items) > 1 and None in items):
         return None
     return [t for t in items if t is not None]
@@ -188,6 +188,7 @@ def _record_image(im: Loaded, logits: Array, labels: Sequence[str], out: OutDir,
         "input": f"{stem}/input.png",
         "size": list(im.original_size or im.geometry.original_size),
         "display_size": list(im.geometry.original_size),
+        "geometry": im.geometry.to_dict(),  # maps a .npy map back onto the photo
         "predictions": top_k(logits[None], labels)[0],
     }
 

@@ -112,6 +112,7 @@ def _one(session: ExplainSession, src: Source, opts: dict[str, Any], out: OutDir
     help="Class to localise (index or name) [default: the predicted class].",
 )
 @click.option(
+    "-m",
     "--method",
     type=click.Choice(sorted(METHODS)),
     default="saliency",

@@ -274,17 +274,25 @@ def _print_taps(model) -> None:  # noqa: ANN001
 
 
 @click.command()
-@click.argument("file", type=EXISTING_FILE)
+@click.argument("model", metavar="FILE|NAME")
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
-def info(file: Path, as_json: bool) -> None:
-    """Print the contract of an ONNX file: inputs, outputs, taps, rules, labels, metadata.
+def info(model: str, as_json: bool) -> None:
+    """Print the contract of an ONNX file or a model name: inputs, outputs, taps, rules, labels.
 
     \b
     Example:
-      gradtap info models/cache/efficientnet_lite0-imagenet1k.gradtap.onnx
+      gradtap info efficientnet_lite0
       gradtap info mynet.gradtap.onnx --json | jq .outputs
     """
     from gradtap.cli.describe import describe, to_text
+    from gradtap.cli.modelref import resolve_model
+
+    if Path(model).is_dir():
+        raise click.UsageError(f"{model!r} is a directory, not an ONNX file")
+    try:
+        file = resolve_model(model)
+    except click.UsageError as err:
+        raise click.UsageError(err.message.removeprefix("--model: ")) from None
 
     with user_errors(path=file):
         data = describe(file)

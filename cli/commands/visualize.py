@@ -85,6 +85,8 @@ def _items(vis: Visualization, out: OutDir, names: list[str]) -> list[dict[str, 
 @click.command()
 @model_option
 @click.option(
+    "-t",
+    "--target",
     "-c",
     "--class",
     "classes",
@@ -156,14 +158,14 @@ def visualize(
 
     \b
     Example:
-      gradtap visualize -M efficientnet_lite0 -c goldfish -c 130 --steps 200
+      gradtap visualize -M efficientnet_lite0 -t goldfish -t 130 --steps 200
       gradtap visualize -M mynet.gradtap.onnx -c cat --init noise --jitter 8
     """
     from gradtap.runtime.methods.visualize import class_visualization
 
     path = resolve_model(model)
     session = open_session(cfg, str(path))
-    with user_errors("--class"):
+    with user_errors("--target"):
         cls = [class_index(int(c) if c.isdigit() else c, session.info.labels) for c in classes]
     names = [f"{c}-{slug(session.info.labels[c], max_len=40)}" for c in cls]
     start = _init(init, session, max_pixels)  # before anything is created on disk

@@ -280,7 +280,9 @@ def _stamp(
     default = meta.get(c.META_DEFAULT_TAP)
     _set_meta(model, c.META_TAPS, json.dumps(dict(taps)))
     if taps:
-        _set_meta(model, c.META_DEFAULT_TAP, default if default in taps else next(iter(taps)))
+        _set_meta(
+            model, c.META_DEFAULT_TAP, default if default and default in taps else next(iter(taps))
+        )
     _set_meta(model, c.META_RESIZE, _resize_spec(meta))
     _set_meta(model, c.META_RELU_RULES, json.dumps(c.RELU_RULES))
     _set_meta(model, c.META_CONTRACT, c.CONTRACT_VERSION)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -52,7 +53,7 @@ class GraphInfo:
         shape = self.shape(name)
         if not all(isinstance(d, int) for d in shape):
             raise GraphError(f"tensor {name!r} needs a static shape here, got {list(shape)}")
-        return tuple(int(d) for d in shape)  # type: ignore[arg-type]
+        return tuple(int(d) for d in shape if isinstance(d, int))
 
     def rank(self, name: str) -> int:
         return len(self.shape(name))
@@ -69,8 +70,8 @@ class GraphInfo:
 class Emitter:
     """Collects backward nodes and constants; every name is unique and traceable to its node.
 
-    ``em.op("Mul", a, b)`` emits one node and returns its output name; ``outputs=k`` returns a
-    list. Names read ``<prefix><scope>/vjp/<k>``, the scope being the forward node a rule
+    ``em.op("Mul", a, b)`` emits one node and returns its output name; ``em.ops(..., outputs=k)``
+    returns a list. Names read ``<prefix><scope>/vjp/<k>``, the scope being the forward node a rule
     differentiates (``with em.scoped(node.name): ...``).
     """
 
@@ -95,14 +96,19 @@ class Emitter:
         self._count += 1
         return f"{self.prefix}{self._scope}/vjp/{self._count}{hint}"
 
-    def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs: object) -> str | list[str]:
+    def op(self, op_type: str, *inputs: str, **attrs: Any) -> str:
+        """Emit one node with one output; return the output's name."""
+        return self.ops(op_type, *inputs, outputs=1, **attrs)[0]
+
+    def ops(self, op_type: str, *inputs: str, outputs: int, **attrs: Any) -> list[str]:
+        """Emit one node with ``outputs`` outputs (Split, TopK); return their names."""
         if not onnx.defs.has(op_type):
             raise RuntimeError(f"{op_type!r} is not an ai.onnx operator")
         names = [self.fresh() for _ in range(outputs)]
         self.nodes.append(
             helper.make_node(op_type, list(inputs), names, name=names[0] + "/" + op_type, **attrs)
         )
-        return names[0] if outputs == 1 else names
+        return names
 
     def const(self, value: np.ndarray | Sequence[int] | float, dtype: type = np.int64) -> str:
         array = np.asarray(value, dtype=dtype) if not isinstance(value, np.ndarray) else value

@@ -63,7 +63,7 @@ def _linear(
         inner = [i for i in node.input if i not in consts]
         node = producers.get(_skip(inner[0], producers)) if len(inner) == 1 else None
     if node is not None and node.op_type == "Gemm" and node.input[1] in consts:
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if attrs.get("transA", 0) == 0:
             b = consts[node.input[1]]
             w = b if attrs.get("transB", 0) else b.T
@@ -82,7 +82,7 @@ def _pool_input(
     if node is not None and node.op_type == "GlobalAveragePool":
         return node.input[0]
     if node is not None and node.op_type == "ReduceMean":
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         axes = attrs.get("axes")
         if axes is None and len(node.input) > 1 and node.input[1] in consts:
             axes = consts[node.input[1]].tolist()

@@ -164,7 +164,7 @@ def _resize_matrix(node: NodeProto, n: int, m: int, scale: float | None) -> np.n
         feeds["scales"] = np.asarray([1.0, scale], np.float32)
     else:
         feeds["sizes"] = np.asarray([n, m], np.int64)
-    out = ReferenceEvaluator(model).run(None, feeds)[0]
+    out = np.asarray(list(ReferenceEvaluator(model).run(None, feeds))[0])
     if out.shape != (n, m):
         raise GraphError(
             f"Resize node {node.name!r}: axis of {n} resized to {out.shape[1]}, not {m}"

@@ -50,7 +50,7 @@ def concat_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     """dx_i = the slice of dy that x_i filled."""
     axis = attr_int(node, "axis") % em.info.rank(node.output[0])
     sizes = _axis_sizes(em, list(node.input), axis, node)
-    parts = em.op("Split", dys[0], em.ints(sizes), axis=axis, outputs=len(sizes))
+    parts = em.ops("Split", dys[0], em.ints(sizes), axis=axis, outputs=len(sizes))
     parts = [parts] if isinstance(parts, str) else parts
     return tuple(p if em.wants(x) else None for p, x in zip(parts, node.input, strict=True))
 

@@ -12,6 +12,7 @@ stays dynamic. The probes carry no weights (large initializers become inputs of 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -211,7 +212,10 @@ def _evaluate(
         return [full[start:end]]
     if node.op_type == "Size":
         shape = shapes.get(node.input[0])
-        return [np.asarray(np.prod(shape), np.int64)] if _static(shape) else None
+        static = shape is not None and _static(shape)
+        return (
+            [np.asarray(math.prod(int(d or 0) for d in shape or ()), np.int64)] if static else None
+        )
     if not all(i in values or not i for i in node.input):
         return None
     if any(values[i].size > _FOLD_LIMIT for i in node.input if i):

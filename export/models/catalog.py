@@ -1,20 +1,7 @@
-"""The built-in model names and the export cache folder: no torch, so the CLI can read them."""
+"""The built-in model names and the export cache folder (kept in the runtime, which both share)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from gradtap.runtime.catalog import CACHE_ENV, MODEL_NAMES, default_cache_dir
 
-MODEL_NAMES = ("smallcnn", "vgg16", "resnet18", "resnet50", "efficientnet_lite0")
-CACHE_ENV = "GRADTAP_CACHE"
-
-
-def default_cache_dir() -> Path:
-    """``$GRADTAP_CACHE``, else ``models/cache`` in a source checkout, else ``~/.cache/gradtap``."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    root = Path(__file__).resolve().parents[2]
-    if (root / "pyproject.toml").is_file() and (root / "models").is_dir():
-        return root / "models" / "cache"
-    return Path.home() / ".cache" / "gradtap"
+__all__ = ["CACHE_ENV", "MODEL_NAMES", "default_cache_dir"]

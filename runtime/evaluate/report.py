@@ -12,6 +12,7 @@ import numpy.typing as npt
 
 from gradtap.runtime.evaluate.maps import RANDOM
 from gradtap.runtime.present.overlay import write_image
+from gradtap.runtime.present.page import markdown_page
 
 if TYPE_CHECKING:
     from gradtap.runtime.evaluate.cascade import SanityCurve
@@ -26,6 +27,7 @@ HEADER = (
 )
 FILES = {
     "markdown": "evaluation.md",
+    "html": "evaluation.html",
     "json": "evaluation.json",
     "sanity": "sanity.png",
     "curves": "curves.png",
@@ -203,7 +205,7 @@ def to_dict(result: EvalResult) -> dict[str, Any]:
 
 
 def write_report(result: EvalResult, out: str | Path) -> dict[str, Path]:
-    """Write evaluation.md, evaluation.json and the PNG figures into folder ``out``.
+    """Write evaluation.md, evaluation.html, evaluation.json and the PNG figures into ``out``.
 
     Returns:
         What was written, by kind (``FILES`` keys); no sanity plot without a sanity check.
@@ -218,7 +220,10 @@ def write_report(result: EvalResult, out: str | Path) -> dict[str, Path]:
     if len(result.examples.images) and result.examples.maps:
         written["examples"] = write_image(root / FILES["examples"], examples_figure(result))
     md = root / FILES["markdown"]
-    md.write_text(to_markdown(result, heading="##", plots=True), encoding="utf-8")
+    markdown = to_markdown(result, heading="##", plots=True)
+    md.write_text(markdown, encoding="utf-8")
+    page = root / FILES["html"]
+    page.write_text(markdown_page(markdown, title=f"gradtap evaluation: {result.model}"), "utf-8")
     data = root / FILES["json"]
     data.write_text(json.dumps(to_dict(result), indent=1, ensure_ascii=False), encoding="utf-8")
-    return {"markdown": md, "json": data, **written}
+    return {"markdown": md, "html": page, "json": data, **written}

@@ -13,7 +13,13 @@ import numpy.typing as npt
 
 from gradtap.runtime.errors import ImageError
 from gradtap.runtime.image.read import DEFAULT_MAX_PIXELS, as_image, load_image
-from gradtap.runtime.image.resample import MAX_RESIZED_PIXELS, resized_crop, uncrop
+from gradtap.runtime.image.resample import (
+    MAX_RESIZED_PIXELS,
+    RESAMPLE_MODES,
+    pil_resized_crop,
+    resized_crop,
+    uncrop,
+)
 from gradtap.runtime.info import ModelInfo
 
 Array = npt.NDArray[np.float32]
@@ -33,6 +39,20 @@ class Geometry:
     original_size: tuple[int, int]
     resized_size: tuple[int, int]
     crop: tuple[int, int, int, int]
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON form (``summary.json``): how to map a saved map back onto the photo.
+
+        A map of any resolution is resized to the crop's height x width, placed at (top, left)
+        in a canvas of ``resized_size``, and the canvas resized to ``original_size``;
+        :func:`to_original` does exactly this.
+        """
+        top, left, height, width = self.crop
+        return {
+            "original_size": list(self.original_size),
+            "resized_size": list(self.resized_size),
+            "crop": {"top": top, "left": left, "height": height, "width": width},
+        }
 
 
 def geometry_for(size: tuple[int, int], info: ModelInfo) -> Geometry:
@@ -56,6 +76,7 @@ def to_input(
     *,
     alpha: str = "white",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    resample: str = "area",
 ) -> tuple[Array, Geometry]:
     """One image (path or array) to a model input [1, 3, H, W] float32 in [0, 1].
 
@@ -65,17 +86,24 @@ def to_input(
         info: the model's metadata (input size and resize policy).
         alpha: how transparency is flattened (see :func:`load_image`).
         max_pixels: the largest image file accepted (see :func:`load_image`).
+        resample: ``"area"`` (default) or ``"torchvision"``, Pillow's antialiased bilinear on
+            the 8-bit image, identical to torchvision's ``Resize + CenterCrop`` on a PIL image
+            (see ``resample.RESAMPLE_MODES`` and docs/preprocessing.md).
 
     Returns:
         The input batch of one, and the :class:`Geometry` to map results back.
     """
+    if resample not in RESAMPLE_MODES:
+        raise ImageError(f"resample mode {resample!r} unknown; valid: {list(RESAMPLE_MODES)}")
     if isinstance(image, (str, os.PathLike)):
         img = load_image(image, alpha=alpha, max_pixels=max_pixels)
     else:
         img = as_image(image, alpha=alpha)
     geo = geometry_for(img.shape[:2], info)
     top, left, ch, cw = geo.crop
-    if _huge(geo):
+    if resample == "torchvision":
+        crop = pil_resized_crop(img, geo.resized_size, geo.crop)
+    elif _huge(geo):
         crop = resized_crop(img, geo.resized_size, geo.crop)
     else:
         crop = resize(img, geo.resized_size)[top : top + ch, left : left + cw]

@@ -89,3 +89,32 @@ def uncrop(
 def _padded(canvas_index: Ints, offset: int, n_in: int) -> Ints:
     """Canvas index -> index into the fill-padded crop: 0 before it, 1..n_in inside, n_in + 1 after."""
     return np.clip(canvas_index - offset + 1, 0, n_in + 1)
+
+
+# How the photo is resized to the model input: "area" (OpenCV area averaging when shrinking,
+# bilinear when growing; float throughout) or "torchvision" (Pillow's antialiased bilinear on the
+# 8-bit image: exactly torchvision's Resize(...) + CenterCrop(...) on a PIL image, so the input
+# and the predictions equal those of a torchvision training/eval pipeline).
+RESAMPLE_MODES = ("area", "torchvision")
+
+
+def pil_resized_crop(
+    img: Array, resized: tuple[int, int], crop: tuple[int, int, int, int]
+) -> Array:
+    """``img`` (RGB float in [0, 1], 8-bit values) resized like torchvision on PIL, then cropped.
+
+    Raises:
+        ImageError: Pillow is not installed.
+    """
+    try:
+        from PIL import Image
+    except ImportError:
+        from gradtap.runtime.errors import ImageError
+
+        raise ImageError("resample='torchvision' needs Pillow: pip install pillow") from None
+
+    rgb8 = np.rint(np.clip(img, 0.0, 1.0) * 255).astype(np.uint8)
+    pil = Image.fromarray(rgb8).resize((resized[1], resized[0]), Image.Resampling.BILINEAR)
+    top, left, ch, cw = crop
+    out = np.asarray(pil, dtype=np.float32)[top : top + ch, left : left + cw]
+    return out / np.float32(255)

@@ -33,6 +33,11 @@ class Explanation:
         labels: the model's class names.
         extras: method-specific arrays, e.g. ``completeness_error`` for Integrated Gradients.
         geometries: per input image, how to map maps back onto it (set by :class:`Explainer`).
+        images: the original photos, RGB float in [0, 1] (set by :class:`Explainer`), for
+            :meth:`overlay` and :meth:`plot`.
+
+    In a notebook an Explanation shows as a picture of its rows (``_repr_png_``); ``repr``
+    names the method, each row's image, target and probability, and the map shape.
     """
 
     method: str
@@ -43,6 +48,46 @@ class Explanation:
     labels: tuple[str, ...]
     extras: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     geometries: tuple[Geometry, ...] | None = None
+    images: tuple[np.ndarray, ...] | None = field(default=None, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        from gradtap.runtime.present.show import describe
+
+        return describe(self)
+
+    def _repr_png_(self) -> bytes:
+        from gradtap.runtime.present.show import png
+
+        return png(self)
+
+    @property
+    def signed(self) -> bool:
+        """Whether the maps are signed (IG, signed saliency): shown with a diverging colour map."""
+        from gradtap.runtime.present.show import is_signed
+
+        return is_signed(self)
+
+    def heatmap(self, row: int = 0, *, shared: bool = False, outlier_perc: float = 2.0) -> Array:
+        """Row ``row`` as an [H, W] map on its photo: [0, 1], or [-1, 1] when :attr:`signed`.
+
+        ``shared=True`` scales all rows of the same image together (several targets compare).
+        """
+        from gradtap.runtime.present.show import heatmap
+
+        return heatmap(self, row, shared=shared, outlier_perc=outlier_perc)
+
+    def overlay(self, row: int = 0, **options: Any) -> npt.NDArray[np.uint8]:
+        """Row ``row`` blended over its photo, RGB uint8 (options: ``shared``, ``colormap``,
+        ``image_weight``); the area outside the model's centre crop greyed and hatched."""
+        from gradtap.runtime.present.show import overlay
+
+        return overlay(self, row, **options)
+
+    def plot(self, rows: Any = None, **options: Any) -> Any:
+        """A matplotlib figure of ``rows`` (default all) with colour bars (the ``plot`` extra)."""
+        from gradtap.runtime.present.show import plot
+
+        return plot(self, rows, **options)
 
     @property
     def probs(self) -> Array:

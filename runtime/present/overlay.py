@@ -13,6 +13,7 @@ import numpy.typing as npt
 
 from gradtap.runtime.atomic import write_bytes
 from gradtap.runtime.errors import ImageError, OptionError
+from gradtap.runtime.present.text import text_block
 
 Array = npt.NDArray[np.float32]
 Rgb8 = npt.NDArray[np.uint8]
@@ -195,14 +196,5 @@ def _check_rgb(image: npt.NDArray[np.generic]) -> Rgb8:
 
 
 def _text_block(lines: Sequence[str], width: int) -> Rgb8:
-    """White strip with black text lines, the font shrunk to fit ``width``."""
-    lines = [ln.encode("ascii", "replace").decode() for ln in lines if ln] or [""]
-    scale = 0.5
-    widest = max(cv2.getTextSize(ln, _FONT, scale, 1)[0][0] for ln in lines)
-    if widest > width - 6:
-        scale = max(0.25, scale * (width - 6) / widest)
-    line_h = int(cv2.getTextSize("Ag", _FONT, scale, 1)[0][1] * 1.8) + 2
-    block = np.full((line_h * len(lines) + 6, width, 3), 255, np.uint8)
-    for i, ln in enumerate(lines):
-        cv2.putText(block, ln, (3, line_h * (i + 1)), _FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
-    return block
+    """White strip with black text lines in any script, the font shrunk to fit ``width``."""
+    return text_block(lines, width)

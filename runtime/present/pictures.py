@@ -16,6 +16,7 @@ import numpy.typing as npt
 from gradtap.runtime.image.geometry import Geometry, to_original
 from gradtap.runtime.present.overlay import colorize, overlay_heatmap, panel
 from gradtap.runtime.present.postprocess import gradient_image, heatmap
+from gradtap.runtime.present.unseen import mark_unseen, seen_mask
 
 Rgb8 = npt.NDArray[np.uint8]
 Image = npt.NDArray[np.float32]
@@ -55,6 +56,8 @@ def pictures(
     For colour gradients (``colour``: a [3, H, W] map) the overlay is the gradient picture itself
     (grey = zero) placed where the model looked, the heat map its max |gradient| over channels.
     The panel shows input | heat map | overlay under ``title``. Nothing else is computed.
+    Pixels outside the model's centre crop are greyed and hatched (``unseen``), not painted as
+    "unimportant".
     """
     wanted = set(formats)
     if "panel" in wanted:
@@ -63,13 +66,14 @@ def pictures(
     if not wanted & {"overlay", "heatmap"}:
         return out
     heat = heatmap(raw, geometry)
+    seen = seen_mask(geometry, heat.shape)
     if "heatmap" in wanted:
-        out["heatmap"] = colorize(heat)
+        out["heatmap"] = mark_unseen(colorize(heat), seen)
     if "overlay" in wanted and colour:
         grad = to_original(gradient_image(raw), geometry, fill=0.5)
-        out["overlay"] = np.rint(np.clip(grad, 0.0, 1.0) * 255).astype(np.uint8)
+        out["overlay"] = mark_unseen(np.rint(np.clip(grad, 0.0, 1.0) * 255).astype(np.uint8), seen)
     elif "overlay" in wanted:
-        out["overlay"] = overlay_heatmap(image, heat)
+        out["overlay"] = mark_unseen(overlay_heatmap(image, heat), seen)
     if "panel" in wanted:
         out["panel"] = explanation_panel(image, out, title=title, colour=colour)
     return out
@@ -83,7 +87,21 @@ def explanation_panel(image: Image, pics: dict[str, Rgb8], *, title: str, colour
         ("heat map", pics["heatmap"]),
         (third, pics["overlay"]),
     ]
-    return panel(tiles, height=PANEL_HEIGHT, title=title)
+    return panel(tiles, height=panel_height(image.shape[:2]), title=title)
+
+
+def panel_height(size: tuple[int, int]) -> int:
+    """Tile height for a photo of (H, W): taller for tall photos, so tiles stay legible.
+
+    A photo up to 1.5 times as tall as wide gets ``PANEL_HEIGHT``; a taller one grows until its
+    tile is ``PANEL_HEIGHT / 1.5`` wide, up to three times ``PANEL_HEIGHT``. (Wide photos keep the
+    height and grow in width, up to ``MAX_TILE_ASPECT`` times it, then are letterboxed.)
+    """
+    h, w = size
+    aspect = h / max(1, w)
+    if aspect <= 1.5:
+        return PANEL_HEIGHT
+    return int(min(PANEL_HEIGHT * aspect / 1.5, 3 * PANEL_HEIGHT))
 
 
 def perturbation_picture(delta: npt.NDArray[np.float32]) -> Rgb8:

@@ -203,8 +203,8 @@ def test_max_pixels_on_visualize_init(model: Path, photo: Path, tmp_path: Path) 
         (["attack", "--eps", "0"], "'--eps': 0.0 is not in the range"),
         (["attack", "--steps", "0"], "'--steps': 0 is not in the range x>=1"),
         (["attack", "--steps", "-3"], "'--steps': -3 is not in the range x>=1"),
-        (["attack", "--steps", "5"], "--steps > 1 (iterative fooling) needs --target-class"),
-        (["attack", "-t", "9"], "--target-class: target class 9 out of range"),
+        (["attack", "--steps", "5"], "--steps > 1 (iterative fooling) needs -t/--target"),
+        (["attack", "-t", "9"], "--target: target class 9 out of range"),
         (["localize", "-t", "cow"], "--target: unknown class name 'cow'"),
     ],
 )
@@ -220,7 +220,7 @@ def test_bad_arguments_are_usage_errors(
 def test_visualize_steps_and_classes(model: Path, tmp_path: Path, steps: str) -> None:
     base = ["visualize", "-M", model, "-o", tmp_path / "out"]
     assert "'--steps'" in invoke(*base, "-c", "0", "--steps", steps).output
-    assert "--class: target class 9 out of range" in invoke(*base, "-c", "9").output
+    assert "--target: target class 9 out of range" in invoke(*base, "-c", "9").output
     assert not (tmp_path / "out").exists()
 
 

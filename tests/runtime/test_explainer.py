@@ -16,6 +16,7 @@ from PIL import Image
 from gradtap.runtime import METHODS, Explainer, get_method, softmax
 from gradtap.runtime.errors import OptionError
 from gradtap.runtime.image.geometry import to_original
+from gradtap.runtime.targets import Each
 from tests.runtime_graphs import LABELS, tiny_model
 
 
@@ -37,13 +38,13 @@ def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_explain_files_and_arrays(model_file: Path, photo: Path) -> None:
     ex = Explainer(model_file, threads=1)
     array = np.asarray(Image.open(photo))
-    e = ex.gradcam([photo, array[:20]], target=[None, "Dog"])
+    e = ex.gradcam([photo, array[:20]], target=Each([None, "Dog"]))
     assert e.geometries is not None and [g.original_size for g in e.geometries] == [
         (30, 48),
         (20, 48),
     ]
     assert e.image_index.tolist() == [0, 0, 1, 1] and e.target_labels[1] == "Dog"
-    same = ex.gradcam(photo, target=[None, "Dog"])
+    same = ex.gradcam(photo, target=Each([None, "Dog"]))
     np.testing.assert_allclose(e.maps[:2], same.maps, rtol=1e-6)  # a file equals its pixels
     heat = ex.heatmap(e, 3)
     assert heat.shape == (20, 48) and 0 <= heat.min() and heat.max() <= 1
@@ -100,7 +101,7 @@ NO_TORCH = textwrap.dedent(
     model, photo, out = sys.argv[1:4]
     ex = rt.Explainer(model)
     for name in rt.METHODS:
-        e = ex.explain(name, photo, target=[None, 1])
+        e = ex.explain(name, photo, target=rt.Each([None, 1]))
         heat = ex.heatmap(e, 0)
     img = rt.load_image(photo)
     tiles = [("original", img), ("overlay", rt.overlay_heatmap(img, heat, colormap="turbo"))]

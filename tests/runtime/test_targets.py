@@ -7,12 +7,15 @@ import pytest
 
 from gradtap.runtime.errors import TargetError
 from gradtap.runtime.targets import (
+    Each,
+    _synonym_table,
     ce_seed,
     class_index,
     needs_logits,
     onehot,
     resolve,
     softmax,
+    synonyms,
 )
 
 LABELS = ("tabby cat", "Dog", "dog house", "crane", "crane", "7")
@@ -40,9 +43,9 @@ def test_class_index(spec: object, expected: int) -> None:
     [
         (6, r"target class 6 out of range \[0, 5\]"),
         (-1, "out of range"),
-        ("crane", r"ambiguous: indices \[3, 4\]"),
-        ("tabby", r"unknown class name 'tabby'; close matches: \['tabby cat'\]"),
-        ("zebra", "unknown class name 'zebra'; give an index"),
+        ("crane", r"ambiguous: 3 \(crane\), 4 \(crane\); give the index"),
+        ("tabby", r"unknown class name 'tabby'; closest: 'tabby cat' \(0\)"),
+        ("zebra", "unknown class name 'zebra'; give an index or a class name"),
         (True, "must be an int index or a class name"),
         (1.5, "must be an int index or a class name"),
     ],
@@ -66,14 +69,39 @@ def test_resolve_top_k_orders_by_logit() -> None:
 
 def test_resolve_list_explains_each_image_for_every_entry() -> None:
     """The correct label next to wrong ones, for every image, in one batch."""
-    rows = resolve([None, "dog house", 0], LABELS, 2, LOGITS)
+    rows = resolve(Each([None, "dog house", 0]), LABELS, 2, LOGITS)
     assert rows.image_index.tolist() == [0, 0, 0, 1, 1, 1]
     assert rows.target.tolist() == [1, 2, 0, 0, 2, 0]
 
 
+@pytest.mark.parametrize("spec", [[2, 0], (2, 0), np.array([2, 0]), [np.int64(2), "tabby cat"]])
+def test_resolve_list_is_one_target_per_image(spec) -> None:  # noqa: ANN001
+    """captum / pytorch-grad-cam meaning: entry i is image i's target."""
+    rows = resolve(spec, LABELS, 2, LOGITS)
+    assert rows.image_index.tolist() == [0, 1] and rows.target.tolist() == [2, 0]
+
+
+def test_resolve_per_image_entries_may_be_predictions_or_top_k() -> None:
+    rows = resolve([None, "top-2"], LABELS, 2, LOGITS)
+    assert rows.image_index.tolist() == [0, 1, 1] and rows.target.tolist() == [1, 0, 1]
+
+
+@pytest.mark.parametrize("spec", [[1, 2, 3], [1], np.array([1, 2, 3])])
+def test_resolve_per_image_list_of_the_wrong_length_names_targets_each(spec) -> None:  # noqa: ANN001
+    with pytest.raises(TargetError, match=r"one target per image.*targets_each"):
+        resolve(spec, LABELS, 2, LOGITS)
+
+
+def test_resolve_refuses_a_2d_array_and_floats() -> None:
+    with pytest.raises(TargetError, match="1-D"):
+        resolve(np.zeros((2, 2), np.int64), LABELS, 2, LOGITS)
+    with pytest.raises(TargetError, match="int index"):
+        resolve([1.5, 2], LABELS, 2, LOGITS)
+
+
 def test_resolve_explicit_targets_need_no_logits() -> None:
     assert not needs_logits([1, "Dog"]) and needs_logits(["Dog", None]) and needs_logits("top-2")
-    rows = resolve(["Dog"], LABELS, 3)
+    rows = resolve(Each(["Dog"]), LABELS, 3)
     assert rows.target.tolist() == [1, 1, 1] and rows.image_index.tolist() == [0, 1, 2]
 
 
@@ -120,3 +148,38 @@ def test_ce_seed_is_the_gradient_of_cross_entropy() -> None:
         d[:, j] = eps
         numeric[:, j] = (loss(z + d) - loss(z - d)) / (2 * eps)
     np.testing.assert_allclose(ce_seed(z.astype(np.float32), labels), numeric, atol=1e-5)
+
+
+IMAGENET = tuple(names[0] for names in _synonym_table())  # the labels gradtap export writes
+
+
+@pytest.mark.parametrize(
+    ("name", "index"),
+    [
+        ("tiger cat", 282),  # torchvision's name; gradtap's label is the curated one
+        ("Tiger Cat", 282),
+        ("tabby", 281),  # a WordNet synonym
+        ("espresso", 967),
+        ("Carassius auratus", 1),  # the scientific synonym of goldfish
+        ("a cat having a striped coat", 282),
+    ],
+)
+def test_imagenet_names_match_any_synonym(name: str, index: int) -> None:
+    assert class_index(name, IMAGENET) == index
+
+
+def test_imagenet_ambiguous_and_unknown_names_list_real_ones() -> None:
+    with pytest.raises(
+        TargetError, match=r"'crane' is ambiguous: 134 \(crane bird\), 517 \(construction crane\)"
+    ):
+        class_index("crane", IMAGENET)
+    with pytest.raises(TargetError, match=r"closest: 'espresso' \(967\)"):
+        class_index("expresso", IMAGENET)
+    with pytest.raises(TargetError, match=r"'tabby cat' \(281\)"):
+        class_index("taby cat", IMAGENET)
+
+
+def test_synonyms_apply_only_to_imagenet_labels() -> None:
+    assert synonyms(LABELS) is None
+    assert synonyms(tuple(f"class_{i}" for i in range(1000))) is None
+    assert synonyms(IMAGENET)[282][:2] == ("a cat having a striped coat", "tiger cat")

@@ -137,7 +137,7 @@ def test_iterative_fooling_reaches_the_target_within_budget(
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--steps", "5"], "needs --target-class"),
+        (["--steps", "5"], "needs -t/--target"),
         (["--eps", "-0.1"], "--eps"),
         (["--eps", "0"], "--eps"),
         (["--steps", "0"], "--steps"),

@@ -15,6 +15,7 @@ from gradtap.export.graph.augment import augment
 from gradtap.runtime import methods as m
 from gradtap.runtime.errors import ModelError, OptionError
 from gradtap.runtime.session import ExplainSession
+from gradtap.runtime.targets import Each
 from tests.graphs import OPSET
 from tests.runtime_graphs import LABELS, linear_model, tiny_model
 
@@ -55,7 +56,7 @@ def test_gradcampp_map_hand_values() -> None:
 def test_saliency_is_the_weight_of_a_linear_model(linear: ExplainSession) -> None:
     x = images(2, 6)
     w = W.reshape(4, 3, 6, 6)
-    e = m.saliency(linear, x, target=[3, 1])
+    e = m.saliency(linear, x, target=Each([3, 1]))
     np.testing.assert_allclose(e.maps, np.abs(w[[3, 1, 3, 1]]).max(axis=1), rtol=1e-6)
     signed = m.saliency(linear, x, target=2, signed=True, times_input=True)
     np.testing.assert_allclose(signed.maps, (w[2] * x).sum(axis=1), rtol=1e-5, atol=1e-6)
@@ -113,8 +114,8 @@ def reduce_mean_head_model() -> onnx.ModelProto:
 def test_cam_reads_matmul_heads() -> None:
     s = ExplainSession(reduce_mean_head_model())
     x = images(2, 8)
-    cam = m.cam(s, x, target=[0, 3], relu=False)
-    grad = m.gradcam(s, x, target=[0, 3], relu=False)
+    cam = m.cam(s, x, target=Each([0, 3]), relu=False)
+    grad = m.gradcam(s, x, target=Each([0, 3]), relu=False)
     np.testing.assert_allclose(grad.maps * 64, cam.maps, rtol=1e-4, atol=1e-5)
 
 
@@ -135,7 +136,7 @@ def test_guided_backprop_computes_every_row_of_a_batch(tiny: ExplainSession) -> 
 
 def test_several_targets_in_one_call_equal_separate_calls(tiny: ExplainSession) -> None:
     x = images(2)
-    both = m.gradcam(tiny, x, target=[0, "dog house"])
+    both = m.gradcam(tiny, x, target=Each([0, "dog house"]))
     assert both.image_index.tolist() == [0, 0, 1, 1] and both.target.tolist() == [0, 2, 0, 2]
     for r, (i, t) in enumerate(zip(both.image_index, both.target, strict=True)):
         np.testing.assert_allclose(
@@ -160,7 +161,7 @@ def test_guided_gradcam_is_guided_backprop_times_upsampled_gradcam(tiny: Explain
 
 def test_explanation_reports_prediction_and_target(tiny: ExplainSession) -> None:
     x = images(2)
-    e = m.gradcam(tiny, x, target=["Dog", None])
+    e = m.gradcam(tiny, x, target=Each(["Dog", None]))
     logits = tiny.logits(x)
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(e.logits, logits[[0, 0, 1, 1]], rtol=1e-6)

@@ -10,6 +10,7 @@ from gradtap.runtime.errors import OptionError
 from gradtap.runtime.methods import sampling as a
 from gradtap.runtime.methods.gradient import saliency
 from gradtap.runtime.session import ExplainSession
+from gradtap.runtime.targets import Each
 from tests.runtime_graphs import linear_model, tiny_model
 
 RNG = np.random.default_rng(5)
@@ -47,7 +48,7 @@ def test_quadrature_integrates_polynomials(rule: str) -> None:
 
 def test_integrated_gradients_on_a_linear_model_is_exact(linear: ExplainSession) -> None:
     x = RNG.random((2, 3, 6, 6), dtype=np.float32)
-    e = a.integrated_gradients(linear, x, target=[0, 2], baseline="white", steps=4)
+    e = a.integrated_gradients(linear, x, target=Each([0, 2]), baseline="white", steps=4)
     expected = (x - 1.0)[[0, 0, 1, 1]] * W3[[0, 2, 0, 2]]
     np.testing.assert_allclose(e.extras["attributions"], expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(e.maps, expected.sum(axis=1), rtol=1e-5, atol=1e-5)
@@ -71,7 +72,7 @@ def test_integrated_gradients_completeness_on_a_nonlinear_model(tiny: ExplainSes
 def test_integrated_gradients_baselines(linear: ExplainSession) -> None:
     x = RNG.random((2, 3, 6, 6), dtype=np.float32)
     per_image = RNG.random((2, 3, 6, 6), dtype=np.float32)
-    e = a.integrated_gradients(linear, x, target=[0, 1], baseline=per_image, steps=2)
+    e = a.integrated_gradients(linear, x, target=Each([0, 1]), baseline=per_image, steps=2)
     expected = (x - per_image)[[0, 0, 1, 1]] * W3[[0, 1, 0, 1]]
     np.testing.assert_allclose(e.extras["attributions"], expected, rtol=1e-5, atol=1e-6)
     gray = a.integrated_gradients(linear, x, target=0, baseline=0.5, steps=2)
@@ -126,7 +127,7 @@ def brute_occlusion(x: np.ndarray, w: np.ndarray, k: int, s: int, base: float) -
 @pytest.mark.parametrize(("k", "s"), [(2, 2), (3, 1), (4, 3)])
 def test_occlusion_matches_brute_force(linear: ExplainSession, k: int, s: int) -> None:
     x = RNG.random((2, 3, 6, 6), dtype=np.float32)
-    e = a.occlusion(linear, x, target=[0, 2], window=k, stride=s, baseline=0.3)
+    e = a.occlusion(linear, x, target=Each([0, 2]), window=k, stride=s, baseline=0.3)
     for r, (i, t) in enumerate(zip(e.image_index, e.target, strict=True)):
         np.testing.assert_allclose(
             e.maps[r], brute_occlusion(x[i], W3[t], k, s, 0.3), rtol=1e-4, atol=1e-5
