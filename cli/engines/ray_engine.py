@@ -9,7 +9,8 @@ rows of one fixed Arrow schema, a result or an error; the driver streams them in
 table (``results.parquet``) and builds ``summary.json`` and the gallery from them.
 
 Faults: a bad image is an error row. A worker that dies takes its batch with it; Ray restarts
-the actor and runs the batch again (``max_restarts``/``max_task_retries``), and only the rows of
+the actor and runs the batch again (Ray Data's actor pools default to ``max_restarts=-1`` and
+``max_task_retries=-1``: restart and retry without limit), and only the rows of
 the attempt that finished reach the table, so no row is lost or doubled. Files are renamed
 into place whole, and a retry writes the same bytes again. Each batch attempt leaves a marker
 in ``.gradtap-ray/`` so the summary can count the retried batches.
@@ -20,6 +21,7 @@ Ray is imported only here, and only when this engine is chosen.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from collections.abc import Sequence
@@ -202,21 +204,30 @@ def retried_batches(root: Path) -> int:
     return sum(1 for n in counts.values() if n > 1)
 
 
-def _init(opts: RayOptions) -> Any:
+def _init(opts: RayOptions) -> None:
+    """Join the cluster at ``opts.address``, or start a local instance bound to 127.0.0.1."""
     import ray
 
-    env = {k: v for k, v in os.environ.items() if k.startswith("GRADTAP_")}
-    runtime_env = {"env_vars": env} if env else None
     if opts.address:
-        return ray.init(address=opts.address, runtime_env=runtime_env, log_to_driver=False)
-    return ray.init(
-        num_cpus=max(1, int(np.ceil(opts.workers * opts.num_cpus))) + 1,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        runtime_env=runtime_env,
-        log_to_driver=False,
-        configure_logging=False,
-    )
+        ray.init(address=opts.address, log_to_driver=False, logging_level=logging.WARNING)
+    else:
+        ray.init(
+            num_cpus=max(1, int(np.ceil(opts.workers * opts.num_cpus))),
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
+
+
+def _quiet_data() -> None:
+    """No progress bars or per-dataset log lines from Ray Data (gradtap reports the run)."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def check_ray(out: OutDir, *, resume: bool) -> None:
@@ -254,6 +265,8 @@ def run_ray(
     started_here = not ray.is_initialized()
     if started_here:
         _init(opts)
+    _quiet_data()
+    env = {k: v for k, v in os.environ.items() if k.startswith("GRADTAP_")}
     try:
         ds = ray.data.from_items(
             [{"image": str(src.path), "stem": src.stem} for src in sources],
@@ -267,8 +280,7 @@ def run_ray(
             concurrency=opts.workers,
             num_cpus=opts.num_cpus,
             num_gpus=opts.num_gpus or None,
-            max_restarts=-1,
-            max_task_retries=-1,
+            runtime_env={"env_vars": env} if env else None,
         )
         with atomic_path(out.root / RESULTS) as tmp:
             writer = pq.ParquetWriter(str(tmp), schema())
