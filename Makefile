@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.gradtap-setup
 
-.PHONY: setup test test-fast demo bench lint models clean
+.PHONY: setup test test-fast demo bench bench-e2e bench-ray lint models clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,12 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-e2e: setup  # folders of real photos end to end: gradtap explain vs the pytorch-grad-cam/captum scripts
+	$(BIN)/python bench/e2e.py $(BENCH_ARGS)
+
+bench-ray: setup  # the Ray engine with 1 and 2 workers on this machine
+	$(BIN)/python bench/e2e_ray.py $(BENCH_ARGS)
 
 models: setup  # the committed explanation graph of the trained custom CNN
 	$(BIN)/gradtap export smallcnn -w models/smallcnn.pt -o models/smallcnn.gradtap.onnx --overwrite

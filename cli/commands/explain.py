@@ -116,7 +116,7 @@ def engine_options(func: Any) -> Any:
         type=click.FloatRange(min=0.01),
         default=1.0,
         show_default=True,
-        help="Ray engine: CPUs per actor (onnxruntime threads follow --threads).",
+        help="Ray engine: CPUs per actor, also its onnxruntime threads unless --threads is given.",
     )(func)
     func = click.option(
         "--workers",
@@ -265,8 +265,9 @@ def explain(
         from gradtap.cli.engines.ray_engine import RayOptions, check_ray, run_ray
 
         check_ray(outdir, resume=resume)
+        threads = cfg.threads or max(1, round(worker_cpus))  # actors share the cores
         opts = RayOptions(
-            ray_address, workers, str(path), cfg.providers, cfg.threads, worker_cpus, worker_gpus
+            ray_address, workers, str(path), cfg.providers, threads, worker_cpus, worker_gpus
         )
         interruptible(run, lambda: run_ray(files, settings_, outdir, run, opts, cfg))
         finish(cfg, outdir, run, as_json=as_json)

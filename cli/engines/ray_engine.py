@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -172,11 +173,34 @@ class ExplainActor:
         run = Run("explain")
         read = [(sources, [read_or_error(self.session, s, self.settings) for s in sources])]
         explain_chunks(self.session, read, self.settings, self.out, run, _Quiet())  # type: ignore[arg-type]
+        _record_worker(self.out.root, self.calls)
         return pa.Table.from_pylist(result_rows(sources, run, self.name), schema=schema())
 
 
+def _record_worker(root: Path, calls: int) -> None:
+    """This worker's peak RSS so far, for the run record (one small file per process)."""
+    import resource
+
+    folder = root / ATTEMPTS / "workers"
+    folder.mkdir(parents=True, exist_ok=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    info = {"pid": os.getpid(), "batches": calls, "peak_rss_mib": round(peak, 1)}
+    (folder / f"{os.getpid()}.json").write_text(json.dumps(info))
+
+
+def worker_stats(root: Path) -> list[dict[str, Any]]:
+    """What each worker process recorded (see :func:`_record_worker`)."""
+    found = []
+    for path in sorted((root / ATTEMPTS / "workers").glob("*.json")):
+        try:
+            found.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 def _mark_attempt(root: Path, sources: Sequence[Source]) -> None:
-    folder = root / ATTEMPTS
+    folder = root / ATTEMPTS / "attempts"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{sources[0].stem}.{uuid.uuid4().hex[:8]}").write_text(str(len(sources)))
 
@@ -198,7 +222,7 @@ def _maybe_fault(calls: int) -> None:
 def retried_batches(root: Path) -> int:
     """Batches that were started more than once (from the attempt markers)."""
     counts: dict[str, int] = {}
-    for marker in (root / ATTEMPTS).glob("*.*"):
+    for marker in (root / ATTEMPTS / "attempts").glob("*.*"):
         first = marker.name.rsplit(".", 1)[0]
         counts[first] = counts.get(first, 0) + 1
     return sum(1 for n in counts.values() if n > 1)
@@ -263,8 +287,10 @@ def run_ray(
 
     shutil.rmtree(out.root / ATTEMPTS, ignore_errors=True)
     started_here = not ray.is_initialized()
+    start = time.perf_counter()
     if started_here:
         _init(opts)
+    ready = time.perf_counter()
     _quiet_data()
     env = {k: v for k, v in os.environ.items() if k.startswith("GRADTAP_")}
     try:
@@ -290,6 +316,7 @@ def run_ray(
                     _record(batch, run)
             finally:
                 writer.close()
+        done_at = time.perf_counter()
     finally:
         if started_here:
             ray.shutdown()
@@ -301,6 +328,11 @@ def run_ray(
         "images_done": done,
         "images_failed": len({f["input"] for f in run.failures.items}),
         "batches_retried": retried_batches(out.root),
+        "startup_seconds": round(ready - start, 3),
+        "explain_seconds": round(done_at - ready, 3),
+        "worker_peak_rss_mib": max(
+            (w["peak_rss_mib"] for w in worker_stats(out.root)), default=None
+        ),
     }
 
 
