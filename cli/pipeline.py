@@ -26,8 +26,9 @@ from gradtap.cli.commands.explain_run import (
 from gradtap.cli.outputs import OutDir
 from gradtap.runtime.session import ExplainSession
 
-DEPTH = 2
-"""Chunks read ahead of the computation, and chunks of results waiting to be written."""
+DEPTH = 1
+"""Chunks read ahead of the computation, and chunks of results waiting to be written: one of
+each is enough to keep the three stages busy, and more only holds more images in memory."""
 
 
 def reader_threads() -> int:

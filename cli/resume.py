@@ -37,7 +37,7 @@ class Journal:
     def __init__(self, root: Path, run: Run) -> None:
         self.path = root / JOURNAL
         self._run = run
-        self._items = 0
+        self._items = len(run.items)  # results carried over are on record already
         self._identity = _identity(run.model, run.options)
 
     def checkpoint(self) -> None:
