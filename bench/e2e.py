@@ -2,10 +2,12 @@
 
 ``python bench/e2e.py [--sizes 20,200] [--repeat 3] [--smoke]`` (``make bench-e2e``).
 
-Every side is a fresh process timed from start to exit (imports, model load, decoding,
+Every side is a fresh process with ``--threads`` compute threads (default 1, as ``make bench``:
+onnxruntime's intra-op pool, ``torch.set_num_threads``), timed from start to exit (imports, model load, decoding,
 preprocessing, the maps, the pictures, the files) with its peak RSS from ``wait4``:
 
-- ``gradtap``: ``gradtap explain FOLDER -m ... --format F`` (the pipelined batch path);
+- ``gradtap``: ``gradtap explain FOLDER -m ... --format F`` (the pipelined batch path: its
+  reader and writer threads run beside the compute thread);
 - ``gradtap --serial``: the same, stages one after another;
 - ``pytorch-grad-cam`` and ``captum``: the scripts their users write (``bench/e2e_scripts.py``).
 
@@ -107,16 +109,17 @@ def measure(cmd: list[str], timeout: float = 1800) -> Measure:
 
 
 def command(side: str, model: str, weights: str, path: Path, folder: Path, out: Path,
-            methods: tuple[str, ...], fmt: str, batch: int) -> list[str]:  # fmt: skip
+            methods: tuple[str, ...], fmt: str, batch: int, threads: int) -> list[str]:  # fmt: skip
     """The command line of one side."""
     if side.startswith("gradtap"):
-        cmd = [sys.executable, "-m", "gradtap.cli", "-q", "explain", str(folder), "-M", str(path),
+        cmd = [sys.executable, "-m", "gradtap.cli", "-q", "--threads", str(threads), "explain", str(folder), "-M", str(path),
                "-m", ",".join(methods), "--format", fmt, "-b", str(batch), "-o", str(out),
                "--overwrite"]  # fmt: skip
         return cmd + (["--serial"] if side.endswith("--serial") else [])
     library = "gradcam" if side == "pytorch-grad-cam" else "captum"
     return [sys.executable, "-m", "bench.e2e_scripts", library, model, weights, str(folder),
-            str(out), "--batch", str(batch), "--format", fmt, "--methods", ",".join(methods)]  # fmt: skip
+            str(out), "--batch", str(batch), "--format", fmt, "--methods", ",".join(methods),
+            "--threads", str(threads)]  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> list[dict[str, object]]:
@@ -131,7 +134,7 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
                     for _ in range(args.repeat):
                         with tempfile.TemporaryDirectory(prefix="gradtap-e2e-") as tmp:
                             cmd = command(side, args.model, args.weights, path, folder,
-                                          Path(tmp) / "out", WORKLOADS[work], fmt, args.batch)  # fmt: skip
+                                          Path(tmp) / "out", WORKLOADS[work], fmt, args.batch, args.threads)  # fmt: skip
                             runs.append(measure(cmd))
                     sec = statistics.median(m.seconds for m in runs)
                     rss = statistics.median(m.peak_rss_mib for m in runs)
@@ -144,7 +147,8 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
 def report(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
     """The Markdown table: one row per side, with gradtap's speed-up over it."""
     lines = [
-        f"## End to end: {args.model}, batch {args.batch}, median of {args.repeat} run(s)",
+        f"## End to end: {args.model}, batch {args.batch}, {args.threads} compute thread(s) "
+        f"per side, median of {args.repeat} run(s)",
         "",
         "| images | methods | format | side | seconds | images/s | peak RSS MiB | gradtap speed-up |",
         "|---:|---|---|---|---:|---:|---:|---:|",
@@ -168,6 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sizes", default="20,200", type=lambda s: [int(v) for v in s.split(",")])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument(
+        "--threads", type=int, default=1, help="compute threads on every side (as make bench)"
+    )
     ap.add_argument("--workloads", default="gradcam,three", type=lambda s: s.split(","))
     ap.add_argument("--formats", default="overlay,npy", type=lambda s: s.split(","))
     ap.add_argument("--smoke", action="store_true",

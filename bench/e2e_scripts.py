@@ -115,7 +115,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--format", default="overlay", choices=("overlay", "npy"))
     ap.add_argument("--methods", default="gradcam")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        torch.set_num_interop_threads(1)
     model, spec = build(args.model, args.weights)
     model.eval()
     layer = tap_module(model, spec)
