@@ -109,7 +109,7 @@ def engine_options(func: Any) -> Any:
         "--worker-gpus",
         type=click.FloatRange(min=0),
         default=0.0,
-        help="Ray engine: GPUs per actor (e.g. 1 with --provider cuda) [default: 0].",
+        help="Ray engine: GPUs per actor (e.g. 1 with --provider cuda).",
     )(func)
     func = click.option(
         "--worker-cpus",
@@ -203,7 +203,7 @@ def _check_tap(session: Any, tap: str | None) -> None:
 @click.option(
     "--pipeline/--serial",
     default=True,
-    help="Read and write in threads while onnxruntime computes (same results) [default: pipeline].",
+    help="Read and write in threads while onnxruntime computes (same results).",
 )
 @engine_options
 @max_pixels_option
