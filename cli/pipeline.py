@@ -11,6 +11,7 @@ the serial one does.
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,7 +42,8 @@ class WriteBehind:
 
     Work emitted while a chunk is computed is collected and handed over as one task when the
     next chunk starts (:meth:`flush`); handing over waits while ``depth`` tasks are pending.
-    A task's error (a bug: user errors are recorded where they happen) is raised here.
+    When a task fails (a bug, or Ctrl-C raised in the writer), nothing queued after it runs,
+    as in the serial loop, and its error is raised here.
     """
 
     def __init__(self, pool: ThreadPoolExecutor, depth: int = DEPTH) -> None:
@@ -49,6 +51,8 @@ class WriteBehind:
         self._depth = depth
         self._current: list[Callable[[], Any]] = []
         self._pending: deque[Future[None]] = deque()
+        self._failed = False
+        self._stop = threading.Event()  # set by the writer thread when a task of it fails
 
     def emit(self, func: Callable[[], Any]) -> None:
         """Queue ``func`` behind everything emitted before it."""
@@ -56,22 +60,37 @@ class WriteBehind:
 
     def flush(self) -> None:
         """Hand the collected work to the writer thread; wait while too much is pending."""
-        if self._current:
+        if self._current and not self._failed:
             work, self._current = self._current, []
-            self._pending.append(self._pool.submit(_run_all, work))
-        while len(self._pending) > self._depth:
-            self._pending.popleft().result()
+            self._pending.append(self._pool.submit(self._run_all, work))
+        self._wait(self._depth)
 
     def drain(self) -> None:
-        """Write everything still queued, in order."""
+        """Write everything still queued, in order (nothing more after a failure)."""
         self.flush()
-        while self._pending:
-            self._pending.popleft().result()
+        self._wait(0)
 
+    def _run_all(self, work: Sequence[Callable[[], Any]]) -> None:
+        if self._stop.is_set():  # an earlier task failed: the serial loop would have stopped
+            return
+        try:
+            for func in work:
+                func()
+        except BaseException:
+            self._stop.set()
+            raise
 
-def _run_all(work: Sequence[Callable[[], Any]]) -> None:
-    for func in work:
-        func()
+    def _wait(self, depth: int) -> None:
+        while len(self._pending) > depth:
+            try:
+                self._pending.popleft().result()
+            except BaseException:
+                self._failed = True
+                self._current = []
+                for later in self._pending:
+                    later.cancel()
+                self._pending.clear()
+                raise
 
 
 def read_ahead(

@@ -85,3 +85,26 @@ def test_writer_bug_is_raised_not_swallowed() -> None:
         behind.emit(bug)
         with pytest.raises(ValueError, match="a bug"):
             behind.drain()
+
+
+def test_nothing_runs_after_a_failed_write() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    done: list[int] = []
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with ThreadPoolExecutor(1) as pool:
+        behind = WriteBehind(pool, depth=1)
+        behind.emit(lambda: done.append(0))
+        behind.emit(interrupted)
+        behind.emit(lambda: done.append(1))  # same chunk, after the failure
+        behind.flush()
+        behind.emit(lambda: done.append(2))  # the next chunk
+        with pytest.raises(KeyboardInterrupt):
+            behind.flush()
+            behind.drain()
+        behind.emit(lambda: done.append(3))
+        behind.drain()  # after a failure nothing more is written
+    assert done == [0]
