@@ -3,10 +3,17 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.gradtap-setup
+# Embedding examples (examples/): npm packages, onnxruntime headers + library, Chromium, stb
+NPM_DIR := build/npm
+ORT_DIR := build/ort
+EMBED_STAMP := build/.gradtap-embed
+NPM_PACKAGES := onnxruntime-node@1.30.0 onnxruntime-web@1.30.0 com.github.asus4.onnxruntime@0.4.9 pngjs@7.0.0 jpeg-js@0.4.4
+ORT_HEADERS := $(NPM_DIR)/node_modules/com.github.asus4.onnxruntime/Plugins/iOS~/onnxruntime.xcframework/ios-arm64/onnxruntime.framework/Headers
+ROOT := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup test test-fast demo bench bench-e2e bench-ray lint models clean
+.PHONY: setup test test-fast demo bench bench-e2e bench-ray lint typecheck models clean examples
 
-setup: $(STAMP)
+setup: $(STAMP) $(EMBED_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +21,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install -q -e ".[export,dev]"
 	touch $(STAMP)
+
+$(EMBED_STAMP): $(STAMP) Makefile
+	command -v chromium >/dev/null && test -f /usr/include/stb/stb_image.h || \
+		{ $(ROOT) apt-get update && $(ROOT) apt-get install -y --no-install-recommends chromium libstb-dev; }
+	npm install --ignore-scripts --no-audit --no-fund --prefix $(NPM_DIR) $(NPM_PACKAGES)
+	rm -rf $(ORT_DIR) && mkdir -p $(ORT_DIR)/lib && cp -r "$(ORT_HEADERS)" $(ORT_DIR)/include
+	lib=$$($(BIN)/python -c "import onnxruntime, pathlib; print(next((pathlib.Path(onnxruntime.__file__).parent / 'capi').glob('libonnxruntime.so.*')))") && \
+		ln -sf "$$lib" $(ORT_DIR)/lib/libonnxruntime.so.1 && ln -sf libonnxruntime.so.1 $(ORT_DIR)/lib/libonnxruntime.so
+	touch $(EMBED_STAMP)
+
+examples: setup  # the C++ example, built against the onnxruntime wheel's library
+	cmake -S examples/cpp -B build/cpp -DORT_DIR=$(abspath $(ORT_DIR)) -DCMAKE_BUILD_TYPE=Release
+	cmake --build build/cpp
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider
@@ -39,6 +59,9 @@ models: setup  # the committed explanation graph of the trained custom CNN
 lint: setup
 	$(BIN)/ruff check export runtime cli tests bench
 	$(BIN)/ruff format --check export runtime cli tests bench
+
+typecheck: setup  # runtime/ and export/graph/ (pyproject [tool.mypy])
+	$(BIN)/mypy
 
 clean:
 	rm -rf out models/cache .pytest_cache

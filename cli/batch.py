@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -14,10 +16,20 @@ import numpy as np
 import numpy.typing as npt
 
 from gradtap.cli.config import Config
-from gradtap.cli.errors import EXIT_INTERRUPTED, Failures, recoverable
+from gradtap.cli.errors import (
+    EXIT_FAILED,
+    Failures,
+    Terminated,
+    defer_signals,
+    interrupt_exit_code,
+    one_line,
+    printable,
+    recoverable,
+    signals_deferred,
+)
 from gradtap.cli.inputs import expand, unique_stems
 from gradtap.cli.outputs import GALLERY, SUMMARY, OutDir, merge_summary
-from gradtap.runtime.image.read import DEFAULT_MAX_PIXELS
+from gradtap.runtime.image.read import DEFAULT_MAX_PIXELS, default_max_memory, set_max_memory
 from gradtap.runtime.targets import softmax
 
 Array = npt.NDArray[np.float32]
@@ -47,7 +59,18 @@ def output_options(default_out: str) -> Callable[[Callable[..., Any]], Callable[
 
 
 def max_pixels_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``--max-pixels``: the decompression-bomb limit, checked from the file header."""
+    """``--max-pixels`` and ``--max-memory``: decompression-bomb limits, checked from the header."""
+    func = click.option(
+        "--max-memory",
+        type=BYTES,
+        default=None,
+        expose_value=False,
+        callback=_set_max_memory,
+        metavar="BYTES",
+        help="Refuse images whose decoding needs more memory (e.g. 512M, 2G; estimated from the "
+        f"header before decoding). Default: an eighth of this machine's memory, "
+        f"{default_max_memory() >> 20} MiB here.",
+    )(func)
     return click.option(
         "--max-pixels",
         type=click.IntRange(min=1),
@@ -56,6 +79,41 @@ def max_pixels_option(func: Callable[..., Any]) -> Callable[..., Any]:
         help="Refuse images of more than N pixels (width x height), read from the file's header "
         "before anything is decoded.",
     )(func)
+
+
+class FiniteRange(click.FloatRange):
+    """A float range that also refuses NaN (which passes every comparison-based range check)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+class _Bytes(click.ParamType):
+    name = "bytes"
+    _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+        unit = text[-1:] if text[-1:] in self._UNITS and not text[-1:].isdigit() else ""
+        try:
+            number = float(text[: len(text) - len(unit)])
+        except ValueError:
+            self.fail(f"{value!r} is not a size (e.g. 512M, 2G)", param, ctx)
+        if not number > 0 or number * self._UNITS[unit] > 1 << 50:
+            self.fail(f"{value!r} must be a positive size (e.g. 512M, 2G)", param, ctx)
+        return int(number * self._UNITS[unit])
+
+
+BYTES = _Bytes()
+
+
+def _set_max_memory(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
+    set_max_memory(default_max_memory() if value is None else value)
 
 
 @dataclass
@@ -70,6 +128,8 @@ class Run:
     failures: Failures = field(default_factory=Failures)
     skipped: list[dict[str, str]] = field(default_factory=list)
     interrupted: bool = False
+    exit_on_interrupt: int = 130
+    interrupted_by: str = ""
     started: float = field(default_factory=time.time)
 
     def record(self) -> dict[str, Any]:
@@ -85,6 +145,7 @@ class Run:
             "failures": self.failures.items,
             "skipped": self.skipped,
             "interrupted": self.interrupted,
+            **({"signal": self.interrupted_by} if self.interrupted_by else {}),
         }
 
 
@@ -142,7 +203,7 @@ def sources(
 
 def skipped_note(skipped: Sequence[tuple[str, str]], shown: int = 5) -> str:
     """One line naming the skipped entries (the first ``shown``) and why."""
-    names = [f"{path}: {why}" for path, why in skipped[:shown]]
+    names = [f"{printable(path)}: {why}" for path, why in skipped[:shown]]
     more = f"; and {len(skipped) - shown} more, see summary.json" if len(skipped) > shown else ""
     return f"gradtap: note: skipped {len(skipped)} entries: {'; '.join(names)}{more}"
 
@@ -163,25 +224,35 @@ def attempt(run: Run, path: Path | str, func: Callable[[], Any], *, what: str = 
 
 
 def finish(cfg: Config, out: OutDir, run: Run, *, as_json: bool) -> None:
-    """Merge the run into summary.json, rebuild the gallery, report, exit 0, 1 or 130.
+    """Merge the run into summary.json, rebuild the gallery, report, exit 0, 1 or 128 + signal.
 
     summary.json is written whenever something happened (results, failures or an interruption),
     so every failure of a batch is on record; an interrupted run keeps the results it finished.
     """
-    from gradtap.cli.gallery import write_gallery
-
-    record = run.record()
-    if run.items or run.failures or run.interrupted or (out.root / SUMMARY).exists():
-        summary = merge_summary(out.root, record)
-        write_gallery(out.root, summary)
+    kept = True
+    with signals_deferred() as pending:
+        if pending and not run.interrupted:  # arrived after the batch, before this record
+            run.interrupted, run.exit_on_interrupt = True, 128 + pending[0]
+            run.interrupted_by = signal.Signals(pending[0]).name
+        run.failures.report_repeats()
+        record = run.record()
+        if run.items or run.failures or run.interrupted or (out.root / SUMMARY).exists():
+            kept = _record(out, record)
+    if pending and not run.interrupted:  # arrived while the record was written: it is whole
+        run.interrupted, run.exit_on_interrupt = True, 128 + pending[0]
     if as_json:
         click.echo(json.dumps(record, indent=2, ensure_ascii=False))
     n = len(run.items)
     if run.interrupted:
+        where = f"{out.root} (summary.json)" if kept else str(out.root)
         click.echo(
-            f"gradtap: interrupted; {n} result(s) kept in {out.root} (summary.json)", err=True
+            f"gradtap: interrupted{run.interrupted_by and f' ({run.interrupted_by})'}; "
+            f"{n} result(s) kept in {where}",
+            err=True,
         )
-        click.get_current_context().exit(EXIT_INTERRUPTED)
+        click.get_current_context().exit(run.exit_on_interrupt)
+    if not kept:
+        click.get_current_context().exit(EXIT_FAILED)
     if not as_json:
         failed = f", {len(run.failures.items)} failed" if run.failures else ""
         cfg.note(f"{n} result(s) in {out.root}{failed}")
@@ -190,12 +261,34 @@ def finish(cfg: Config, out: OutDir, run: Run, *, as_json: bool) -> None:
     click.get_current_context().exit(run.failures.exit_code())
 
 
+def _record(out: OutDir, record: dict[str, Any]) -> bool:
+    """Merge the run into summary.json and rebuild the gallery; one error line if that fails."""
+    from gradtap.cli.gallery import write_gallery
+
+    def gallery(summary: dict[str, Any]) -> None:
+        try:
+            write_gallery(out.root, summary)
+        except OSError as err:
+            click.echo(f"gradtap: error: cannot write the gallery: {one_line(err)}", err=True)
+
+    try:
+        merge_summary(out.root, record, then=gallery)
+    except OSError as err:
+        click.echo(f"gradtap: error: cannot record this run: {one_line(err)}", err=True)
+        return False
+    return True
+
+
 def interruptible(run: Run, work: Callable[[], None]) -> None:
-    """Run a batch; Ctrl-C stops it, and ``run`` records the interruption for :func:`finish`."""
+    """Run a batch; Ctrl-C, SIGTERM or SIGHUP stop it, and ``run`` records the interruption."""
     try:
         work()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         run.interrupted = True
+        run.exit_on_interrupt = interrupt_exit_code(err)
+        run.interrupted_by = err.args[0] if isinstance(err, Terminated) else ""
+    finally:
+        defer_signals()  # a signal from here on is noted, and :func:`finish` records it
 
 
 class Progress:

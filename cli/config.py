@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass
 
 import click
 
+# More intra-op threads than this only contend for the cores (1,000 threads on 2 cores stall).
+MAX_THREADS = 4 * (os.cpu_count() or 1)
 # Short provider names accepted by --provider, and what each expands to (CPU always last).
 PROVIDER_ALIASES: dict[str, tuple[str, ...]] = {
     "cpu": ("CPUExecutionProvider",),
@@ -73,3 +76,9 @@ def setup_logging(verbosity: int) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # Library warnings (Pillow on odd EXIF data, for instance) are details: shown with -v.
+    logging.captureWarnings(True)
+    warned = logging.getLogger("py.warnings")
+    warned.handlers[:] = [handler]
+    warned.setLevel(logging.WARNING if verbosity >= 1 else logging.ERROR)
+    warned.propagate = False

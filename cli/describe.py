@@ -14,13 +14,13 @@ from gradtap.runtime import contract as c
 _MEANING = {
     c.INPUT: "RGB pixels in [0, 1], NCHW; normalisation happens inside the graph",
     c.SEED: "cotangent on the logits: the graph differentiates sum(seed * logits)",
-    c.RELU_RULE: "rectifier backward rule (int64 scalar, optional): "
+    c.RELU_RULE: "rectifier backward rule (int64 scalar; 0 for plain gradients): "
     + ", ".join(f"{v} {k}" for k, v in c.RELU_RULES.items()),
-    c.SEED_TOP1: "float32 scalar, optional: added to the seed on each row's predicted class",
-    c.OBJECTIVE: "int64 scalar, optional: "
+    c.SEED_TOP1: "float32 scalar (0 for none): added to the seed on each row's predicted class",
+    c.OBJECTIVE: "int64 scalar (0 for the logits): "
     + ", ".join(f"{v} {k}" for k, v in c.OBJECTIVES.items())
     + " (the cross-entropy's gradient on the logits is softmax * sum(seed) - seed)",
-    c.COMPUTE: "int64 scalar, optional: how much runs: "
+    c.COMPUTE: "int64 scalar (2 for everything): how much runs: "
     + ", ".join(f"{v} {k}" for k, v in c.COMPUTE_LEVELS.items()),
     c.LOGITS: "class scores (before softmax)",
     c.GRAD_INPUT: "d sum(seed * logits) / d input",
@@ -86,6 +86,8 @@ def describe(path: Path) -> dict[str, Any]:
             }
             for v in values
         ]
+    if out["augmented"] and meta.get(c.META_CONTRACT) == c.CONTRACT_VERSION:
+        _check_metadata(meta, ports, path)
     out.update(_from_metadata(meta))
     if not out["labels"].get("count") and out["outputs"]:
         classes = out["outputs"][0]["shape"][-1:]  # the logits' class dimension
@@ -94,6 +96,14 @@ def describe(path: Path) -> dict[str, Any]:
     out["metadata"] = {k: _short(k, v) for k, v in sorted(meta.items())}
     out["providers"] = _providers()
     return out
+
+
+def _check_metadata(meta: dict[str, str], ports: dict[str, list], path: Path) -> None:
+    """The runtime's metadata checks, so info names a wrong key as every command does."""
+    from gradtap.runtime.info import parse_info
+
+    shapes = {k: {v.name: _shape(v) for v in vs} for k, vs in ports.items()}
+    parse_info(meta, inputs=shapes["inputs"], outputs=shapes["outputs"], fallback_name=path.stem)
 
 
 def _from_metadata(meta: dict[str, str]) -> dict[str, Any]:

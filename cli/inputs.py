@@ -12,14 +12,34 @@ import fnmatch
 import glob
 import os
 import re
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import click
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"}
-    | {".pam", ".gif", ".jp2", ".j2k"}
+    | {".gif", ".jp2", ".j2k"}
 )
+
+
+class RegularFile(click.Path):
+    """An existing regular file: folders, pipes and devices are refused before anything reads."""
+
+    def __init__(self) -> None:
+        super().__init__(exists=True, dir_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = super().convert(value, param, ctx)
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            self.fail(f"{str(path)!r} is not a file (a pipe, socket or device)", param, ctx)
+        return path
+
+
+REGULAR_FILE = RegularFile()
 _GLOB_CHARS = re.compile(r"[*?\[]")
 NOT_IMAGE = "not an image file name"
 HIDDEN = "a hidden file"

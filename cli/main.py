@@ -13,7 +13,13 @@ from gradtap.cli.commands.explain import explain
 from gradtap.cli.commands.localize import localize
 from gradtap.cli.commands.model import augment, export, info
 from gradtap.cli.commands.visualize import visualize
-from gradtap.cli.config import PROVIDER_ALIASES, Config, expand_providers, setup_logging
+from gradtap.cli.config import (
+    MAX_THREADS,
+    PROVIDER_ALIASES,
+    Config,
+    expand_providers,
+    setup_logging,
+)
 from gradtap.cli.errors import GradtapGroup
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
@@ -31,8 +37,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_con
 )
 @click.option(
     "--threads",
-    type=click.IntRange(min=1),
-    help="onnxruntime intra-op threads [default: all cores].",
+    type=click.IntRange(min=1, max=MAX_THREADS),
+    help=f"onnxruntime intra-op threads, at most {MAX_THREADS} (4 per core) [default: all cores].",
 )
 @click.option(
     "-v",

@@ -6,15 +6,17 @@ interrupted run leaves either the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from gradtap.runtime.atomic import atomic_path, write_bytes  # noqa: F401 - re-exported
 
 SUMMARY = "summary.json"
 GALLERY = "index.html"
@@ -27,23 +29,6 @@ class OutputExistsError(FileExistsError):
 
 class UnwritableError(OSError):
     """The output folder cannot be created or written to (a usage error: exit 2)."""
-
-
-@contextmanager
-def atomic_path(dst: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``dst`` (same suffix); rename it to ``dst`` on success."""
-    tmp = dst.with_name(f".{dst.stem}.{uuid.uuid4().hex[:8]}.tmp{dst.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_bytes(dst: Path, data: bytes) -> None:
-    """Write ``data`` to ``dst`` atomically."""
-    with atomic_path(dst) as tmp:
-        tmp.write_bytes(data)
 
 
 def write_text(dst: Path, text: str) -> None:
@@ -79,6 +64,13 @@ class OutDir:
     def __init__(self, root: Path, *, overwrite: bool) -> None:
         self.root = root
         self.overwrite = overwrite
+        self._resumable: frozenset[str] | None = None
+
+    def resumable(self) -> frozenset[str]:
+        """Files that runs interrupted before this one recorded: a rerun may replace them."""
+        if self._resumable is None:
+            self._resumable = interrupted_files(load_summary(self.root))
+        return self._resumable
 
     def check_writable(self) -> None:
         """Create the folder and make sure files can be written in it.
@@ -95,6 +87,18 @@ class OutDir:
             raise UnwritableError(
                 f"output folder {str(self.root)!r} is not writable: {err.strerror}"
             ) from None
+        for name in (SUMMARY, GALLERY):
+            if (self.root / name).is_dir():
+                raise UnwritableError(
+                    f"{str(self.root / name)!r} is a folder; gradtap writes a file there: "
+                    "move it away or choose another --out"
+                )
+        problem = summary_problem(self.root)
+        if problem:
+            raise UnwritableError(
+                f"{str(self.root / SUMMARY)!r} is not a gradtap summary ({problem}): "
+                "move it away or choose another --out"
+            )
 
     def plan(self, rel_paths: Sequence[str]) -> None:
         """Refuse before computing anything if some of these outputs exist.
@@ -105,7 +109,7 @@ class OutDir:
         if self.overwrite:
             return
         for rel in rel_paths:
-            if (self.root / rel).exists():
+            if (self.root / rel).exists() and rel not in self.resumable():
                 raise OutputExistsError(
                     f"{str(self.root / rel)!r} exists; pass --overwrite to replace it"
                 )
@@ -127,34 +131,124 @@ class OutDir:
             staged = []
             for rel, writer in writers.items():
                 dst = self.root / rel
-                dst.parent.mkdir(parents=True, exist_ok=True)
+                make_folder(dst.parent)
                 staged.append((writer, stack.enter_context(atomic_path(dst))))
             for writer, tmp in staged:
                 writer(tmp)
 
 
+def make_folder(folder: Path) -> None:
+    """``mkdir -p``; a file where the folder goes is an OSError that says so."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OSError(
+            errno.ENOTDIR, "a file is in the way of the output folder", str(folder)
+        ) from None
+
+
+def _empty() -> dict[str, Any]:
+    return {"schema": SCHEMA, "runs": [], "groups": {}, "items": []}
+
+
+def summary_problem(root: Path) -> str:
+    """Why ``root/summary.json`` is valid JSON but not a gradtap summary ('' when it is fine).
+
+    A missing or unparsable file is no problem: it is started afresh.
+    """
+    try:
+        data = json.loads((root / SUMMARY).read_text("utf-8"))
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    if data.get("schema") != SCHEMA:
+        return f"schema {data.get('schema')!r}, not {SCHEMA}"
+    shapes = {"runs": list, "groups": dict, "items": list}
+    for key, kind in shapes.items():
+        if not isinstance(data.get(key), kind):
+            return f"{key!r} is not a JSON {'list' if kind is list else 'object'}"
+    if not all(isinstance(i, dict) and isinstance(i.get("key"), str) for i in data["items"]):
+        return "an item without a 'key'"
+    if not all(isinstance(r, dict) for r in data["runs"]):
+        return "a run that is not an object"
+    return ""
+
+
 def load_summary(root: Path) -> dict[str, Any]:
-    """The folder's summary.json, or an empty one (an unreadable file is started afresh)."""
+    """The folder's summary.json, or an empty one (a missing, unparsable or foreign file)."""
     path = root / SUMMARY
     try:
         data = json.loads(path.read_text("utf-8"))
     except (OSError, ValueError):
-        return {"schema": SCHEMA, "runs": [], "groups": {}, "items": []}
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        return {"schema": SCHEMA, "runs": [], "groups": {}, "items": []}
+        return _empty()
+    if summary_problem(root):
+        return _empty()
     return data
 
 
-def merge_summary(root: Path, run: Mapping[str, Any]) -> dict[str, Any]:
+def interrupted_files(summary: Mapping[str, Any]) -> frozenset[str]:
+    """The files of items that interrupted runs recorded (a rerun picks these up)."""
+    keys = {
+        key
+        for run in summary.get("runs", [])
+        if isinstance(run, dict) and run.get("interrupted")
+        for key in run.get("items", [])
+        if isinstance(key, str)
+    }
+    files: set[str] = set()
+    for item in summary.get("items", []):
+        if item.get("key") in keys and isinstance(item.get("files"), dict):
+            files.update(f for f in item["files"].values() if isinstance(f, str))
+    return frozenset(files)
+
+
+@contextmanager
+def summary_lock(root: Path) -> Iterator[None]:
+    """Hold an advisory lock on the output folder itself: one summary update at a time.
+
+    Runs into one folder, in one process or several, take turns at reading, merging and writing
+    summary.json, so no run's record is lost; the lock is on the folder, so no lock file is left
+    behind. Where ``fcntl`` is missing (Windows) the lock is a no-op.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def merge_summary(
+    root: Path,
+    run: Mapping[str, Any],
+    *,
+    then: Callable[[dict[str, Any]], Any] | None = None,
+) -> dict[str, Any]:
     """Add one run to the folder's summary.json; items replace earlier items for the same key.
 
     Args:
         root: the output folder.
         run: ``{"command", "model", ..., "groups": {...}, "items": [...], "failures": [...]}``.
+        then: called with the merged summary while the folder is still locked (the gallery is
+            rebuilt there, so a concurrent run cannot overwrite it with an older summary).
 
     Returns:
         The merged summary, also written to ``root/summary.json``.
     """
+    with summary_lock(root):
+        summary = _merge(root, run)
+        if then is not None:
+            then(summary)
+        return summary
+
+
+def _merge(root: Path, run: Mapping[str, Any]) -> dict[str, Any]:
     summary = load_summary(root)
     items = {item["key"]: item for item in summary["items"]}
     for item in run.get("items", []):

@@ -58,8 +58,13 @@ class Journal:
             f.write(line + "\n")
 
     def remove(self) -> None:
-        """Forget the journal (summary.json holds everything in it now)."""
-        self.path.unlink(missing_ok=True)
+        """Forget the journal once summary.json holds every result in it (else keep it)."""
+        keys = {
+            i["key"] for rec in _journal_records(self.path.parent) for i in rec.get("items", [])
+        }
+        recorded = {i["key"] for i in load_summary(self.path.parent)["items"]}
+        if keys <= recorded:
+            self.path.unlink(missing_ok=True)
 
 
 def _journal_records(root: Path) -> Iterable[dict[str, Any]]:

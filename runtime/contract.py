@@ -6,32 +6,39 @@ inputs
   ``input``       float32 [N, 3, H, W], RGB pixels in [0, 1]; normalisation happens inside the graph.
   ``seed``        float32 [N, classes], the cotangent on the logits: the graph differentiates
                   ``sum(seed * logits)``.
-  ``relu_rule``   int64 scalar, optional (defaults to 0): how rectifiers (Relu, and Clip with
+  ``relu_rule``   int64 scalar (0 for plain gradients): how rectifiers (Relu, and Clip with
                   min 0 such as ReLU6) pass gradients back: 0 plain gradient, 1 guided backprop,
                   2 deconvnet.
-  ``seed_top1``   float32 scalar, optional (defaults to 0): added to the seed on each row's
+  ``seed_top1``   float32 scalar (0 for none): added to the seed on each row's
                   top-1 class, so ``seed = 0, seed_top1 = 1`` explains the predicted class in
                   one call, without a forward pass first to find it.
-  ``objective``   int64 scalar, optional (defaults to 0): what the seed weighs. 0: the graph
+  ``objective``   int64 scalar (0 for the logits): what the seed weighs. 0: the graph
                   differentiates ``sum(seed * logits)``; 1: the cross-entropy
                   ``-sum(seed * log_softmax(logits))``, whose gradient on the logits is
                   ``softmax(logits) * sum(seed) - seed`` (so a one-hot seed gives the loss
                   gradient that FGSM and fooling images follow, in one call).
-  ``compute``     int64 scalar, optional (defaults to 2): how much of the graph runs. 0: the
+  ``compute``     int64 scalar (2 for everything): how much of the graph runs. 0: the
                   forward pass only (logits, taps); 1: also the backward pass down to the taps
                   (tap gradients); 2: everything (also the input gradient). Outputs of a part
                   that did not run come back as empty tensors of the right rank.
+
+Every input is required: the file carries no defaults (runtimes that hide or fold inputs with
+initializers would drop them), callers feed ``CONTROL_DEFAULTS`` for the ones they do not use.
+A flat graph (``gradtap augment --flat``, no If nodes) has no ``compute`` input and always
+computes everything.
 
 outputs
   ``logits``             float32 [N, classes]
   ``tap/<alias>``        the feature map of each tap, e.g. ``tap/layer4`` [N, C, h, w]
   ``grad/input``         d sum(seed * logits) / d input, [N, 3, H, W]
+  ``cam/<alias>``        class weights [classes, C] of a GAP -> linear head after the tap
+                         (only for such taps; they depend on the weights alone)
   ``grad/tap/<alias>``   d sum(seed * logits) / d tap, same shape as the tap
 """
 
 from __future__ import annotations
 
-CONTRACT_VERSION = "3"
+CONTRACT_VERSION = "4"
 
 INPUT = "input"
 SEED = "seed"
@@ -43,11 +50,17 @@ INPUTS = (INPUT, SEED, RELU_RULE, SEED_TOP1, OBJECTIVE, COMPUTE)  # every graph 
 LOGITS = "logits"
 TAP_PREFIX = "tap/"
 GRAD_PREFIX = "grad/"
+CAM_PREFIX = "cam/"
 GRAD_INPUT = GRAD_PREFIX + INPUT
 
 RELU_RULES: dict[str, int] = {"plain": 0, "guided": 1, "deconvnet": 2}
 OBJECTIVES: dict[str, int] = {"logits": 0, "cross_entropy": 1}
 COMPUTE_LEVELS: dict[str, int] = {"forward": 0, "taps": 1, "full": 2}
+# control input -> (ONNX element type name, the value that asks for a plain full pass)
+CONTROL_DEFAULTS: dict[str, tuple[str, int | float]] = {
+    RELU_RULE: ("int64", 0), SEED_TOP1: ("float32", 0.0), OBJECTIVE: ("int64", 0),
+    COMPUTE: ("int64", 2),
+}  # fmt: skip
 
 # metadata_props keys; values are strings, JSON where structured
 META_PREFIX = "gradtap."
@@ -57,7 +70,8 @@ META_SOURCE = META_PREFIX + "source"  # where the architecture came from
 META_WEIGHTS = META_PREFIX + "weights"  # what weights were loaded
 META_LABELS = META_PREFIX + "labels"  # JSON list of class names, index = class id
 META_INPUT_SIZE = META_PREFIX + "input_size"  # JSON [H, W] the graph expects
-META_RESIZE = META_PREFIX + "resize"  # JSON {"policy": "shorter_side_center_crop", "size": 256}
+# JSON {"policy": "shorter_side_center_crop", "size": 256, "filter": "bilinear", "crop": "center"}
+META_RESIZE = META_PREFIX + "resize"
 # JSON {"mean": [...], "std": [...], "in_graph": true}
 META_NORMALIZATION = META_PREFIX + "normalization"
 META_COLOR_ORDER = META_PREFIX + "color_order"  # "RGB"
@@ -69,11 +83,19 @@ META_AUGMENTED = META_PREFIX + "augmented"  # "1" once the backward pass is in t
 META_PASS_VERSION = META_PREFIX + "pass_version"  # hash of the augmentation pass that wrote it
 
 RESIZE_POLICIES = frozenset({"shorter_side_center_crop", "stretch"})
+# The resize filter the runtime applies (gradtap.runtime.image.geometry.resize): OpenCV's
+# INTER_AREA when neither side grows, else INTER_LINEAR (bilinear, half-pixel centres).
+RESIZE_FILTER = "area_down_bilinear_up"
 
 
 def tap_output(alias: str) -> str:
     """Graph output name of a tap's feature map."""
     return TAP_PREFIX + alias
+
+
+def cam_output(alias: str) -> str:
+    """Graph output name of the class weights [classes, C] of a GAP -> linear head after a tap."""
+    return CAM_PREFIX + alias
 
 
 def tap_grad_output(alias: str) -> str:

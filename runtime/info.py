@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -11,6 +12,8 @@ from typing import Any
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import ModelError
 
+# The largest side an input size or resize size may state (nothing allocates from larger).
+MAX_SIDE = 16384
 _HOW_TO_FIX = (
     "run `gradtap augment MODEL.onnx -o MODEL.gradtap.onnx` on a forward graph, "
     "or `gradtap export NAME` for a built-in model"
@@ -32,6 +35,7 @@ class ModelInfo:
         taps: aliases of the feature taps, in graph output order.
         default_tap: alias used when a method needs a tap and none is given.
         relu_rules: ReLU backward rules the graph can switch between.
+        cam_taps: taps a global-average-pool -> linear head reads (with a ``cam/`` output).
         weights: the weights the graph was exported with, if recorded.
         source: where the architecture came from, if recorded.
         metadata: every ``metadata_props`` entry, raw.
@@ -47,6 +51,7 @@ class ModelInfo:
     taps: tuple[str, ...]
     default_tap: str | None
     relu_rules: tuple[str, ...]
+    cam_taps: tuple[str, ...] = ()
     weights: str | None = None
     source: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -93,7 +98,7 @@ def parse_info(
     labels = _labels(meta, outputs[c.LOGITS], name)
     input_size = _input_size(meta, inputs[c.INPUT], name)
     policy, resize_size = _resize(meta, input_size, name)
-    norm = _json(meta, c.META_NORMALIZATION, name) or {}
+    norm = _normalization(meta, name)
     taps = tuple(o[len(c.TAP_PREFIX) :] for o in outputs if o.startswith(c.TAP_PREFIX))
     missing = [t for t in taps if c.tap_grad_output(t) not in outputs]
     if missing:
@@ -108,11 +113,12 @@ def parse_info(
         input_size=input_size,
         resize_policy=policy,
         resize_size=resize_size,
-        mean=_floats(norm.get("mean")),
-        std=_floats(norm.get("std")),
+        mean=norm.get("mean"),
+        std=norm.get("std"),
         taps=taps,
         default_tap=default_tap,
         relu_rules=rules,
+        cam_taps=tuple(t for t in taps if c.cam_output(t) in outputs),
         weights=meta.get(c.META_WEIGHTS),
         source=meta.get(c.META_SOURCE),
         metadata=MappingProxyType(dict(meta)),
@@ -156,9 +162,14 @@ def _labels(meta: Mapping[str, str], logits_shape: Sequence[Any], name: str) -> 
             raise ModelError(f"model {name!r}: no {c.META_LABELS} and the class count is dynamic")
         return tuple(f"class_{i}" for i in range(n))
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise ModelError(f"model {name!r}: {c.META_LABELS} must be a JSON list of strings")
-    if isinstance(n, int) and n != len(labels):
-        raise ModelError(f"model {name!r}: {len(labels)} labels but logits have {n} classes")
+        raise ModelError(f"model {name!r}: metadata {c.META_LABELS} must be a JSON list of strings")
+    if not labels:
+        raise ModelError(f"model {name!r}: metadata {c.META_LABELS} is an empty list")
+    if isinstance(n, int) and n > 0 and n != len(labels):
+        raise ModelError(
+            f"model {name!r}: metadata {c.META_LABELS} has {len(labels)} names, but the logits "
+            f"have {n} classes"
+        )
     return tuple(labels)
 
 
@@ -167,11 +178,55 @@ def _input_size(meta: Mapping[str, str], shape: Sequence[Any], name: str) -> tup
     if size is None and len(shape) == 4 and all(isinstance(d, int) for d in shape[2:]):
         size = list(shape[2:])
     ok = isinstance(size, list) and len(size) == 2
-    if not ok or not all(isinstance(d, int) and d > 0 for d in size):
-        raise ModelError(f"model {name!r}: {c.META_INPUT_SIZE} must be [H, W], got {size!r}")
+    if not ok or not all(_is_int(d) and 0 < d <= MAX_SIDE for d in size):
+        raise ModelError(
+            f"model {name!r}: metadata {c.META_INPUT_SIZE} must be [H, W] with sides in "
+            f"1..{MAX_SIDE}, got {_short(size)}"
+        )
     if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3):
         raise ModelError(f"model {name!r}: input {c.INPUT!r} must be [N, 3, H, W], got {shape}")
+    static = [d for d in shape[2:] if isinstance(d, int) and d > 0]
+    if len(static) == 2 and list(static) != list(size):
+        raise ModelError(
+            f"model {name!r}: metadata {c.META_INPUT_SIZE} is {size}, but the graph's input "
+            f"{c.INPUT!r} is {static[0]}x{static[1]}"
+        )
     return int(size[0]), int(size[1])
+
+
+def _normalization(meta: Mapping[str, str], name: str) -> dict[str, tuple[float, ...]]:
+    norm = _json(meta, c.META_NORMALIZATION, name)
+    if norm is None:
+        return {}
+    if not isinstance(norm, dict):
+        raise ModelError(
+            f"model {name!r}: metadata {c.META_NORMALIZATION} must be a JSON object with "
+            f'"mean" and "std", got {_short(norm)}'
+        )
+    out = {}
+    for key in ("mean", "std"):
+        values = norm.get(key)
+        if values is None:
+            continue
+        ok = isinstance(values, list) and len(values) == 3
+        ok = ok and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+        if not ok or (key == "std" and not all(v > 0 for v in values)):
+            need = "3 finite numbers" + (" > 0" if key == "std" else "")
+            raise ModelError(
+                f"model {name!r}: metadata {c.META_NORMALIZATION} {key!r} must be {need}, "
+                f"got {_short(values)}"
+            )
+        out[key] = tuple(float(v) for v in values)
+    return out
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _resize(
@@ -179,21 +234,17 @@ def _resize(
 ) -> tuple[str, int | None]:
     spec = _json(meta, c.META_RESIZE, name) or {"policy": "stretch"}
     policy = spec.get("policy") if isinstance(spec, dict) else None
-    if policy not in c.RESIZE_POLICIES:
+    if not isinstance(policy, str) or policy not in c.RESIZE_POLICIES:
         raise ModelError(
-            f"model {name!r}: resize policy {policy!r} unknown; valid: {sorted(c.RESIZE_POLICIES)}"
+            f"model {name!r}: metadata {c.META_RESIZE} policy {_short(policy)} unknown; valid: "
+            f"{sorted(c.RESIZE_POLICIES)}"
         )
     if policy == "stretch":
         return policy, None
     size = spec.get("size", max(input_size))
-    if not isinstance(size, int) or size < max(input_size):
+    if not _is_int(size) or not max(input_size) <= size <= MAX_SIDE:
         raise ModelError(
-            f"model {name!r}: resize size {size!r} must be an int >= the input size {input_size}"
+            f"model {name!r}: metadata {c.META_RESIZE} size {_short(size)} must be an int from "
+            f"the input size {max(input_size)} to {MAX_SIDE}"
         )
     return policy, size
-
-
-def _floats(values: Any) -> tuple[float, ...] | None:
-    if values is None:
-        return None
-    return tuple(float(v) for v in values)

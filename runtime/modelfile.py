@@ -10,10 +10,16 @@ a 500 MB model, and refuses locations that resolve (symlinks included) outside t
 
 from __future__ import annotations
 
+import errno
+import logging
+import math
 import mmap
 import os
+import re
+import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from gradtap.runtime.errors import ModelError
 
@@ -27,12 +33,57 @@ _CHILDREN: dict[int, dict[int, int]] = {
     _FUNCTION: {7: _NODE},
     _SPARSE: {1: _TENSOR, 2: _TENSOR},
 }
-_TENSOR_NAME, _TENSOR_EXTERNAL = 8, 13
-_MAX_DEPTH = 64
+_TENSOR_DIMS, _TENSOR_TYPE, _TENSOR_NAME, _TENSOR_EXTERNAL = 1, 2, 8, 13
+# Bytes per element of TensorProto.DataType values with a fixed size.
+_ELEMENT_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
+# protobuf's own recursion limit: deeper models (If inside If ...) cannot be parsed by onnx.
+_MAX_DEPTH = 100
+# A serialized protobuf message cannot exceed 2 GiB; bigger models keep weights as external data.
+MAX_MODEL_BYTES = 2**31 - 1
+
+
+class External(NamedTuple):
+    """One tensor whose bytes live in another file (offset and length as recorded, if any)."""
+
+    tensor: str
+    location: str
+    offset: int | None
+    length: int | None
 
 
 class _Malformed(Exception):
     """The bytes are not a well-formed protobuf message."""
+
+
+class _TooDeep(_Malformed):
+    """Messages nested deeper than protobuf parses."""
+
+
+def check_model_file(path: str | os.PathLike[str]) -> None:
+    """Refuse, without reading it, what cannot be an ONNX file: folders, pipes, devices, sockets,
+    empty files and files over the 2 GiB a protobuf message can hold.
+
+    Raises:
+        ModelError: naming the file and what it is.
+    """
+    name = str(path)
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ENOENT:
+            raise ModelError(f"model file {name!r} does not exist") from None
+        raise ModelError(f"cannot read model {name!r}: {err.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ModelError(f"model path {name!r} is a folder, not an ONNX file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelError(f"model path {name!r} is not a file (a pipe, socket or device)")
+    if st.st_size == 0:
+        raise ModelError(f"model file {name!r} is empty (0 bytes)")
+    if st.st_size > MAX_MODEL_BYTES:
+        raise ModelError(
+            f"model file {name!r} has {st.st_size} bytes, more than the 2 GiB an ONNX file can "
+            "hold (bigger models keep their weights in external data files)"
+        )
 
 
 def check_external_data(model: str | os.PathLike[str] | bytes, *, base: Path | None = None) -> None:
@@ -55,12 +106,34 @@ def check_external_data(model: str | os.PathLike[str] | bytes, *, base: Path | N
         bases = [Path.cwd()]
     else:
         bases = [Path(model).absolute().parent, Path(model).resolve().parent]
-    for tensor, location in external_locations(model):
+    for tensor, location, offset, length in external_tensors(model):
         if Path(location).is_absolute() or not all(_inside(b, location) for b in bases):
             raise ModelError(
                 f"{name}: external data {location!r} of tensor {tensor!r} points outside the "
                 "model's folder; refused"
             )
+        problem = _data_file_problem(bases[0] / location, (offset or 0) + (length or 0))
+        if problem:
+            raise ModelError(
+                f"{name}: external data file {location!r} of tensor {tensor!r} {problem}"
+            )
+
+
+def _data_file_problem(path: Path, needed: int) -> str:
+    """Why an external-data file cannot be read ('' when it can), without opening it."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "is missing (a model copied without its data file?)"
+    except OSError as err:
+        return f"cannot be read: {err.strerror}"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder, not a file"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a file (a pipe, socket or device)"
+    if st.st_size < needed:
+        return f"has {st.st_size} bytes, the tensor's data ends at byte {needed} (truncated?)"
+    return ""
 
 
 def _inside(base: Path, location: str) -> bool:
@@ -74,13 +147,23 @@ def external_locations(model: str | os.PathLike[str] | bytes) -> list[tuple[str,
     Raises:
         ModelError: the file cannot be read or is not a well-formed protobuf message.
     """
+    return [(e.tensor, e.location) for e in external_tensors(model)]
+
+
+def external_tensors(model: str | os.PathLike[str] | bytes) -> list[External]:
+    """Every tensor whose data lives in another file, with its recorded offset and length.
+
+    Raises:
+        ModelError: the file cannot be read or is not a well-formed protobuf message.
+    """
     if isinstance(model, bytes):
         return _scan(memoryview(model), "<in-memory model>")
     path = Path(model)
+    check_model_file(path)
     try:
         with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size == 0:
-                return []
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # replaced since checked
+                raise ModelError(f"model path {str(path)!r} is not a file")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                 view = memoryview(mm)
                 try:
@@ -91,20 +174,26 @@ def external_locations(model: str | os.PathLike[str] | bytes) -> list[tuple[str,
         raise ModelError(f"cannot read model {str(path)!r}: {err.strerror}") from None
 
 
-def _scan(buf: memoryview, name: str) -> list[tuple[str, str]]:
-    found: list[tuple[str, str]] = []
+def _scan(buf: memoryview, name: str) -> list[External]:
+    found: list[External] = []
     try:
         _walk(buf, 0, len(buf), _MODEL, found, 0)
+    except _TooDeep:
+        raise ModelError(
+            f"cannot load {name!r}: its graphs nest more than {_MAX_DEPTH} levels deep "
+            "(If/Loop inside If/Loop ...), more than protobuf parses"
+        ) from None
     except _Malformed as err:
         raise ModelError(
-            f"cannot load {name!r} as an ONNX model: not a protobuf file ({err})"
+            f"cannot load {name!r} as an ONNX model: not an ONNX model, not even a protobuf "
+            f"file ({err})"
         ) from None
     return found
 
 
 def _walk(buf: memoryview, start: int, end: int, kind: int, found: list, depth: int) -> None:
     if depth > _MAX_DEPTH:
-        raise _Malformed("nested too deeply")
+        raise _TooDeep("nested too deeply")
     if kind == _TENSOR:
         _tensor(buf, start, end, found)
         return
@@ -115,16 +204,34 @@ def _walk(buf: memoryview, start: int, end: int, kind: int, found: list, depth: 
 
 
 def _tensor(buf: memoryview, start: int, end: int, found: list) -> None:
-    name, location = "", ""
+    name, info, dims, dtype = "", {}, [], 0
     for number, lo, hi in _fields(buf, start, end):
-        if number == _TENSOR_NAME and hi >= 0:
+        if number == _TENSOR_DIMS:
+            dims += _varints(buf, lo, hi) if hi >= 0 else [_varint(buf, lo, end)[0]]
+        elif number == _TENSOR_TYPE and hi < 0:
+            dtype = _varint(buf, lo, end)[0]
+        elif number == _TENSOR_NAME and hi >= 0:
             name = bytes(buf[lo:hi]).decode("utf-8", "replace")
         elif number == _TENSOR_EXTERNAL and hi >= 0:
             entry = {k: bytes(buf[a:b]) for k, a, b in _fields(buf, lo, hi) if b >= 0}
-            if entry.get(1) == b"location":
-                location = entry.get(2, b"").decode("utf-8", "replace")
-    if location:
-        found.append((name, location))
+            info[entry.get(1, b"")] = entry.get(2, b"").decode("utf-8", "replace")
+    if info.get(b"location"):
+        length = _int(info.get(b"length"))
+        if length is None and dtype in _ELEMENT_BYTES:
+            length = _ELEMENT_BYTES[dtype] * math.prod(dims)
+        found.append(External(name, info[b"location"], _int(info.get(b"offset")), length))
+
+
+def _varints(buf: memoryview, pos: int, end: int) -> list[int]:
+    out = []
+    while pos < end:
+        value, pos = _varint(buf, pos, end)
+        out.append(value)
+    return out
+
+
+def _int(text: str | None) -> int | None:
+    return int(text) if text is not None and text.isdigit() else None
 
 
 def _fields(buf: memoryview, pos: int, end: int) -> Iterator[tuple[int, int, int]]:
@@ -140,6 +247,8 @@ def _field(buf: memoryview, pos: int, end: int) -> tuple[int, int, int, int, int
     """One field at ``pos``: (number, wire type, value start, value end, next position)."""
     key, pos = _varint(buf, pos, end)
     number, wire = key >> 3, key & 7
+    if number == 0:  # no protobuf message has field 0: stops at once on zeros and most junk
+        raise _Malformed("field number 0")
     start = pos
     if wire == 0:
         _, pos = _varint(buf, pos, end)
@@ -178,3 +287,24 @@ def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
             return value, pos
         shift += 7
     raise _Malformed("a truncated number")
+
+
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
+# C++ frames and signatures onnxruntime appends, e.g. "onnxruntime::Foo(const Bar&) ...".
+_CPP = re.compile(r"\s*(?:Stacktrace:|\S*::\S*\(.*)$")
+_MAX_MESSAGE = 300
+
+
+def runtime_message(err: BaseException) -> str:
+    """onnxruntime's complaint about a model as one short line: no error-code prefix, no C++
+    signatures or stack frames, at most 300 characters."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    text = _ORT_PREFIX.sub("", lines[0]) if lines else type(err).__name__
+    text = _CPP.sub("", text) or text
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
+
+
+def runtime_log_level() -> int:
+    """onnxruntime's own log severity: fatal only (its errors reach the user as exceptions),
+    everything with ``-vv`` (the ``gradtap`` logger at debug level)."""
+    return 0 if logging.getLogger("gradtap").isEnabledFor(logging.DEBUG) else 4

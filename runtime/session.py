@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,12 @@ import onnxruntime as ort
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import ModelError, NonFiniteError, OptionError
 from gradtap.runtime.info import ModelInfo, parse_info
-from gradtap.runtime.modelfile import check_external_data
+from gradtap.runtime.modelfile import (
+    check_external_data,
+    check_model_file,
+    runtime_log_level,
+    runtime_message,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +44,14 @@ class Pass:
         grad_input: d sum(seed * logits) / d input, [N, 3, H, W]; ``None`` when not fetched.
         taps: tap alias -> feature map [N, C, h, w], for the taps fetched.
         tap_grads: tap alias -> d sum(seed * logits) / d tap, for the tap gradients fetched.
+        constants: output name -> value, for the constant outputs asked for (``cam/<alias>``).
     """
 
     logits: Array
     grad_input: Array | None = None
     taps: Mapping[str, Array] = field(default_factory=dict)
     tap_grads: Mapping[str, Array] = field(default_factory=dict)
+    constants: Mapping[str, Array] = field(default_factory=dict)
 
 
 def default_providers() -> list[str]:
@@ -86,6 +94,7 @@ class ExplainSession:
         if batch_size < 1:
             raise OptionError(f"batch_size must be >= 1, got {batch_size}")
         self._source = model
+        self._checked: weakref.ref[Array] | None = None  # the last batch check_input passed
         self._proto: onnx.ModelProto | None = model if isinstance(model, onnx.ModelProto) else None
         self._session = _open(model, _providers(providers), _options(threads, lean=lean))
         self.provider: str = self._session.get_providers()[0]
@@ -93,6 +102,8 @@ class ExplainSession:
         inputs.update({i.name: list(i.shape) for i in self._session.get_overridable_initializers()})
         self._feeds = frozenset(inputs)  # an optional input a graph lacks is not fed
         outputs = {o.name: list(o.shape) for o in self._session.get_outputs()}
+        self._outputs = frozenset(outputs)
+        self._constants: dict[str, Array] = {}
         meta = self._session.get_modelmeta().custom_metadata_map
         self.info: ModelInfo = parse_info(
             meta, inputs=inputs, outputs=outputs, fallback_name=_stem(model)
@@ -112,6 +123,7 @@ class ExplainSession:
         tap_grads: bool = True,
         top1: bool = False,
         objective: str = "logits",
+        constants: Sequence[str] = (),
     ) -> Pass:
         """One fused call: logits, and the gradients of ``sum(seed * logits)`` asked for.
 
@@ -131,6 +143,8 @@ class ExplainSession:
             objective: ``"logits"`` differentiates ``sum(seed * logits)``; ``"cross_entropy"``
                 differentiates ``-sum(seed * log_softmax(logits))`` (a one-hot seed: the loss
                 gradient that adversarial images follow).
+            constants: outputs that depend on the weights alone (``cam/<alias>``): fetched with
+                the first chunk of the first call that asks, then kept by the session.
 
         Returns:
             The :class:`Pass`; arrays not asked for are ``None`` / absent.
@@ -155,12 +169,16 @@ class ExplainSession:
             c.COMPUTE: np.array(c.COMPUTE_LEVELS[level], np.int64),
         }
         extra = {k: v for k, v in extra.items() if k in self._feeds}
-        out = dict(zip(names, self._run_chunked(names, x, seed, extra), strict=True))
+        fetch = [n for n in dict.fromkeys(constants) if n not in self._constants]
+        if unknown := [n for n in fetch if n not in self._outputs]:
+            raise ModelError(f"model {self.info.name!r} has no output {unknown[0]!r}")
+        out = dict(zip(names, self._run_chunked(names, x, seed, extra, fetch), strict=True))
         _check_finite(out)
         return Pass(
             logits=out[c.LOGITS],
             grad_input=out.get(c.GRAD_INPUT),
             taps=MappingProxyType({a: out[c.tap_output(a)] for a in aliases}),
+            constants=MappingProxyType({n: self._constants[n] for n in constants}),
             tap_grads=MappingProxyType(
                 {a: out[c.tap_grad_output(a)] for a in aliases} if tap_grads else {}
             ),
@@ -179,7 +197,21 @@ class ExplainSession:
         return self._proto
 
     def check_input(self, x: Any) -> Array:
-        """Validate an input batch: float32 [N, 3, H, W] at the model's input size, finite."""
+        """Validate an input batch: float32 [N, 3, H, W] at the model's input size, finite.
+
+        The array returned is remembered, so handing it (or a batch :meth:`trust` was told
+        about) to :meth:`run` is not checked a second time.
+        """
+        if self._checked is not None and self._checked() is x:
+            return x  # type: ignore[no-any-return]
+        return self.trust(self._validate(x))
+
+    def trust(self, x: Array) -> Array:
+        """Mark ``x`` as validated (rows picked from a checked batch); returns ``x``."""
+        self._checked = weakref.ref(x)
+        return x
+
+    def _validate(self, x: Any) -> Array:
         arr = np.asarray(x)
         h, w = self.info.input_size
         if arr.ndim != 4 or arr.shape[1:] != (3, h, w) or len(arr) == 0:
@@ -209,12 +241,21 @@ class ExplainSession:
         return c.RELU_RULES[relu_rule]
 
     def _run_chunked(
-        self, names: list[str], x: Array, seed: Array, extra: dict[str, Array]
+        self,
+        names: list[str],
+        x: Array,
+        seed: Array,
+        extra: dict[str, Array],
+        constants: Sequence[str] = (),
     ) -> list[Array]:
         parts: list[list[Array]] = []
         for i in range(0, len(x), self.batch_size):
             feeds = {c.INPUT: x[i : i + self.batch_size], c.SEED: seed[i : i + self.batch_size]}
-            parts.append(self._session.run(names, {**feeds, **extra}))
+            fetched = self._session.run([*names, *constants], {**feeds, **extra})
+            if constants:  # the first chunk brings them; they do not depend on the rows
+                self._constants.update(zip(constants, fetched[len(names) :], strict=True))
+                constants = ()
+            parts.append(fetched[: len(names)])
         if len(parts) == 1:
             return parts[0]
         return [np.concatenate(arrays) for arrays in zip(*parts, strict=True)]
@@ -242,7 +283,8 @@ def _options(threads: int | None, *, lean: bool = True) -> ort.SessionOptions:
             raise OptionError(f"threads must be >= 1, got {threads}")
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = runtime_log_level()
+    ort.set_default_logger_severity(runtime_log_level())
     return opts
 
 
@@ -255,20 +297,14 @@ def _open(
         check_external_data(model)
     else:
         path = Path(model)
-        if path.is_dir():
-            raise ModelError(f"model path {str(path)!r} is a folder, not an ONNX file")
-        if not path.is_file():
-            raise ModelError(f"model file {str(path)!r} does not exist")
-        if path.stat().st_size == 0:
-            raise ModelError(f"model file {str(path)!r} is empty (0 bytes)")
+        check_model_file(path)  # folders, pipes, devices, empty and over-2-GiB files
         check_external_data(path)  # before onnxruntime reads any of it
         model = str(path)
     try:
         return ort.InferenceSession(model, sess_options=opts, providers=providers)
     except Exception as err:  # onnxruntime raises its own exception types for bad files
         what = model if isinstance(model, str) else "<in-memory model>"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"cannot load {what!r} as an ONNX model: {first}") from err
+        raise ModelError(f"cannot load {what!r} as an ONNX model: {runtime_message(err)}") from err
 
 
 def _stem(model: ModelSource) -> str:

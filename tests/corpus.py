@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,14 @@ def exif_jpeg(arr: np.ndarray, orientation: int) -> bytes:
 def bomb_png(width: int, height: int) -> bytes:
     """A PNG header claiming ``width`` x ``height``: decoding it would allocate gigabytes."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + b"\0" * 4 + b"IEND"
+    idat = zlib.compress(b"\0" * 4096)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def chunk(kind: bytes, payload: bytes) -> bytes:
+    """One PNG chunk with its checksum."""
+    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
 
 
 def bomb_jpeg(width: int, height: int) -> bytes:
@@ -164,8 +172,7 @@ BAD = [
     Case("empty.png", lambda p: p.write_bytes(b""), "is empty (0 bytes)"),
     Case("truncated.jpg", _truncated(".jpg"), "is truncated (no end-of-image marker)"),
     Case("truncated.png", _truncated(".png"), "is truncated (no IEND chunk)"),
-    Case("cut-scan.jpg", _bytes(cut_jpeg_scan), "is damaged: Corrupt JPEG data"),
-    Case("bad-crc.png", _bytes(crc_png), "is damaged: libpng error: IDAT"),
+    Case("bad-crc.png", _bytes(crc_png), "is damaged: broken PNG file"),
     Case("text.png", lambda p: p.write_text("not an image\n"), "cannot decode"),
     Case("page.jpg", lambda p: p.write_text("<html></html>"), "cannot decode"),
     Case("bomb.png", _bytes(lambda: bomb_png(100_000, 100_000)), "100000x100000 pixels, over"),
@@ -175,6 +182,12 @@ BAD = [
     Case("dangling.png", lambda p: os.symlink(p.with_name("gone.png"), p), "is a broken symlink"),
     Case("folder.png", lambda p: p.mkdir(), "is not a file but a folder"),
 ]
+
+
+# Damage the decoder repairs without a word: libjpeg fills a scan cut short by a marker with
+# grey and only warns, and Pillow does not pass that warning on (OpenCV printed it on the process
+# stderr, which cannot be read safely from a multi-threaded program). These load.
+REPAIRED = [Case("cut-scan.jpg", _bytes(cut_jpeg_scan))]
 
 
 def write_images(folder: Path, cases: list[Case]) -> dict[str, Path]:

@@ -49,6 +49,19 @@ def one_node_model(
     return onnx.shape_inference.infer_shapes(model, strict_mode=True)
 
 
+def controls(model: onnx.ModelProto | None = None, **values: float) -> dict[str, np.ndarray]:
+    """Feeds for the explanation graph's control inputs: the contract's defaults (a plain full
+    pass), overridden by ``values``; only those ``model`` declares when it is given."""
+    from gradtap.runtime import contract as c
+
+    declared = None if model is None else {i.name for i in model.graph.input}
+    return {
+        name: np.asarray(values.get(name, default), dtype)
+        for name, (dtype, default) in c.CONTROL_DEFAULTS.items()
+        if declared is None or name in declared
+    }
+
+
 def session(model: onnx.ModelProto, *, layout_opt: bool = False) -> ort.InferenceSession:
     """An onnxruntime CPU session; layout optimisations off unless asked for."""
     options = ort.SessionOptions()
@@ -57,7 +70,7 @@ def session(model: onnx.ModelProto, *, layout_opt: bool = False) -> ort.Inferenc
         else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     )  # fmt: skip
     options.intra_op_num_threads = 1
-    options.log_severity_level = 3  # the relu_rule default is an overridable initializer, by design
+    options.log_severity_level = 3
     return ort.InferenceSession(
         model.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )

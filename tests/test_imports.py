@@ -34,3 +34,34 @@ def test_runtime_cli_and_augment_run_without_torch() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "LOADED []" in done.stdout
+
+
+RUNTIME_ALONE = textwrap.dedent(
+    """
+    import importlib, pkgutil, sys
+
+    class NoExport:  # the runtime must install and run without the export code
+        def find_spec(self, name, path=None, target=None):
+            if name == "gradtap.export" or name.startswith("gradtap.export."):
+                raise ImportError(f"{name} is blocked in this check")
+            return None
+
+    sys.meta_path.insert(0, NoExport())
+    import gradtap.runtime
+
+    names = [m.name for m in pkgutil.walk_packages(gradtap.runtime.__path__, "gradtap.runtime.")]
+    for name in names:
+        importlib.import_module(name)
+    print("MODULES", len(names))
+    print("LOADED", sorted(m for m in sys.modules if m.startswith("gradtap.export")))
+    """
+)
+
+
+def test_no_runtime_module_imports_the_export_package() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", RUNTIME_ALONE], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "LOADED []" in done.stdout
+    assert int(done.stdout.split("MODULES ")[1].split()[0]) > 30  # every module was imported

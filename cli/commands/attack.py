@@ -10,6 +10,7 @@ import click
 import numpy as np
 
 from gradtap.cli.batch import (
+    FiniteRange,
     Progress,
     Run,
     Source,
@@ -35,7 +36,7 @@ from gradtap.runtime.session import ExplainSession
 from gradtap.runtime.targets import class_index
 
 FGSM_EPS = 0.01
-UNIT = click.FloatRange(min=0.0, max=1.0, min_open=True)
+UNIT = FiniteRange(min=0.0, max=1.0, min_open=True)
 
 
 @dataclass(frozen=True)

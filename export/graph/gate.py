@@ -8,8 +8,9 @@ three parts, chosen at run time by the int64 scalar input ``compute``:
 - ``If(compute >= 1)``: the backward pass from the logits down to the taps (tap gradients);
 - ``If(compute >= 2)``: the rest of the backward pass, down to the input image.
 
-A branch that is off yields empty tensors of the right rank and type. The default (2) computes
-everything, so a caller that never feeds ``compute`` sees the flat graph's results.
+A branch that is off yields empty tensors of the right rank and type. ``compute = 2`` computes
+everything: the flat graph's results. ``compute`` is a required input without a default (see
+gradtap.runtime.contract).
 
 Residuals: a runtime keeps every forward tensor that a branch reads alive until the branch has
 run, so the backward pass should read compact summaries of the activations, not the activations.
@@ -46,20 +47,24 @@ def gate(model: onnx.ModelProto) -> onnx.ModelProto:
         ``model``, with the ``compute`` input added.
     """
     graph = model.graph
+    _outputs_by_identity(graph)
     nodes = list(graph.node)
     outputs = [o.name for o in graph.output]
-    forward_outputs = [o for o in outputs if o == c.LOGITS or o.startswith(c.TAP_PREFIX)]
+    forward_outputs = [
+        o for o in outputs if o == c.LOGITS or o.startswith((c.TAP_PREFIX, c.CAM_PREFIX))
+    ]
     tap_grads = [o for o in outputs if o.startswith(c.GRAD_PREFIX + c.TAP_PREFIX)]
-    info = GraphInfo.of(model)
-    forward = _needed(nodes, forward_outputs) | _constant(graph)
+    info = GraphInfo.of(model, complete=False)
+    forward = _needed(nodes, forward_outputs)  # weight transforms go where they are read
     backward = _needed(nodes, [*tap_grads, c.GRAD_INPUT]) - forward
+    forward |= _shape_values(nodes, forward, backward, graph)
+    backward -= forward
     residual = _residual(nodes, forward, backward, info)
     to_taps = _needed(nodes, tap_grads) - forward - residual
     rest = _needed(nodes, [c.GRAD_INPUT]) - forward - residual - to_taps
 
     graph.input.append(helper.make_tensor_value_info(c.COMPUTE, TensorProto.INT64, []))
     graph.initializer.extend([
-        numpy_helper.from_array(np.asarray(c.COMPUTE_LEVELS["full"], np.int64), c.COMPUTE),
         numpy_helper.from_array(np.asarray(c.COMPUTE_LEVELS["forward"], np.int64), "gate/forward"),
         numpy_helper.from_array(np.asarray(c.COMPUTE_LEVELS["taps"], np.int64), "gate/taps"),
     ])  # fmt: skip
@@ -82,7 +87,62 @@ def gate(model: onnx.ModelProto) -> onnx.ModelProto:
     kept = [n for n in kept if n.output[0] not in _CONDITIONS or n.output[0] in used]
     del graph.node[:]
     graph.node.extend(kept)
+    used = {x for n in _walk(kept) for x in n.input}
+    inits = [t for t in graph.initializer if not t.name.startswith("gate/") or t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
     return model
+
+
+def _outputs_by_identity(graph: onnx.GraphProto) -> None:
+    """A graph output that nodes read becomes an Identity of an internal tensor they read instead.
+
+    Branches then never read a graph output (OpenVINO cannot load a branch that does)."""
+    readers = {x for n in graph.node for x in n.input}
+    for out in graph.output:
+        if out.name not in readers:
+            continue
+        inner = f"{out.name}/value"
+        for node in graph.node:
+            for names in (node.input, node.output):
+                for k, name in enumerate(names):
+                    if name == out.name:
+                        names[k] = inner
+        at = next(i for i, n in enumerate(graph.node) if inner in n.output)
+        graph.node.insert(at + 1, helper.make_node("Identity", [inner], [out.name], name=out.name))
+
+
+# Ops that compute on shape vectors (int64 [rank]) and element counts without growing them.
+_SHAPE_ARITHMETIC = frozenset({
+    "Gather", "Concat", "Slice", "Unsqueeze", "Squeeze", "Cast", "Add", "Sub", "Mul", "Div",
+})  # fmt: skip
+
+
+def _shape_values(
+    nodes: Sequence[onnx.NodeProto], forward: set[int], backward: set[int], graph: onnx.GraphProto
+) -> set[int]:
+    """Backward nodes taking the Shape or Size of forward tensors, and arithmetic on those alone.
+
+    They run at the top level: a shape vector never passes through an If (runtimes that propagate
+    shapes before running, such as OpenVINO and tract, cannot follow one out of a branch).
+    """
+    weights = {t.name for t in graph.initializer}
+    known = weights | {i.name for i in graph.input} | {o for i in forward for o in nodes[i].output}
+    shapes: set[str] = set()
+    found: set[int] = set()
+    for i in sorted(backward):
+        node = nodes[i]
+        inputs = [x for x in node.input if x]
+        if not all(x in known for x in inputs):
+            continue
+        if node.op_type in ("Shape", "Size") or (
+            node.op_type in _SHAPE_ARITHMETIC and any(x in shapes for x in inputs)
+            and all(x in shapes or x in weights for x in inputs)
+        ):  # fmt: skip
+            found.add(i)
+            shapes.update(node.output)
+            known.update(node.output)
+    return found
 
 
 def ungate(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -121,19 +181,11 @@ def _walk(nodes: Iterable[onnx.NodeProto]) -> Iterable[onnx.NodeProto]:
                 yield from _walk(sub.node)
 
 
-def _constant(graph: onnx.GraphProto) -> set[int]:
-    """Nodes computed from weights and constants alone (such as re-laid-out weights).
-
-    They stay at the top level, where runtimes fold them once at load time.
-    """
-    inputs = {i.name for i in graph.input}
-    known = {t.name for t in graph.initializer} - inputs
-    found = set()
-    for i, node in enumerate(graph.node):
-        if node.op_type not in ("If", "Loop", "Scan") and all(x in known for x in node.input if x):
-            found.add(i)
-            known.update(node.output)
-    return found
+# Weight transforms (a backward convolution's re-laid-out weight) depend on constants only and
+# go into the branch that reads them: runtimes fold them there at load time (onnxruntime does,
+# inside branches too), and a runtime that folds nothing recomputes them only in calls that run
+# that branch. Precomputing them in the file instead would store every such weight twice, and
+# a copy whose weights are rewritten in place (model-randomisation checks) would go stale.
 
 
 # Ops whose output is no bigger than their inputs and cheap to compute: worth computing in the
@@ -274,17 +326,15 @@ def _if(
         helper.make_tensor_value_info(inner[o], t, None)
         for o, t in zip(outputs, types, strict=True)
     ]
-    empty = [
-        helper.make_node(
-            "Constant",
-            [],
-            [inner[o]],
-            value=numpy_helper.from_array(
-                np.zeros([0] * len(info.shapes.get(o, (0,))), helper.tensor_dtype_to_np_dtype(t))
-            ),
-        )
-        for o, t in zip(outputs, types, strict=True)
-    ]
+    empty = []  # ConstantOfShape of zeros: an empty tensor that keeps its rank in every runtime
+    for o, t in zip(outputs, types, strict=True):
+        dims = helper.make_node(
+            "Constant", [], [f"{inner[o]}/dims"],
+            value=numpy_helper.from_array(np.zeros(len(info.shapes.get(o, (0,))), np.int64)),
+        )  # fmt: skip
+        value = numpy_helper.from_array(np.zeros(1, helper.tensor_dtype_to_np_dtype(t)))
+        empty.append(dims)
+        empty.append(helper.make_node("ConstantOfShape", [dims.output[0]], [inner[o]], value=value))
     return helper.make_node(
         "If",
         [condition],

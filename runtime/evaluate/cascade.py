@@ -114,7 +114,8 @@ def sanity_check(
             maps = compute_maps(randomised, m, x, targets, settings)
             triples = [compare(a, b) for a, b in zip(original[m], maps, strict=True)]
             undefined = sum(math.isnan(t[0]) for t in triples)
-            scores[m].append((*(_mean([t[i] for t in triples]) for i in range(3)), undefined))
+            rho, rho_signed, ssim_ = (_mean([t[i] for t in triples]) for i in range(3))
+            scores[m].append((rho, rho_signed, ssim_, undefined))
         if progress is not None:
             progress("sanity", done, len(depths))
     names = tuple(layers[k - 1].node for k in depths)

@@ -16,7 +16,6 @@ import numpy.typing as npt
 from gradtap.runtime.errors import ModelError, OptionError
 from gradtap.runtime.evaluate.metrics import random_map
 from gradtap.runtime.image.geometry import resize
-from gradtap.runtime.methods.head import class_weights
 from gradtap.runtime.methods.registry import METHODS, Method
 from gradtap.runtime.present.postprocess import reduce_channels
 from gradtap.runtime.session import ExplainSession
@@ -63,10 +62,12 @@ def not_applicable(session: ExplainSession, method: str) -> str | None:
     try:
         if record.needs_tap:
             tap = session.info.tap(None)
-            if record.needs_head:
-                class_weights(session.model_proto(), tap)
     except ModelError as err:
         return str(err)
+    if record.needs_head and tap not in session.info.cam_taps:
+        return (
+            f"model {session.info.name!r} has no global-average-pool -> linear head after {tap!r}"
+        )
     return None
 
 

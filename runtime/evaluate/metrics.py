@@ -361,7 +361,7 @@ def _box(name: str, box: npt.ArrayLike) -> Box:
     arr = np.asarray(box, dtype=np.float64)
     if arr.shape != (4,) or not np.isfinite(arr).all() or arr[2] < arr[0] or arr[3] < arr[1]:
         raise OptionError(
-            f"{name} must be finite (x0, y0, x1, y1) with x1 >= x0, y1 >= y0; got {box}"
+            f"{name} must be finite (x0, y0, x1, y1) with x1 >= x0, y1 >= y0; got {box!r}"
         )
     return float(arr[0]), float(arr[1]), float(arr[2]), float(arr[3])
 
@@ -373,7 +373,7 @@ def box_iou(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
     inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
     union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
     if union <= 0:
-        raise OptionError(f"IoU undefined: both boxes are empty ({a}, {b})")
+        raise OptionError(f"IoU undefined: both boxes are empty ({a!r}, {b!r})")
     return inter / union
 
 

@@ -1,9 +1,9 @@
-"""Reading images: the only BGR -> RGB conversion, EXIF orientation, and a pixel limit.
+"""Reading images: EXIF orientation, a pixel limit and a memory limit.
 
 Every image leaves this module as float32 RGB, H x W x 3, in [0, 1]. Files are checked before
 any decoder sees them: regular files only (no folders, pipes or devices; symlink loops named as
-such), and the size in the header against the pixel limit, so a decompression bomb is refused
-without being decoded.
+such), and the size the decoder will produce against the pixel and memory limits, so a
+decompression bomb is refused without being decoded.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gradtap.runtime.errors import ImageError
-from gradtap.runtime.image.decode import decode
-from gradtap.runtime.image.exif import exif_orientation, header_size
+from gradtap.runtime.image.decode import decode, open_image, orientation, probe
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +30,6 @@ DEFAULT_MAX_PIXELS = 100_000_000
 ALPHA_MODES = ("white", "black", "drop")
 # No image within the pixel limit needs more bytes than 16-bit RGBA pixels plus metadata.
 BYTES_PER_PIXEL = 8
-FORMATS = "PNG, JPEG, GIF, BMP, WebP, TIFF, PNM or JPEG 2000"
 METADATA_BYTES = 64 << 20
 
 
@@ -40,19 +38,24 @@ def load_image(
     *,
     alpha: str = "white",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_memory: int | None = None,
 ) -> Image:
     """Read an image file as float32 RGB in [0, 1], H x W x 3.
 
     Grayscale is repeated over three channels, 16-bit images keep their precision, the EXIF
-    orientation of JPEG and PNG files is applied, and an alpha channel is handled per ``alpha``.
-    Images larger than ``max_pixels`` are refused from their header, before decoding; files whose
-    header gives no size are not decoded at all.
+    orientation (JPEG, PNG, WebP, TIFF) is applied, and an alpha channel is handled per
+    ``alpha``. Animated and multi-page files give their first frame (a warning says so). The
+    size and the memory decoding needs are checked from the parsed header before any pixel is
+    decoded, so a decompression bomb costs the parse of its header.
 
     Args:
-        path: the image file: PNG, JPEG, GIF, BMP, WebP, TIFF, PNM/PAM or JPEG 2000.
+        path: the image file: PNG, JPEG, GIF, BMP, WebP, TIFF, PNM or JPEG 2000.
         alpha: ``"white"`` composites transparent pixels on white, ``"black"`` on black,
             ``"drop"`` ignores the alpha channel.
         max_pixels: the largest width * height accepted.
+        max_memory: the most bytes decoding may need (estimated from the header: decoded
+            samples, the decoder's working copies and the float32 result); ``None`` = the
+            process default, :func:`default_max_memory` unless :func:`set_max_memory` changed it.
 
     Raises:
         ImageError: missing, empty, truncated, damaged, undecodable or too large files.
@@ -60,21 +63,45 @@ def load_image(
     _check_alpha(alpha)
     if max_pixels < 1:
         raise ImageError(f"max_pixels must be >= 1, got {max_pixels}")
-    data = _read_bytes(Path(path), max_bytes=max_pixels * BYTES_PER_PIXEL + METADATA_BYTES)
+    budget = _MAX_MEMORY[0] if max_memory is None else max_memory
+    data = _read_bytes(
+        Path(path), max_bytes=min(max_pixels * BYTES_PER_PIXEL, budget) + METADATA_BYTES
+    )
     name = str(path)
-    size = header_size(data)
-    if size is None:
-        raise ImageError(f"cannot decode {name!r} as an image (not a {FORMATS} file, or corrupt)")
-    if size[0] * size[1] > max_pixels:
-        raise ImageError(
-            f"image {name!r} is {size[0]}x{size[1]} pixels, over the limit of {max_pixels}"
-        )
     _check_complete(data, name)
-    decoded = decode(data, name)
-    if decoded.shape[0] * decoded.shape[1] > max_pixels:
-        raise ImageError(f"image {name!r} has {decoded.shape[:2]} pixels, over {max_pixels}")
-    oriented = _orient(decoded, exif_orientation(data))
-    return _to_rgb01(_bgr_to_rgb(oriented), alpha=alpha, name=name)
+    img = open_image(data, name)
+    found = probe(img, data, name)
+    w, h = found.size
+    if w * h > max_pixels:
+        raise ImageError(f"image {name!r} is {w}x{h} pixels, over the limit of {max_pixels}")
+    if found.bytes_needed > budget:
+        raise ImageError(
+            f"image {name!r} ({w}x{h}) needs about {found.bytes_needed >> 20} MiB to decode, "
+            f"over the memory limit of {budget >> 20} MiB"
+        )
+    if found.frames > 1:
+        logger.warning("%r has %d frames; frame 1 is used", name, found.frames)
+    oriented = _orient(decode(img, data, name), orientation(img))
+    return _to_rgb01(oriented, alpha=alpha, name=name)
+
+
+def default_max_memory() -> int:
+    """An eighth of the machine's memory, between 256 MiB and 2 GiB."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 8 << 30
+    return max(256 << 20, min(total // 8, 2 << 30))
+
+
+_MAX_MEMORY = [default_max_memory()]
+
+
+def set_max_memory(limit: int) -> None:
+    """Change the process-wide decoding memory limit (the CLI's ``--max-memory``)."""
+    if limit < 1:
+        raise ImageError(f"max_memory must be >= 1 byte, got {limit}")
+    _MAX_MEMORY[0] = limit
 
 
 def as_image(array: Any, *, alpha: str = "white") -> Image:
@@ -157,14 +184,6 @@ def _orient(img: np.ndarray, orientation: int) -> np.ndarray:
     elif orientation in (4,):
         img = img[::-1]
     return np.ascontiguousarray(img)
-
-
-def _bgr_to_rgb(img: np.ndarray) -> np.ndarray:
-    """The one BGR -> RGB conversion (OpenCV decodes to BGR / BGRA)."""
-    if img.ndim == 3 and img.shape[2] in (3, 4):
-        order = [2, 1, 0] if img.shape[2] == 3 else [2, 1, 0, 3]
-        return img[:, :, order]
-    return img
 
 
 def _to_rgb01(arr: np.ndarray, *, alpha: str, name: str) -> Image:

@@ -169,7 +169,7 @@ def fool(
         keep = out.logits.argmax(axis=1) != cls[active]
         if last or not keep.any():
             break
-        active, grad = active[keep], out.grad_input[keep]  # type: ignore[index]
+        active, grad = active[keep], out.grad_input[keep]
         moved = adv[active] - np.float32(step) * np.sign(grad)
         if eps is not None:
             moved = np.clip(moved, x[active] - eps, x[active] + eps)

@@ -126,7 +126,12 @@ def prepare(
     logits = session.logits(x) if needs_logits(target) else None
     rows = resolve(target, session.info.labels, len(x), logits)
     seed = onehot(rows.target, session.info.num_classes)
-    return Prepared(x=x[rows.image_index], rows=rows, seed=seed, image_logits=logits)
+    rows_x = (
+        x
+        if len(rows.image_index) == len(x) and (rows.image_index == np.arange(len(x))).all()
+        else x[rows.image_index]
+    )
+    return Prepared(x=session.trust(rows_x), rows=rows, seed=seed, image_logits=logits)
 
 
 def finish(
@@ -143,7 +148,7 @@ def finish(
         image_logits = prep.image_logits
         if image_logits is None:
             first = np.unique(prep.rows.image_index, return_index=True)[1]
-            image_logits = session.logits(prep.x[first])
+            image_logits = session.logits(session.trust(prep.x[first]))
         row_logits = image_logits[prep.rows.image_index]
     return Explanation(
         method=method,

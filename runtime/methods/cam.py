@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from gradtap.runtime.errors import OptionError
+from gradtap.runtime import contract as c
+from gradtap.runtime.errors import ModelError, OptionError
 from gradtap.runtime.image.geometry import resize
 from gradtap.runtime.methods.base import Explanation, finish, prepare
-from gradtap.runtime.methods.head import class_weights
 from gradtap.runtime.session import ExplainSession
 from gradtap.runtime.targets import TargetSpec
 
@@ -41,10 +41,19 @@ def cam(
         Maps [R, h, w] at tap resolution.
     """
     alias = session.info.tap(tap)
-    weights = class_weights(session.model_proto(), alias)
+    if alias not in session.info.cam_taps:
+        raise ModelError(
+            f"CAM needs global average pooling and a linear layer right after tap {alias!r}; "
+            f"model {session.info.name!r} has them after {list(session.info.cam_taps) or 'no tap'}"
+            " (use gradcam otherwise)"
+        )
     prep = prepare(session, x, target, defer_top1=True)
-    run = session.run(prep.x, None, grad_input=False, taps=[alias], tap_grads=False)
+    weights_out = c.cam_output(alias)
+    run = session.run(
+        prep.x, None, grad_input=False, taps=[alias], tap_grads=False, constants=[weights_out]
+    )
     prep = prep.settled(run.logits)
+    weights = run.constants[weights_out]
     maps = np.einsum("rk,rkhw->rhw", weights[prep.rows.target], run.taps[alias])
     maps = np.maximum(maps, 0) if relu else maps
     return finish("cam", maps, prep, session, row_logits=run.logits)

@@ -44,10 +44,10 @@ def saliency(
     Returns:
         Maps [R, H, W].
     """
-    if not input_scale > 0:
-        raise OptionError(f"input_scale must be > 0, got {input_scale}")
+    if not 0 < input_scale < np.inf:
+        raise OptionError(f"input_scale must be finite and > 0, got {input_scale}")
     prep = prepare(session, x, target, defer_top1=input_scale == 1.0)
-    xin = prep.x * np.float32(input_scale)
+    xin = prep.x if input_scale == 1.0 else session.trust(prep.x * np.float32(input_scale))
     run = session.run(xin, prep.seed, top1=prep.top1)
     prep = prep.settled(run.logits)
     grad = run.grad_input * xin if times_input else run.grad_input

@@ -147,9 +147,19 @@ def occlusion(
     return finish("occlusion", maps, prep, session, row_logits=logits0)
 
 
+MAX_GAUSS_LEGENDRE = 1024
+# Samples and steps are run in chunks of the session's batch; their weights are kept whole.
+MAX_SAMPLES = 100_000
+
+
 def quadrature(rule: str, steps: int) -> tuple[Array, Array]:
     """Points in [0, 1] and weights summing to 1 for integrating over the path."""
     if rule == "gausslegendre":
+        if steps > MAX_GAUSS_LEGENDRE:  # numpy builds a steps x steps matrix for the nodes
+            raise OptionError(
+                f"gausslegendre needs steps <= {MAX_GAUSS_LEGENDRE} (more adds no accuracy), got "
+                f"{steps}; use rule=riemann_trapezoid for more steps"
+            )
         nodes, weights = np.polynomial.legendre.leggauss(steps)
         return (0.5 * (nodes + 1)).astype(np.float32), (0.5 * weights).astype(np.float32)
     if rule == "riemann_trapezoid":
@@ -221,9 +231,11 @@ def _pair(name: str, value: int | tuple[int, int]) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) else tuple(value)
     if len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair):
         raise OptionError(f"{name} must be a positive int or (h, w), got {value!r}")
-    return pair  # type: ignore[return-value]
+    return int(pair[0]), int(pair[1])
 
 
 def _positive(name: str, value: int) -> None:
     if not isinstance(value, int) or value < 1:
         raise OptionError(f"{name} must be an int >= 1, got {value!r}")
+    if value > MAX_SAMPLES:  # the per-sample weights alone would not fit in memory
+        raise OptionError(f"{name} must be at most {MAX_SAMPLES}, got {value}")

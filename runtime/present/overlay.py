@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -12,6 +11,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from gradtap.runtime.atomic import write_bytes
 from gradtap.runtime.errors import ImageError, OptionError
 
 Array = npt.NDArray[np.float32]
@@ -143,16 +143,10 @@ def write_image(path: str | os.PathLike[str], rgb: npt.NDArray[np.generic]) -> P
         raise ImageError(f"OpenCV could not encode {str(out)!r}")
     if not out.parent.is_dir():
         raise ImageError(f"cannot write {str(out)!r}: folder {str(out.parent)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.tobytes())
-        os.replace(tmp, out)
+        write_bytes(out, buf.tobytes())
     except OSError as err:
         raise ImageError(f"cannot write {str(out)!r}: {err.strerror}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out
 
 

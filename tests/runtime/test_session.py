@@ -10,10 +10,11 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
+from gradtap.export.graph.augment import augment
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import ModelError, NonFiniteError, OptionError
 from gradtap.runtime.session import ExplainSession, default_providers
-from tests.graphs import tiny_cnn
+from tests.graphs import controls, tiny_cnn
 from tests.runtime_graphs import LABELS, tiny_model
 
 RNG = np.random.default_rng(3)
@@ -32,7 +33,7 @@ def sess(model: onnx.ModelProto) -> ExplainSession:
 def raw(model: onnx.ModelProto, names: list[str], x: np.ndarray, seed: np.ndarray, rule: int = 0):
     """The same graph in a plain onnxruntime session: the reference answer."""
     s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    feeds = {c.INPUT: x, c.SEED: seed, c.RELU_RULE: np.asarray(rule, np.int64)}
+    feeds = {c.INPUT: x, c.SEED: seed, **controls(model, relu_rule=rule)}
     return s.run(names, feeds)
 
 
@@ -242,3 +243,27 @@ def test_lean_sessions_skip_memory_patterns_and_prepacked_weights(model: onnx.Mo
         ExplainSession(model, lean=False).run(x, seed).grad_input,
         rtol=1e-6,
     )
+
+
+def test_a_method_call_validates_its_batch_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gradtap.runtime import methods
+
+    session = ExplainSession(augment(tiny_cnn(size=8), labels=["a", "b", "c"]))
+    seen: list[tuple[int, ...]] = []
+    real = ExplainSession._validate
+
+    def counted(self, x):  # noqa: ANN001, ANN202
+        seen.append(np.shape(x))
+        return real(self, x)
+
+    monkeypatch.setattr(ExplainSession, "_validate", counted)
+    for method in (methods.gradcam, methods.saliency, methods.guided_gradcam):
+        seen.clear()
+        method(session, np.full((2, 3, 8, 8), 0.5, np.float32))
+        assert seen == [(2, 3, 8, 8)], method.__name__
+    seen.clear()
+    x = np.full((2, 3, 8, 8), 0.5, np.float32)
+    methods.saliency(session, x, ["a", "b"], input_scale=0.5)  # rows picked from the checked batch
+    assert seen == [(2, 3, 8, 8)]
+    with pytest.raises(OptionError, match="NaN"):  # a new array is checked again
+        session.run(np.full((1, 3, 8, 8), np.nan, np.float32))

@@ -16,15 +16,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from click.testing import CliRunner, Result
 from onnx import TensorProto, helper, numpy_helper
 from skimage import data
 
-from gradtap.cli.main import cli
 from gradtap.export.graph.augment import augment
 from gradtap.runtime.image.geometry import to_input
 from gradtap.runtime.image.read import load_image
 from gradtap.runtime.session import ExplainSession
+from tests.conftest import invoke
 from tests.graphs import tiny_cnn
 
 LABELS = ["cat", "dog", "bird"]
@@ -80,10 +79,6 @@ def square_model() -> onnx.ModelProto:
     return model
 
 
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
 def forward(models: dict[str, Path], x: np.ndarray) -> np.ndarray:
     return ort.InferenceSession(str(models["forward"])).run(None, {"input": x})[0]
 
@@ -101,7 +96,9 @@ def test_fgsm_moves_every_free_pixel_by_eps_and_raises_the_loss(
     models: dict[str, Path], photo: Path, tmp_path: Path
 ) -> None:
     eps = 0.02
-    result = run("attack", photo, "-M", models["augmented"], "--eps", eps, "-o", tmp_path, "--json")
+    result = invoke(
+        "attack", photo, "-M", models["augmented"], "--eps", eps, "-o", tmp_path, "--json"
+    )
     assert result.exit_code == 0, result.output
     item = json.loads(result.stdout)["items"][0]
     x = model_input(models, photo)
@@ -127,7 +124,7 @@ def test_iterative_fooling_reaches_the_target_within_budget(
     target = 0  # reachable from this photo for these weights; the model predicts another class
     assert int(forward(models, x)[0].argmax()) != target
     args = ["-t", LABELS[target], "--steps", "60", "--step-size", "0.02", "--eps", "0.5"]
-    result = run("attack", photo, "-M", models["augmented"], *args, "-o", tmp_path, "--json")
+    result = invoke("attack", photo, "-M", models["augmented"], *args, "-o", tmp_path, "--json")
     assert result.exit_code == 0, result.output
     item = json.loads(result.stdout)["items"][0]
     adv = np.load(tmp_path / "chelsea" / f"fool-{target}.npy")[None]
@@ -151,7 +148,7 @@ def test_iterative_fooling_reaches_the_target_within_budget(
 def test_attack_usage_errors(
     models: dict[str, Path], photo: Path, tmp_path: Path, args: list[str], needle: str
 ) -> None:
-    result = run("attack", photo, "-M", models["augmented"], *args, "-o", tmp_path / "out")
+    result = invoke("attack", photo, "-M", models["augmented"], *args, "-o", tmp_path / "out")
     assert result.exit_code == 2 and needle in result.output, result.output
     assert not (tmp_path / "out").exists()
 
@@ -161,15 +158,15 @@ def test_attack_batch_goes_on_past_a_bad_file(
 ) -> None:
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    result = run("attack", bad, photo, "-M", models["augmented"], "-o", tmp_path / "out")
+    result = invoke("attack", bad, photo, "-M", models["augmented"], "-o", tmp_path / "out")
     assert result.exit_code == 1 and "bad.png" in result.stderr and "Traceback" not in result.output
     assert (tmp_path / "out" / "chelsea" / "fgsm.png").is_file()
-    again = run("attack", photo, "-M", models["augmented"], "-o", tmp_path / "out")
+    again = invoke("attack", photo, "-M", models["augmented"], "-o", tmp_path / "out")
     assert again.exit_code == 1 and "--overwrite" in again.stderr
 
 
 def test_visualize_raises_the_class_logit(models: dict[str, Path], tmp_path: Path) -> None:
-    result = run(
+    result = invoke(
         "visualize",
         "-M",
         models["augmented"],
@@ -203,7 +200,7 @@ def test_visualize_raises_the_class_logit(models: dict[str, Path], tmp_path: Pat
 def test_visualize_from_an_image_and_its_errors(
     models: dict[str, Path], photo: Path, tmp_path: Path
 ) -> None:
-    ok = run(
+    ok = invoke(
         "visualize",
         "-M",
         models["augmented"],
@@ -223,10 +220,10 @@ def test_visualize_from_an_image_and_its_errors(
         (["-c", "0", "--steps", "0"], "--steps"),
         (["-c", "0", "--l2", "1"], "--l2"),
     ):
-        result = run("visualize", "-M", models["augmented"], *args, "-o", tmp_path / "x")
+        result = invoke("visualize", "-M", models["augmented"], *args, "-o", tmp_path / "x")
         assert result.exit_code == 2 and needle in result.output, result.output
     assert (
-        run("visualize", "-M", models["augmented"], "-c", "1", "-o", tmp_path).exit_code == 1
+        invoke("visualize", "-M", models["augmented"], "-c", "1", "-o", tmp_path).exit_code == 1
     )  # exists
 
 
@@ -239,7 +236,7 @@ def test_localize_finds_the_only_square_the_model_sees(
     image[r0:r1, c0:c1] = (30, 30, 220)  # a red square in RGB, written as BGR below
     path = tmp_path / "square.png"
     cv2.imwrite(str(path), image)
-    result = run("localize", path, "-M", models["square"], "-o", tmp_path / "out", "--json")
+    result = invoke("localize", path, "-M", models["square"], "-o", tmp_path / "out", "--json")
     assert result.exit_code == 0, result.output
     item = json.loads(result.stdout)["items"][0]
     assert item["image_size"] == [64, 64]
@@ -252,6 +249,6 @@ def test_localize_finds_the_only_square_the_model_sees(
 
 def test_localize_errors(models: dict[str, Path], tmp_path: Path) -> None:
     args = ["localize", tmp_path / "none.png", "-M", models["square"], "-o", tmp_path / "out"]
-    assert run(*args).exit_code == 1
-    bad = run(*args, "--fg-quantile", "0.2", "--bg-quantile", "0.5")
+    assert invoke(*args).exit_code == 1
+    bad = invoke(*args, "--fg-quantile", "0.2", "--bg-quantile", "0.5")
     assert bad.exit_code == 2 and "--bg-quantile" in bad.output

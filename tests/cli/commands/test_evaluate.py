@@ -8,10 +8,10 @@ from pathlib import Path
 import cv2
 import onnx
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from gradtap.cli.main import cli
 from gradtap.runtime.evaluate.synthetic import CLASS_NAMES
+from tests.conftest import invoke
 from tests.runtime_graphs import tiny_model
 
 SMALL = ["-n", "3", "--steps", "4", "--samples", "2", "--sanity-images", "2"]
@@ -29,7 +29,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def run(*args: str) -> Result:
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return invoke(*args, catch_exceptions=False)
 
 
 def test_synthetic_run_writes_the_report(models: dict[str, Path], tmp_path: Path) -> None:

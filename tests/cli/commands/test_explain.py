@@ -28,6 +28,7 @@ from gradtap.runtime.image.geometry import to_input
 from gradtap.runtime.image.read import load_image
 from gradtap.runtime.methods.registry import METHODS
 from gradtap.runtime.session import ExplainSession
+from tests.conftest import invoke
 from tests.graphs import tiny_cnn
 
 LABELS = ["cat", "dog", "bird"]
@@ -53,13 +54,8 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
-@pytest.fixture(autouse=True)
-def _no_model_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("GRADTAP_MODEL", raising=False)
-
-
 def explain(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, ["explain", *map(str, args)])
+    return invoke("explain", *args)
 
 
 def forward_with_tap(path: Path) -> ort.InferenceSession:

@@ -13,7 +13,7 @@ from onnx.reference import ReferenceEvaluator
 from gradtap.export.graph.augment import augment, augment_file, load_model
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import UnsupportedOpsError
-from tests.graphs import session, tiny_cnn
+from tests.graphs import controls, session, tiny_cnn
 
 RNG = np.random.default_rng(7)
 
@@ -27,7 +27,7 @@ def feeds(batch: int, classes: int = 3, rule: int = 0) -> dict[str, np.ndarray]:
     return {
         c.INPUT: RNG.random((batch, 3, 8, 8), dtype=np.float32),
         c.SEED: RNG.normal(size=(batch, classes)).astype(np.float32),
-        c.RELU_RULE: np.asarray(rule, np.int64),
+        **controls(relu_rule=rule),
     }
 
 
@@ -35,7 +35,7 @@ def test_contract_names_and_metadata(aug: onnx.ModelProto) -> None:
     inputs = [i.name for i in aug.graph.input]
     outputs = [o.name for o in aug.graph.output]
     assert inputs[:1] == [c.INPUT] and {c.SEED, c.RELU_RULE, c.SEED_TOP1} <= set(inputs)
-    assert outputs == [c.LOGITS, "tap/features", c.GRAD_INPUT, "grad/tap/features"]
+    assert outputs == [c.LOGITS, "tap/features", "cam/features", c.GRAD_INPUT, "grad/tap/features"]
     meta = {m.key: m.value for m in aug.metadata_props}
     assert meta[c.META_CONTRACT] == c.CONTRACT_VERSION and meta[c.META_AUGMENTED] == "1"
     assert json.loads(meta[c.META_TAPS]) == {"features": "features"}
@@ -78,9 +78,10 @@ def test_relu_rules_from_one_file(aug: onnx.ModelProto) -> None:
     f[c.RELU_RULE] = np.asarray(c.RELU_RULES["deconvnet"], np.int64)
     deconv = sess.run([c.GRAD_INPUT], f)[0]
     assert not np.allclose(plain, guided) and not np.allclose(guided, deconv)
-    # relu_rule defaults to plain when not fed (an initializer gives its default)
+    # every control input is required: the file carries no default a runtime could fold in
     no_rule = {k: v for k, v in f.items() if k != c.RELU_RULE}
-    np.testing.assert_array_equal(sess.run([c.GRAD_INPUT], no_rule)[0], plain)
+    with pytest.raises(ValueError, match="relu_rule"):
+        sess.run([c.GRAD_INPUT], no_rule)
 
 
 def test_dynamic_batch_rows_are_independent(aug: onnx.ModelProto) -> None:
@@ -122,7 +123,7 @@ def test_third_party_names_and_normalisation_are_adopted() -> None:
     normalised = (x - np.reshape(mean, (1, 3, 1, 1))) / np.reshape(std, (1, 3, 1, 1))
     expected = session(model).run(None, {"data": normalised.astype(np.float32)})[0]
     seed = np.zeros((1, 3), np.float32)
-    got = session(aug).run([c.LOGITS], {c.INPUT: x, c.SEED: seed})[0]
+    got = session(aug).run([c.LOGITS], {c.INPUT: x, c.SEED: seed, **controls(aug)})[0]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     meta = {m.key: m.value for m in aug.metadata_props}
     assert json.loads(meta[c.META_LABELS]) == ["a", "b", "z"]
@@ -132,13 +133,13 @@ def test_unsupported_ops_are_all_listed_before_emitting() -> None:
     model = tiny_cnn()
     for node in model.graph.node:
         if node.name == "relu1":
-            node.op_type = "Elu"
+            node.op_type = "Celu"
         if node.name == "relu2":
-            node.op_type = "Selu"
+            node.op_type = "Shrink"
     with pytest.raises(UnsupportedOpsError) as err:
         augment(model)
     message = str(err.value)
-    assert "Elu (nodes: relu1)" in message and "Selu (nodes: relu2)" in message
+    assert "Celu (nodes: relu1)" in message and "Shrink (nodes: relu2)" in message
     assert "Supported:" in message and "Conv" in message
 
 

@@ -19,7 +19,7 @@ from onnx.reference import ReferenceEvaluator
 
 from gradtap.export.graph.augment import augment
 from gradtap.runtime import contract as c
-from tests.graphs import OPSET, session
+from tests.graphs import OPSET, controls, session
 
 
 class Builder:
@@ -139,7 +139,7 @@ def test_random_graphs_have_exact_input_gradients(kinds: list[str], seed: int, s
     x = rng.random((2, 3, size, size), dtype=np.float32)
     v = rng.normal(size=(2, 4)).astype(np.float32)
     t = rng.normal(size=x.shape).astype(np.float32)
-    (grad,) = session(aug).run([c.GRAD_INPUT], {c.INPUT: x, c.SEED: v})
+    (grad,) = session(aug).run([c.GRAD_INPUT], {c.INPUT: x, c.SEED: v, **controls(aug)})
     fwd = ReferenceEvaluator(as_float64(model))  # the oracle runs in float64
     eps = 1e-5
     x64, t64 = x.astype(np.float64), t.astype(np.float64)

@@ -27,7 +27,7 @@ from torch import nn  # noqa: E402
 from gradtap.export.models.to_onnx import model_path  # noqa: E402
 from gradtap.export.models.zoo import build, pixel_space, tap_module  # noqa: E402
 from gradtap.runtime import contract as c  # noqa: E402
-from tests.graphs import session  # noqa: E402
+from tests.graphs import controls, session  # noqa: E402
 
 RULES = tuple(c.RELU_RULES)
 FAST = ["smallcnn", "resnet18", "efficientnet_lite0"]
@@ -115,7 +115,7 @@ def onnx_grads(path: str, rule: str, x: np.ndarray, seed: np.ndarray, *, layout_
     alias = next(
         o.name for o in sess.get_outputs() if o.name.startswith(c.GRAD_PREFIX + c.TAP_PREFIX)
     )
-    feeds = {c.INPUT: x, c.SEED: seed, c.RELU_RULE: np.asarray(c.RELU_RULES[rule], np.int64)}
+    feeds = {c.INPUT: x, c.SEED: seed, **controls(relu_rule=c.RELU_RULES[rule])}
     return [a.astype(np.float64) for a in sess.run([c.LOGITS, c.GRAD_INPUT, alias], feeds)]
 
 

@@ -11,7 +11,7 @@ from gradtap.export.graph.augment import augment
 from gradtap.export.graph.gate import branch_nodes
 from gradtap.runtime import contract as c
 from gradtap.runtime.evaluate import randomize as sanity
-from tests.graphs import OPSET, session, tiny_cnn
+from tests.graphs import OPSET, controls, session, tiny_cnn
 from tests.runtime_graphs import linear_model, tiny_model
 
 SIZE = 16
@@ -29,7 +29,7 @@ def _inits(m: onnx.ModelProto) -> dict[str, bytes]:
 def _run(m: onnx.ModelProto, x: np.ndarray, seed: np.ndarray) -> dict[str, np.ndarray]:
     sess = session(m)
     names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(None, {c.INPUT: x, c.SEED: seed}), strict=True))
+    return dict(zip(names, sess.run(None, {c.INPUT: x, c.SEED: seed, **controls(m)}), strict=True))
 
 
 def test_layers_are_listed_from_the_logits_down_once_each(model: onnx.ModelProto) -> None:

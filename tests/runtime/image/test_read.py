@@ -6,7 +6,6 @@ Files are written by Pillow (an independent encoder) so the RGB order is checked
 from __future__ import annotations
 
 import io
-import struct
 from pathlib import Path
 
 import cv2
@@ -15,7 +14,9 @@ import pytest
 from PIL import Image, ImageOps
 
 from gradtap.runtime.errors import ImageError
+from gradtap.runtime.image import read
 from gradtap.runtime.image.read import as_image, load_image
+from tests.corpus import bomb_png
 
 
 def save(img: Image.Image, path: Path, **kw: object) -> Path:
@@ -102,10 +103,7 @@ def test_exif_orientation_in_png(tmp_path: Path) -> None:
     np.testing.assert_allclose(load_image(path), expected, atol=1e-7)
 
 
-def huge_png(width: int, height: int) -> bytes:
-    """A PNG header claiming a huge size, followed by junk: decoding it would be a bomb."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + b"\0" * 4 + b"IEND"
+huge_png = bomb_png
 
 
 def test_pixel_limit_refused_before_decoding(
@@ -113,7 +111,7 @@ def test_pixel_limit_refused_before_decoding(
 ) -> None:
     path = tmp_path / "bomb.png"
     path.write_bytes(huge_png(100_000, 100_000))
-    monkeypatch.setattr(cv2, "imdecode", lambda *a: pytest.fail("decoder reached"))
+    monkeypatch.setattr(read, "decode", lambda *a: pytest.fail("decoder reached"))
     with pytest.raises(ImageError, match="100000x100000 pixels, over the limit of 100000000"):
         load_image(path)
 

@@ -69,7 +69,7 @@ def test_saliency_input_scale_takes_the_gradient_at_the_scaled_input(tiny: Expla
     grad = tiny.run(0.05 * x, np.eye(3, dtype=np.float32)[[1]]).grad_input
     np.testing.assert_allclose(e.maps, grad.sum(axis=1), rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(e.logits, tiny.logits(x))  # the prediction is the image's own
-    with pytest.raises(OptionError, match="input_scale must be > 0"):
+    with pytest.raises(OptionError, match="input_scale must be finite and > 0"):
         m.saliency(tiny, x, input_scale=0)
 
 
@@ -119,9 +119,8 @@ def test_cam_reads_matmul_heads() -> None:
 
 
 def test_cam_refuses_heads_without_global_pooling(linear: ExplainSession) -> None:
-    with pytest.raises(
-        ModelError, match="CAM needs a linear layer .* after tap 'conv', found Flatten"
-    ):
+    assert linear.info.cam_taps == ()
+    with pytest.raises(ModelError, match="CAM needs global average pooling .* after tap 'conv'"):
         m.cam(linear, images(1, 6))
 
 
@@ -178,3 +177,66 @@ def test_pixels_out_of_range_are_refused(tiny: ExplainSession) -> None:
         m.saliency(tiny, images(1) * 255)
     with pytest.raises(ModelError, match="unknown tap 'layer4'"):
         m.gradcam(tiny, images(1), tap="layer4")
+
+
+def hand_cnn() -> onnx.ModelProto:
+    """x [1, 3, 1, 2] -> 1x1 Conv (3 -> 2) -> Relu -> GAP -> Flatten -> Gemm (2 -> 2).
+
+    h0 = x0 - x1, h1 = x1 + x2 - 0.5; logits = [g0 - 2 g1, -g0 + g1] with g = mean(relu(h)).
+    """
+    w = np.array([[1, -1, 0], [0, 1, 1]], np.float32).reshape(2, 3, 1, 1)
+    inits = [
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(np.array([0.0, -0.5], np.float32), "b"),
+        numpy_helper.from_array(np.array([[1, -2], [-1, 1]], np.float32), "fc"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "w", "b"], ["h"], name="conv"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "hand_cnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 1, 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+        initializer=inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+# Pixels p0, p1 per channel. h0 = [-0.3, 0.8], h1 = [0.3, 0.2]: the Relu passes h0 at p1 only and
+# h1 at both. For class 0, dS/dr = [1, -2] / 2 pixels = r0: 0.5, r1: -1 at every pixel.
+HAND_X = np.array([[[[0.2, 0.9]], [[0.5, 0.1]], [[0.3, 0.6]]]], np.float32)
+HAND_MAPS = {
+    # dh = dr * mask: dh0 = [0, .5], dh1 = [-1, -1]; dx = W^T dh
+    "plain": [[[0.0, 0.5]], [[-1.0, -1.5]], [[-1.0, -1.0]]],
+    # dh = relu(dr) * mask: dh0 = [0, .5], dh1 = [0, 0]
+    "guided": [[[0.0, 0.5]], [[0.0, -0.5]], [[0.0, 0.0]]],
+    # dh = relu(dr) everywhere: dh0 = [.5, .5], dh1 = [0, 0]
+    "deconvnet": [[[0.5, 0.5]], [[-0.5, -0.5]], [[0.0, 0.0]]],
+}
+
+
+@pytest.mark.parametrize("rule", sorted(HAND_MAPS))
+def test_rectifier_rules_give_the_hand_computed_maps(rule: str) -> None:
+    session = ExplainSession(augment(hand_cnn(), taps={"r": "r"}, labels=["a", "b"]))
+    seed = np.array([[1.0, 0.0]], np.float32)
+    run = session.run(HAND_X, seed, relu_rule=rule)
+    np.testing.assert_allclose(run.logits, [[-0.1, -0.15]], atol=1e-6)
+    np.testing.assert_allclose(run.grad_input[0], HAND_MAPS[rule], atol=1e-6)
+    method = {"guided": m.guided_backprop, "deconvnet": m.deconvnet}.get(rule)
+    if method is not None:
+        np.testing.assert_allclose(method(session, HAND_X, 0).maps[0], HAND_MAPS[rule], atol=1e-6)
+
+
+def test_cam_weights_come_from_the_graph_not_the_model_file(
+    tiny: ExplainSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert tiny.info.cam_taps == tuple(tiny.info.taps)
+    monkeypatch.setattr(ExplainSession, "model_proto", lambda self: pytest.fail("file re-read"))
+    x = RNG.random((2, 3, *tiny.info.input_size), dtype=np.float32)
+    first, again = m.cam(tiny, x, 1), m.cam(tiny, x, 1)
+    np.testing.assert_array_equal(first.maps, again.maps)  # the second call reads the cache

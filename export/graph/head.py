@@ -1,16 +1,21 @@
-"""Read the class weights of a global-average-pool -> linear head from the graph (for CAM)."""
+"""Find the class weights of a global-average-pool -> linear head after a tap (for CAM).
+
+Found once, at augmentation time: the explanation graph then returns them as the output
+``cam/<alias>`` [classes, C], so the runtime never re-reads the model file for them.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import numpy as np
 import numpy.typing as npt
 import onnx
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from gradtap.runtime import contract as c
-from gradtap.runtime.errors import ModelError
+from gradtap.runtime.errors import GraphError
 
 _PASS_THROUGH = frozenset({"Identity", "Dropout", "Flatten", "Reshape", "Squeeze"})
 
@@ -18,16 +23,18 @@ _PASS_THROUGH = frozenset({"Identity", "Dropout", "Flatten", "Reshape", "Squeeze
 def class_weights(model: onnx.ModelProto, tap: str) -> npt.NDArray[np.float32]:
     """The [classes, channels] weights W with logits = W @ mean_hw(tap) + b.
 
+    The tap is exposed as the graph output ``tap/<alias>`` (or recorded in the metadata).
+
     Walks back from the ``logits`` output through Identity/Dropout, then a Gemm (or MatMul with
     an optional bias Add), Flatten/Reshape/Squeeze, and a GlobalAveragePool (or ReduceMean over
     the spatial axes), which must read the tap's tensor.
 
     Args:
-        model: the augmented graph.
+        model: the graph with its taps exposed.
         tap: the tap alias.
 
     Raises:
-        ModelError: the head is not global-average-pool -> linear directly after the tap.
+        GraphError: the head is not global-average-pool -> linear directly after the tap.
     """
     graph = model.graph
     producers = {out: node for node in graph.node for out in node.output}
@@ -35,7 +42,7 @@ def class_weights(model: onnx.ModelProto, tap: str) -> npt.NDArray[np.float32]:
     name, weights = _linear(_skip(c.LOGITS, producers), producers, consts, tap)
     pooled_from = _pool_input(_skip(name, producers), producers, consts, tap)
     if _skip(pooled_from, producers) not in _tap_tensors(model, tap, producers):
-        raise ModelError(
+        raise GraphError(
             f"CAM: the global average pool reads {pooled_from!r}, not tap {tap!r}; "
             "CAM needs the tap right before the pooling (use gradcam otherwise)"
         )
@@ -92,7 +99,7 @@ def _tap_tensors(
     try:
         taps = json.loads(raw) if raw else {}
     except json.JSONDecodeError as err:
-        raise ModelError(f"metadata {c.META_TAPS} is not valid JSON ({err})") from None
+        raise GraphError(f"metadata {c.META_TAPS} is not valid JSON ({err})") from None
     if isinstance(taps, dict) and isinstance(taps.get(tap), str):
         names.add(taps[tap])
     return {_skip(n, producers) for n in names if n}
@@ -106,9 +113,43 @@ def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return consts
 
 
-def _not_cam(tap: str, node: onnx.NodeProto | None, expected: str) -> ModelError:
+def cam_outputs(model: onnx.ModelProto, taps: Mapping[str, str]) -> dict[str, str]:
+    """Add ``cam/<alias>`` outputs for every tap a GAP -> linear head reads (in place).
+
+    Returns:
+        alias -> why CAM does not apply, for the taps that got no output.
+    """
+    missing: dict[str, str] = {}
+    for alias in taps:
+        try:
+            weights = class_weights(model, alias)
+        except GraphError as err:
+            missing[alias] = str(err)
+            continue
+        name = c.cam_output(alias)
+        source = _same_initializer(model.graph, weights)
+        if source is None:  # transposed or scaled: a copy of its own
+            source = f"{name}/weights"
+            model.graph.initializer.append(numpy_helper.from_array(weights, source))
+        model.graph.node.append(helper.make_node("Identity", [source], [name], name=name))
+        model.graph.output.append(
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, list(weights.shape))
+        )
+    return missing
+
+
+def _same_initializer(graph: onnx.GraphProto, weights: np.ndarray) -> str | None:
+    """The initializer holding exactly ``weights`` (a Gemm with transB), if there is one."""
+    for init in graph.initializer:
+        if tuple(init.dims) == weights.shape and init.data_type == TensorProto.FLOAT:
+            if np.array_equal(numpy_helper.to_array(init), weights):
+                return init.name
+    return None
+
+
+def _not_cam(tap: str, node: onnx.NodeProto | None, expected: str) -> GraphError:
     found = "a graph input" if node is None else f"{node.op_type} (node {node.name!r})"
-    return ModelError(
+    return GraphError(
         f"CAM needs {expected} after tap {tap!r}, found {found}; "
         "CAM applies to global-average-pool -> linear heads (use gradcam otherwise)"
     )

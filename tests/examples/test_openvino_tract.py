@@ -1,0 +1,116 @@
+"""OpenVINO runs the explanation graph with every control-input setting, tract runs its flat
+variant (`gradtap augment --flat`); both agree with onnxruntime on two real photos.
+
+Tolerances: the forward pass (logits, taps) is the same float32 arithmetic in another order, so
+it agrees to ~1e-5 relative. Gradients go through ReLU and max-pool decisions: an activation
+within rounding of zero, or two window values within rounding of each other, can switch a
+gradient path on in one runtime and off in the other, so ``grad/input`` is compared by its
+relative L2 error (a few flipped paths move it by ~1e-3; a wrong rule moves it by ~1).
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from gradtap.runtime import contract as c
+from gradtap.runtime.image.geometry import to_batch
+from gradtap.runtime.session import ExplainSession
+from tests.examples.common import MODEL, flat_variant, photos, relative_l2
+
+FORWARD_RTOL = 1e-5
+GRAD_REL_L2 = 1e-2
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    folder = tmp_path_factory.mktemp("photos")
+    return to_batch(list(photos(folder).values()), ExplainSession(MODEL).info)[0]
+
+
+def _feeds(x: np.ndarray, rule: int, top1: float, objective: int, compute: int | None) -> dict:
+    seed = np.zeros((len(x), 6), np.float32)
+    seed[:, 2] = 1.0
+    out = {c.INPUT: x, c.SEED: seed, c.RELU_RULE: np.array(rule, np.int64),
+           c.SEED_TOP1: np.array(top1, np.float32), c.OBJECTIVE: np.array(objective, np.int64)}  # fmt: skip
+    if compute is not None:
+        out[c.COMPUTE] = np.array(compute, np.int64)
+    return out
+
+
+def _compare(got: dict[str, np.ndarray], want: dict[str, np.ndarray], where: str) -> None:
+    for name, w in want.items():
+        g = got[name]
+        assert g.shape == w.shape, f"{where} {name}: {g.shape} != {w.shape}"
+        if w.size == 0:
+            continue
+        if name.startswith(c.GRAD_PREFIX):
+            assert relative_l2(g, w) < GRAD_REL_L2, f"{where} {name}"
+        else:
+            np.testing.assert_allclose(
+                g,
+                w,
+                rtol=FORWARD_RTOL,
+                atol=FORWARD_RTOL * np.abs(w).max(),
+                err_msg=f"{where} {name}",
+            )
+
+
+def test_openvino_at_f32_matches_onnxruntime_for_every_setting(batch: np.ndarray) -> None:
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(
+        core.read_model(str(MODEL)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
+    ref = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
+    names = [o.name for o in ref.get_outputs()]
+    settings = itertools.product(
+        c.RELU_RULES.values(), (0.0, 1.0), c.OBJECTIVES.values(), c.COMPUTE_LEVELS.values()
+    )
+    for rule, top1, objective, compute in settings:
+        f = _feeds(batch, rule, top1, objective, compute)
+        result = compiled(f)
+        got = {name: result[name] for name in names}
+        _compare(
+            got,
+            dict(zip(names, ref.run(names, f), strict=True)),
+            f"openvino {rule, top1, objective, compute}",
+        )
+
+
+@pytest.fixture(scope="module")
+def flat(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return flat_variant(tmp_path_factory.mktemp("flat"))
+
+
+@pytest.mark.torch
+def test_tract_runs_the_flat_variant_like_onnxruntime(batch: np.ndarray, flat: Path) -> None:
+    import tract
+
+    runnable = tract.onnx().load(str(flat)).into_model().into_runnable()
+    ref = ort.InferenceSession(str(flat), providers=["CPUExecutionProvider"])
+    names = [o.name for o in ref.get_outputs()]
+    inputs = [i.name for i in ref.get_inputs()]
+    assert c.COMPUTE not in inputs
+    for rule, objective in itertools.product(c.RELU_RULES.values(), c.OBJECTIVES.values()):
+        f = _feeds(batch, rule, 1.0, objective, None)
+        got = dict(
+            zip(names, (v.to_numpy() for v in runnable.run([f[i] for i in inputs])), strict=True)
+        )
+        want = dict(zip(names, ref.run(names, f), strict=True))
+        assert np.abs(got[c.GRAD_INPUT]).max() > 0  # symbolic batch: no all-zero gradients
+        _compare(got, want, f"tract {rule, objective}")
+
+
+def test_tract_cannot_take_the_gated_graph() -> None:
+    """What docs/embedding.md says: tract unifies both branches' output shapes, and the empty
+    stand-in of a branch that is off ([0, 0, 0, 0]) cannot unify with a batch dimension."""
+    import tract
+
+    with pytest.raises(Exception, match="Impossible to unify Sym\\(batch\\) with Val\\(0\\)"):
+        tract.onnx().load(str(MODEL)).into_model()
