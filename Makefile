@@ -11,7 +11,7 @@ NPM_PACKAGES := onnxruntime-node@1.30.0 onnxruntime-web@1.30.0 com.github.asus4.
 ORT_HEADERS := $(NPM_DIR)/node_modules/com.github.asus4.onnxruntime/Plugins/iOS~/onnxruntime.xcframework/ios-arm64/onnxruntime.framework/Headers
 ROOT := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup test test-fast demo bench lint typecheck models wheels clean examples
+.PHONY: setup test test-fast demo bench bench-e2e bench-ray lint typecheck models wheels clean examples
 
 setup: $(STAMP) $(EMBED_STAMP)
 
@@ -46,6 +46,12 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-e2e: setup  # folders of real photos end to end: gradtap explain vs the pytorch-grad-cam/captum scripts
+	$(BIN)/python bench/e2e.py $(BENCH_ARGS)
+
+bench-ray: setup  # the Ray engine with 1 and 2 workers on this machine
+	$(BIN)/python bench/e2e_ray.py $(BENCH_ARGS)
 
 models: setup  # the committed explanation graph of the trained custom CNN
 	$(BIN)/gradtap export smallcnn -w models/smallcnn.pt -o models/smallcnn.gradtap.onnx --overwrite

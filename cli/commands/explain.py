@@ -98,6 +98,59 @@ def parse_options(values: Sequence[str], methods: Sequence[str]) -> dict[str, An
     return options
 
 
+def listed(images: Sequence[str]) -> list[str]:
+    """``@FILE`` arguments replaced by the paths in FILE (one a line; blank and # lines skipped)."""
+    found: list[str] = []
+    for arg in images:
+        if not arg.startswith("@"):
+            found.append(arg)
+            continue
+        try:
+            lines = Path(arg[1:]).read_text("utf-8").splitlines()
+        except OSError as err:
+            raise click.BadParameter(f"{arg}: {err.strerror}", param_hint="IMAGES") from None
+        found += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    return found
+
+
+def engine_options(func: Any) -> Any:
+    """``--engine``, ``--ray-address`` and ``--workers``: where a large batch runs."""
+    func = click.option(
+        "--worker-gpus",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        help="Ray engine: GPUs per actor (e.g. 1 with --provider cuda).",
+    )(func)
+    func = click.option(
+        "--worker-cpus",
+        type=click.FloatRange(min=0.01),
+        default=1.0,
+        show_default=True,
+        help="Ray engine: CPUs per actor, also its onnxruntime threads unless --threads is given.",
+    )(func)
+    func = click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        default=2,
+        show_default=True,
+        help="Ray engine: explaining actors (each holds one model session).",
+    )(func)
+    func = click.option(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="Ray engine: join this cluster (e.g. ray://head:10001 or auto) "
+        "[default: start a local Ray instance].",
+    )(func)
+    return click.option(
+        "--engine",
+        type=click.Choice(["local", "ray"]),
+        default="local",
+        show_default=True,
+        help="local: this process; ray: Ray Data over a local instance or a cluster "
+        "(pip install 'gradtap[ray]').",
+    )(func)
+
+
 def _check_tap(session: Any, tap: str | None) -> None:
     from gradtap.runtime.errors import ModelError
 
@@ -152,6 +205,18 @@ def _check_tap(session: Any, tap: str | None) -> None:
 @click.option(
     "-r", "--recursive", is_flag=True, help="Also take images in subfolders of folder arguments."
 )
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Skip images whose outputs in OUT are complete (an interrupted run goes on); "
+    "incomplete ones are redone.",
+)
+@click.option(
+    "--pipeline/--serial",
+    default=True,
+    help="Read and write in threads while onnxruntime computes (same results).",
+)
+@engine_options
 @max_pixels_option
 @output_options("gradtap-out")
 @click.pass_obj
@@ -168,11 +233,18 @@ def explain(
     max_side: int,
     recursive: bool,
     max_pixels: int,
+    resume: bool,
+    pipeline: bool,
+    engine: str,
+    ray_address: str | None,
+    workers: int,
+    worker_cpus: float,
+    worker_gpus: float,
     out: Path,
     overwrite: bool,
     as_json: bool,
 ) -> None:
-    """Explain images (files, folders or glob patterns) with one or more methods.
+    """Explain images (files, folders, glob patterns or @FILE lists) with one or more methods.
 
     Writes OUT/<image>/<method>.png (overlay), .heatmap.png, .npy (raw map), .panel.png,
     plus OUT/summary.json and the OUT/index.html gallery.
@@ -195,15 +267,53 @@ def explain(
     target = parse_target(targets, session.info.labels)
     run = Run("explain", model=model_record(session, path))
     run.options = {"methods": list(chosen), "target": target, "formats": list(fmt), "set": options}
-    outdir = OutDir(out, overwrite=overwrite)
+    outdir = OutDir(out, overwrite=overwrite or resume)
     with user_errors("--out"):
         outdir.check_writable()
-    files = sources(images, run, cfg, recursive=recursive)
+    files = sources(listed(images), run, cfg, recursive=recursive)
     settings_ = Settings(chosen, target, fmt, options, batch_size, max_side, max_pixels)
+    if engine == "ray":
+        from gradtap.cli.engines.ray_engine import RayOptions, check_ray, run_ray
+
+        check_ray(outdir, resume=resume)
+        threads = cfg.threads or max(1, round(worker_cpus))  # actors share the cores
+        opts = RayOptions(
+            ray_address, workers, str(path), cfg.providers, threads, worker_cpus, worker_gpus
+        )
+        interruptible(run, lambda: run_ray(files, settings_, outdir, run, opts, cfg))
+        finish(cfg, outdir, run, as_json=as_json)
+        return
+    journal = None
+    if resume:
+        from gradtap.cli.resume import Journal
+        from gradtap.cli.resume import resume as pending
+
+        files, done = pending(out, files, run)
+        run.options["resumed"] = done
+        if done:
+            cfg.note(f"gradtap: note: resuming: {done} image(s) already done in {out}")
+        journal = Journal(out, run)
     bar = Progress(cfg, len(files) * len(chosen), "explaining")
     try:
         with user_errors("--set"):  # a bad option is one usage error, not one per image
-            interruptible(run, lambda: run_explain(session, files, settings_, outdir, run, bar))
+            interruptible(
+                run,
+                lambda: run_explain(
+                    session,
+                    files,
+                    settings_,
+                    outdir,
+                    run,
+                    bar,
+                    pipelined=pipeline,
+                    checkpoint=journal.checkpoint if journal else None,
+                ),
+            )
     finally:
         bar.close()
-    finish(cfg, outdir, run, as_json=as_json)
+    try:
+        finish(cfg, outdir, run, as_json=as_json)
+    except click.exceptions.Exit:  # summary.json now holds what the journal did
+        if journal is not None:
+            journal.remove()
+        raise

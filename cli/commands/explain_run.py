@@ -8,8 +8,9 @@ is explained for several classes each name gets ``-<class index>`` after the met
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -68,33 +69,87 @@ def run_explain(
     out: OutDir,
     run: Run,
     bar: Progress,
+    *,
+    pipelined: bool = False,
+    checkpoint: Callable[[], Any] | None = None,
 ) -> None:
     """Explain every source with every method; results and failures go into ``run``.
 
     Each method makes its own fused call per chunk: it predicts, resolves the targets and
     explains them, and its :class:`Explanation` rows carry the image index, target and logits
     that name the files and fill the summary. Nothing is predicted separately here.
+    ``pipelined`` reads the next chunk and writes the previous one while onnxruntime computes
+    (:mod:`gradtap.cli.pipeline`); the results are the same. ``checkpoint()`` runs after each
+    chunk's results are recorded (the resume journal).
+    """
+    if pipelined:
+        from gradtap.cli.pipeline import run_pipelined
+
+        run_pipelined(session, sources, s, out, run, bar, checkpoint=checkpoint)
+        return
+
+    def read_all(chunk: Sequence[Source]) -> list[Loaded | Exception]:
+        return [read_or_error(session, src, s) for src in chunk]
+
+    read = ((c, read_all(c)) for c in chunks(sources, s.batch_size))
+    explain_chunks(session, read, s, out, run, bar, checkpoint=checkpoint)
+
+
+def now(func: Callable[[], Any]) -> None:
+    """The serial ``emit``: run it here and now."""
+    func()
+
+
+def explain_chunks(
+    session: ExplainSession,
+    read: Iterable[tuple[Sequence[Source], list[Loaded | Exception]]],
+    s: Settings,
+    out: OutDir,
+    run: Run,
+    bar: Progress,
+    emit: Callable[[Callable[[], Any]], None] = now,
+    *,
+    checkpoint: Callable[[], Any] | None = None,
+) -> None:
+    """The batch loop over chunks already read (an image or the error that stopped it).
+
+    Only the computation happens here; whatever touches ``run``, ``bar`` or the output files
+    goes through ``emit`` in the serial order, so a pipelined run records the same things.
     """
     disabled: set[str] = set()
-    for chunk in chunks(sources, s.batch_size):
-        loaded = [im for im in (_load(session, src, s, run) for src in chunk) if im is not None]
-        loaded = [im for im in loaded if _outputs_free(im, s, out, run)]
+    for chunk, results in read:
+        loaded: list[Loaded] = []
+        for src, res in zip(chunk, results, strict=True):
+            if isinstance(res, Exception):
+                emit(lambda src=src, res=res: run.failures.add(src.path, res, what="read"))
+            elif (busy := _existing_output(res, s, out)) is not None:
+                emit(lambda src=src, busy=busy: run.failures.add(src.path, busy, what="outputs"))
+            else:
+                loaded.append(res)
         for method in s.methods:
             if loaded and method not in disabled:
-                _explain_chunk(session, method, loaded, s, out, run, disabled, bar)
+                _explain_chunk(session, method, loaded, s, out, run, disabled, bar, emit)
             else:
-                bar.update(len(loaded))
-            bar.update(len(chunk) - len(loaded))
+                emit(partial(bar.update, len(loaded)))
+            emit(partial(bar.update, len(chunk) - len(loaded)))
+        if checkpoint is not None:
+            emit(checkpoint)
 
 
-def _load(session: ExplainSession, src: Source, s: Settings, run: Run) -> Loaded | None:
-    def read() -> Loaded:
-        rgb = load_image(src.path, max_pixels=s.max_pixels)
-        x, geometry = to_input(rgb, session.info)
-        image, display = for_display(rgb, geometry, s.max_side)
-        return Loaded(src, x, image, display, original_size=geometry.original_size)
+def read_or_error(session: ExplainSession, src: Source, s: Settings) -> Loaded | Exception:
+    """:func:`read_source`, or the user error that stopped it (anything else is a bug)."""
+    try:
+        return read_source(session, src, s)
+    except recoverable() as err:
+        return err
 
-    return attempt(run, src.path, read, what="read")
+
+def read_source(session: ExplainSession, src: Source, s: Settings) -> Loaded:
+    """Decode and preprocess one image (no run state: safe in a reader thread)."""
+    rgb = load_image(src.path, max_pixels=s.max_pixels)
+    x, geometry = to_input(rgb, session.info)
+    image, display = for_display(rgb, geometry, s.max_side)
+    return Loaded(src, x, image, display, original_size=geometry.original_size)
 
 
 def _known_targets(target: TargetSpec) -> list[int | str] | None:
@@ -105,11 +160,11 @@ def _known_targets(target: TargetSpec) -> list[int | str] | None:
     return [t for t in items if t is not None]
 
 
-def _outputs_free(im: Loaded, s: Settings, out: OutDir, run: Run) -> bool:
+def _existing_output(im: Loaded, s: Settings, out: OutDir) -> OutputExistsError | None:
     """Refuse an image before computing when its output names are known and some exist."""
     known = _known_targets(s.target)
     if known is None:
-        return True
+        return None
     several = len(known) > 1
     try:
         out.plan(
@@ -117,9 +172,8 @@ def _outputs_free(im: Loaded, s: Settings, out: OutDir, run: Run) -> bool:
              for f in s.formats]
         )  # fmt: skip
     except OutputExistsError as err:
-        run.failures.add(im.source.path, str(err), what="outputs")
-        return False
-    return True
+        return err
+    return None
 
 
 def _name(stem: str, method: str, target: int | str, fmt: str, several: bool) -> str:
@@ -136,8 +190,13 @@ def _explain_chunk(
     run: Run,
     disabled: set[str],
     bar: Progress,
+    emit: Callable[[Callable[[], Any]], None] = now,
 ) -> None:
-    """One method over a chunk; a failing chunk is retried image by image to isolate the bad one."""
+    """One method over a chunk; a failing chunk is retried image by image to isolate the bad one.
+
+    Everything after the computation (pictures, files, the run record) goes through ``emit``,
+    which runs it at once (serial) or in order on a writer thread (:mod:`gradtap.cli.pipeline`).
+    """
     x = np.concatenate([im.x for im in loaded])
     record = METHODS[method]
     start = time.perf_counter()
@@ -146,19 +205,37 @@ def _explain_chunk(
     except OptionError:  # the same for every image: one usage error (see explain.py)
         raise
     except ModelError as err:  # the method does not apply to this model at all
-        run.failures.add(f"method {method}", err, what=method)
         disabled.add(method)
-        bar.update(len(loaded))
+        emit(partial(_failed, run, bar, f"method {method}", err, method, len(loaded)))
         return
     except recoverable() as err:
         if len(loaded) > 1:
             for one in loaded:
-                _explain_chunk(session, method, [one], s, out, run, disabled, bar)
+                _explain_chunk(session, method, [one], s, out, run, disabled, bar, emit)
         else:
-            run.failures.add(loaded[0].source.path, err, what=method)
-            bar.update(1)
+            emit(partial(_failed, run, bar, loaded[0].source.path, err, method, 1))
         return
     seconds = (time.perf_counter() - start) / max(1, len(expl.target))
+    emit(lambda: _write_chunk(expl, loaded, s, out, run, seconds, bar))
+
+
+def _failed(
+    run: Run, bar: Progress, path: Path | str, err: BaseException, method: str, n: int
+) -> None:
+    run.failures.add(path, err, what=method)
+    bar.update(n)
+
+
+def _write_chunk(
+    expl: Explanation,
+    loaded: list[Loaded],
+    s: Settings,
+    out: OutDir,
+    run: Run,
+    seconds: float,
+    bar: Progress,
+) -> None:
+    """Pictures, files and summary items of one method's chunk, image by image."""
     for k, im in enumerate(loaded):
         rows = np.flatnonzero(expl.image_index == k)
         for r in rows:
@@ -169,7 +246,7 @@ def _explain_chunk(
                 lambda r=r, im=im, several=several: _write_row(
                     expl, int(r), im, s, out, run, seconds, several
                 ),
-                what=method,
+                what=expl.method,
             )
         bar.update(1)
 
@@ -229,6 +306,7 @@ def _write_row(
             "files": files,
             "caption": [method, caption],
             "seconds": round(seconds, 4),
+            "map": _map_stats(raw),
             **_extras(expl, r),
         }
     )
@@ -244,6 +322,15 @@ def _writer(content: np.ndarray) -> Callable[[Path], None]:
             write_image(path, content)
 
     return write
+
+
+def _map_stats(raw: np.ndarray) -> dict[str, float]:
+    """Minimum, maximum, mean and standard deviation of the raw map (float64 sums)."""
+    flat = np.asarray(raw, dtype=np.float64)
+    return {
+        k: round(float(f(flat)), 6)
+        for k, f in (("min", np.min), ("max", np.max), ("mean", np.mean), ("std", np.std))
+    }
 
 
 def _extras(expl: Explanation, r: int) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Engines that run a batch elsewhere than in this process."""
