@@ -144,6 +144,8 @@ def test_exif_rotated_photos_are_explained_upright(model: Path, tmp_path: Path) 
     assert result.exit_code == 0, result.output
     maps = {n: np.load(out / n / "saliency.npy") for n in ("rotated", "upright", "stored")}
     scale = np.abs(maps["upright"]).max()
+    # gradtap rotates before resizing, the oracle PNG was rotated by Pillow then re-encoded: the
+    # maps differ by resampling, so the bound is loose but an unrotated map misses it (> 0.3)
     np.testing.assert_allclose(maps["rotated"], maps["upright"], atol=0.15 * scale)
     assert np.abs(maps["rotated"] - maps["stored"]).max() > 0.3 * scale
     groups = json.loads((out / "summary.json").read_text())["groups"]

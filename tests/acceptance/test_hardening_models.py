@@ -95,7 +95,9 @@ def test_not_an_onnx_file(tmp_path: Path, image: Path, name: str) -> None:
 
 
 def test_a_folder_given_as_the_model(tmp_path: Path, image: Path) -> None:
-    assert_one_line(explain(image, tmp_path, tmp_path / "out"), 2, "--model", "is a folder, not an ONNX file")
+    assert_one_line(
+        explain(image, tmp_path, tmp_path / "out"), 2, "--model", "is a folder, not an ONNX file"
+    )
     assert_one_line(invoke("info", tmp_path), 2, "is a directory")
     assert_one_line(invoke("augment", tmp_path), 2, "is a directory")
     with pytest.raises(ModelError, match="is a folder, not an ONNX file"):

@@ -203,6 +203,8 @@ def test_saliency_matches_finite_differences(
     grad = ((logits[: x.size] - logits[x.size :]) / (2 * eps)).reshape(x.shape)
     expected = np.abs(grad).max(axis=0)
     got = np.load(out / "coffee" / "saliency.npy")
+    # central differences of float32 logits carry ~1e-3 relative error, and pixels whose ReLU
+    # decision flips inside +-eps differ outright: judged on 98 % of pixels, not every one
     close = np.isclose(got, expected, rtol=2e-2, atol=2e-3 * np.abs(expected).max())
     assert close.mean() > 0.98, f"{close.mean():.3f} of pixels agree"
 
