@@ -112,6 +112,7 @@ class ExplainSession:
         tap_grads: bool = True,
         top1: bool = False,
         objective: str = "logits",
+        tap_scale: Array | None = None,
     ) -> Pass:
         """One fused call: logits, and the gradients of ``sum(seed * logits)`` asked for.
 
@@ -131,6 +132,8 @@ class ExplainSession:
             objective: ``"logits"`` differentiates ``sum(seed * logits)``; ``"cross_entropy"``
                 differentiates ``-sum(seed * log_softmax(logits))`` (a one-hot seed: the loss
                 gradient that adversarial images follow).
+            tap_scale: [N, C] channel scales of the default tap's activation (``tap_scale``
+                input); ones when ``None``.
 
         Returns:
             The :class:`Pass`; arrays not asked for are ``None`` / absent.
@@ -155,7 +158,10 @@ class ExplainSession:
             c.COMPUTE: np.array(c.COMPUTE_LEVELS[level], np.int64),
         }
         extra = {k: v for k, v in extra.items() if k in self._feeds}
-        out = dict(zip(names, self._run_chunked(names, x, seed, extra), strict=True))
+        rows = {c.INPUT: x, c.SEED: seed}
+        if c.TAP_SCALE in self._feeds or tap_scale is not None:
+            rows[c.TAP_SCALE] = self._check_tap_scale(tap_scale, len(x))
+        out = dict(zip(names, self._run_chunked(names, rows, extra), strict=True))
         _check_finite(out)
         return Pass(
             logits=out[c.LOGITS],
@@ -200,6 +206,25 @@ class ExplainSession:
             raise OptionError(f"seed must be [N, classes] = {list(shape)}, got {list(arr.shape)}")
         return arr
 
+    def _check_tap_scale(self, scale: Any, n: int) -> Array:
+        if c.TAP_SCALE not in self._feeds:
+            raise ModelError(f"model {self.info.name!r} has no {c.TAP_SCALE} input (contract 4)")
+        shape = (n, self.tap_channels)
+        if scale is None:
+            return np.ones(shape, np.float32)
+        arr = np.ascontiguousarray(scale, dtype=np.float32)
+        if arr.shape != shape:
+            raise OptionError(f"tap_scale must be [N, C] = {list(shape)}, got {list(arr.shape)}")
+        return arr
+
+    @property
+    def tap_channels(self) -> int:
+        """Channels C of the default tap's ``tap_scale`` input [N, C]; 0 when it has none."""
+        for i in self._session.get_inputs():
+            if i.name == c.TAP_SCALE:
+                return int(i.shape[1])
+        return 0
+
     def _rule(self, relu_rule: str) -> int:
         if relu_rule not in self.info.relu_rules:
             raise OptionError(
@@ -209,11 +234,11 @@ class ExplainSession:
         return c.RELU_RULES[relu_rule]
 
     def _run_chunked(
-        self, names: list[str], x: Array, seed: Array, extra: dict[str, Array]
+        self, names: list[str], rows: dict[str, Array], extra: dict[str, Array]
     ) -> list[Array]:
         parts: list[list[Array]] = []
-        for i in range(0, len(x), self.batch_size):
-            feeds = {c.INPUT: x[i : i + self.batch_size], c.SEED: seed[i : i + self.batch_size]}
+        for i in range(0, len(rows[c.INPUT]), self.batch_size):
+            feeds = {k: v[i : i + self.batch_size] for k, v in rows.items()}
             parts.append(self._session.run(names, {**feeds, **extra}))
         if len(parts) == 1:
             return parts[0]

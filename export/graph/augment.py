@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper, version_converter
 
 from gradtap.export.graph.emitter import GraphInfo
 from gradtap.export.graph.gate import branch_nodes, gate
+from gradtap.export.graph.interventions import add_tap_scale, inputs_last
 from gradtap.export.graph.taps import alias_for, candidate_taps, default_tap
 from gradtap.export.graph.version import PASS_VERSION
 from gradtap.export.graph.vjp import add_vjp
@@ -67,10 +68,14 @@ def augment(
             helper.make_node("Identity", [tensor], [c.tap_output(alias)], name=f"tap/{alias}")
         )
         graph.output.append(helper.make_empty_tensor_value_info(c.tap_output(alias)))
+    if chosen:
+        default = meta.get(c.META_DEFAULT_TAP)
+        add_tap_scale(model, chosen[default if default in chosen else next(iter(chosen))])
     wrt = {c.INPUT: c.GRAD_INPUT}
     wrt.update({tensor: c.tap_grad_output(alias) for alias, tensor in chosen.items()})
     seed = _add_seed_inputs(model)
     out = gate(add_vjp(model, seed_of=c.LOGITS, seed=seed, wrt=wrt, relu_rule=c.RELU_RULE))
+    inputs_last(out)
     _stamp(out, meta, chosen, labels)
     del out.graph.value_info[:]
     out = onnx.shape_inference.infer_shapes(out, check_type=True, strict_mode=True)

@@ -12,7 +12,7 @@ import hashlib
 
 import onnx
 
-PASS_VERSION = "4.0"
+PASS_VERSION = "4.1"
 
 
 def graph_digest(model: onnx.ModelProto) -> str:

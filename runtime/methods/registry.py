@@ -20,6 +20,7 @@ import numpy.typing as npt
 from gradtap.runtime.errors import OptionError
 from gradtap.runtime.methods.base import Explanation
 from gradtap.runtime.methods.cam import cam, gradcam, gradcampp, guided_gradcam
+from gradtap.runtime.methods.cam_score import ablationcam, scorecam
 from gradtap.runtime.methods.cam_variants import (
     eigencam,
     eigengradcam,
@@ -126,6 +127,13 @@ METHODS: dict[str, Method] = _registry(
     Method("layercam", layercam, "https://doi.org/10.1109/TIP.2021.3089943", needs_tap=True),
     Method("eigencam", eigencam, "https://arxiv.org/abs/2008.00299", needs_tap=True),
     Method("eigengradcam", eigengradcam, "https://arxiv.org/abs/2008.00299", needs_tap=True),
+    Method("scorecam", scorecam, "https://arxiv.org/abs/1910.01279", needs_tap=True),
+    Method(
+        "ablationcam",
+        ablationcam,
+        "https://doi.org/10.1109/WACV45572.2020.9093360",
+        needs_tap=True,
+    ),
     Method("input_x_gradient", input_x_gradient, "https://arxiv.org/abs/1605.01713", signed=True),
     Method("gradient_shap", gradient_shap, "https://arxiv.org/abs/1705.07874", signed=True),
     Method("noise_tunnel", noise_tunnel, "https://arxiv.org/abs/1810.03307"),
