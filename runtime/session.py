@@ -92,6 +92,9 @@ class ExplainSession:
         inputs = {i.name: list(i.shape) for i in self._session.get_inputs()}
         inputs.update({i.name: list(i.shape) for i in self._session.get_overridable_initializers()})
         self._feeds = frozenset(inputs)  # an optional input a graph lacks is not fed
+        scale = inputs.get(c.TAP_SCALE, [0, 0])
+        self.tap_channels: int = scale[1] if len(scale) == 2 and isinstance(scale[1], int) else 0
+        """Channels C of the default tap's ``tap_scale`` input [N, C]; 0 when it has none."""
         outputs = {o.name: list(o.shape) for o in self._session.get_outputs()}
         meta = self._session.get_modelmeta().custom_metadata_map
         self.info: ModelInfo = parse_info(
@@ -216,14 +219,6 @@ class ExplainSession:
         if arr.shape != shape:
             raise OptionError(f"tap_scale must be [N, C] = {list(shape)}, got {list(arr.shape)}")
         return arr
-
-    @property
-    def tap_channels(self) -> int:
-        """Channels C of the default tap's ``tap_scale`` input [N, C]; 0 when it has none."""
-        for i in self._session.get_inputs():
-            if i.name == c.TAP_SCALE:
-                return int(i.shape[1])
-        return 0
 
     def _rule(self, relu_rule: str) -> int:
         if relu_rule not in self.info.relu_rules:

@@ -18,7 +18,7 @@ from onnx import helper
 from gradtap.cli.main import cli
 from gradtap.export.graph.augment import augment
 from gradtap.runtime import contract as c
-from tests.graphs import tiny_cnn
+from tests.graphs import tiny_cnn, with_defaults
 
 LABELS = ["cat", "dog", "bird"]
 COMMANDS = ("export", "augment", "info", "explain", "attack", "visualize", "localize")
@@ -143,7 +143,8 @@ def test_augment_writes_a_working_graph_with_normalisation(forward: Path, tmp_pa
     std = np.array([0.5, 0.5, 2], np.float32).reshape(1, 3, 1, 1)
     plain = ort.InferenceSession(str(forward)).run(None, {"input": (x - mean) / std})[0]
     seed = np.zeros((2, 3), np.float32)
-    ours = ort.InferenceSession(str(dst)).run([c.LOGITS], {c.INPUT: x, c.SEED: seed})[0]
+    sess = ort.InferenceSession(str(dst))
+    ours = sess.run([c.LOGITS], with_defaults(sess, {c.INPUT: x, c.SEED: seed}))[0]
     np.testing.assert_allclose(ours, plain, rtol=1e-5, atol=1e-5)
 
 

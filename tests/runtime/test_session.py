@@ -13,7 +13,7 @@ from onnx import numpy_helper
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import ModelError, NonFiniteError, OptionError
 from gradtap.runtime.session import ExplainSession, default_providers
-from tests.graphs import tiny_cnn
+from tests.graphs import tiny_cnn, with_defaults
 from tests.runtime_graphs import LABELS, tiny_model
 
 RNG = np.random.default_rng(3)
@@ -33,7 +33,7 @@ def raw(model: onnx.ModelProto, names: list[str], x: np.ndarray, seed: np.ndarra
     """The same graph in a plain onnxruntime session: the reference answer."""
     s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     feeds = {c.INPUT: x, c.SEED: seed, c.RELU_RULE: np.asarray(rule, np.int64)}
-    return s.run(names, feeds)
+    return s.run(names, with_defaults(s, feeds))
 
 
 def test_info_from_metadata(sess: ExplainSession) -> None:
