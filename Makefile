@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.gradtap-setup
 
-.PHONY: setup test test-fast demo bench lint models clean
+.PHONY: setup test test-fast demo bench bench-scorecam lint models clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,9 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-scorecam: setup  # Score-CAM / Ablation-CAM against pytorch-grad-cam at equal settings
+	$(BIN)/python bench/scorecam.py $(BENCH_ARGS)
 
 models: setup  # the committed explanation graph of the trained custom CNN
 	$(BIN)/gradtap export smallcnn -w models/smallcnn.pt -o models/smallcnn.gradtap.onnx --overwrite

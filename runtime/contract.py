@@ -25,6 +25,8 @@ inputs
                   tap has no static channel count): multiplies the default tap's activation
                   channel by channel before the network reads it (``tap/<alias>`` stays
                   unscaled). Feed ones for the plain model; Ablation-CAM feeds a zero per row.
+                  With one image and ``compute = 0`` it may have M rows: the image runs once up
+                  to the tap and is broadcast over the M scalings (``logits`` [M, classes]).
 
 outputs
   ``logits``             float32 [N, classes]

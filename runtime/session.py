@@ -175,6 +175,28 @@ class ExplainSession:
             ),
         )
 
+    def intervene(self, image: Array, tap_scale: Array) -> Array:
+        """Logits [M, classes] of one image [1, 3, H, W] under M channel scalings [M, C] of the
+        default tap: forward only, the layers up to the tap computed once per chunk of rows
+        (``tap_scale`` rows broadcast against a batch of one image)."""
+        x = self.check_input(image)
+        if len(x) != 1:
+            raise OptionError(f"intervene takes one image, got {len(x)}")
+        scale = self._check_tap_scale(tap_scale, len(tap_scale))
+        extra = {c.COMPUTE: np.array(c.COMPUTE_LEVELS["forward"], np.int64)}
+        extra = {k: v for k, v in extra.items() if k in self._feeds}
+        seed = np.zeros((1, self.info.num_classes), np.float32)
+        parts = [
+            self._session.run(
+                [c.LOGITS],
+                {c.INPUT: x, c.SEED: seed, c.TAP_SCALE: scale[i : i + self.batch_size], **extra},
+            )[0]
+            for i in range(0, len(scale), self.batch_size)
+        ]
+        out = np.concatenate(parts)
+        _check_finite({c.LOGITS: out})
+        return out
+
     def logits(self, x: Array) -> Array:
         """Forward pass only: logits [N, classes] (the backward pass is not executed)."""
         return self.run(x, None, grad_input=False).logits

@@ -20,6 +20,8 @@ from gradtap.runtime import contract as c
 
 log = logging.getLogger(__name__)
 
+TAP_ROWS = "tap_rows"  # N, or any M when the input batch is one image (broadcast, forward only)
+
 
 def add_tap_scale(model: onnx.ModelProto, tensor: str) -> bool:
     """Insert ``tensor * tap_scale[:, :, None, None]`` in front of every consumer of ``tensor``.
@@ -33,9 +35,8 @@ def add_tap_scale(model: onnx.ModelProto, tensor: str) -> bool:
     if len(shape) != 4 or not isinstance(shape[1], int):
         log.info("no %s input: tap %r is not [N, C, h, w] with a static C", c.TAP_SCALE, tensor)
         return False
-    batch = GraphInfo.of(model).shape(c.INPUT)[0]
     graph.input.append(
-        helper.make_tensor_value_info(c.TAP_SCALE, TensorProto.FLOAT, [batch, shape[1]])
+        helper.make_tensor_value_info(c.TAP_SCALE, TensorProto.FLOAT, [TAP_ROWS, shape[1]])
     )
     axes, scale4d, scaled = "tap_scale/axes", "tap_scale/nchw", "tap_scale/scaled"
     graph.initializer.append(numpy_helper.from_array(np.asarray([2, 3], np.int64), axes))

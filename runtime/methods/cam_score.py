@@ -96,7 +96,8 @@ def ablationcam(session: ExplainSession, x: Array, target: TargetSpec = None) ->
     """Ablation-CAM (Desai and Ramaswamy 2020, https://doi.org/10.1109/WACV45572.2020.9093360).
 
     Channel ``k`` weighs ``(S - S_k) / S``, where ``S_k`` is the target logit with channel ``k``
-    of the default tap zeroed (one row per channel through ``tap_scale``). Forward passes only.
+    of the default tap zeroed (one row per channel through ``tap_scale``, the layers before the
+    tap computed once per chunk of rows). Forward passes only.
 
     Returns:
         Maps [R, h, w] at the default tap's resolution.
@@ -112,15 +113,9 @@ def ablationcam(session: ExplainSession, x: Array, target: TargetSpec = None) ->
     rows = np.arange(r)
     score = run.logits[rows, prep.rows.target]
     ablated = np.empty((r, k), np.float32)
-    per_call = max(1, session.batch_size)
-    for i in range(r):
-        for start in range(0, k, per_call):
-            chunk = np.arange(start, min(k, start + per_call))
-            scale = np.ones((len(chunk), k), np.float32)
-            scale[np.arange(len(chunk)), chunk] = 0
-            xs = np.repeat(prep.x[i][None], len(chunk), axis=0)
-            out = session.run(xs, None, grad_input=False, tap_scale=scale).logits
-            ablated[i, chunk] = out[:, prep.rows.target[i]]
+    ablation = np.ones((k, k), np.float32) - np.eye(k, dtype=np.float32)
+    for i in range(r):  # the layers up to the tap run once per chunk of channels
+        ablated[i] = session.intervene(prep.x[i : i + 1], ablation)[:, prep.rows.target[i]]
     weights = (score[:, None] - ablated) / score[:, None]
     maps = np.maximum(np.einsum("rk,rkhw->rhw", weights, acts), 0)
     return finish("ablationcam", maps, prep, session, row_logits=run.logits)

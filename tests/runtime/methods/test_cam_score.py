@@ -90,6 +90,15 @@ def test_tap_scale_ones_is_the_plain_model_and_zero_ablates(pair: Pair) -> None:
         s.run(x, tap_scale=np.ones((2, 3), np.float32))
 
 
+def test_intervene_broadcasts_one_image_over_many_scalings(pair: Pair) -> None:
+    s = pair.session
+    scale = np.random.default_rng(2).random((5, 128)).astype(np.float32)
+    rows = s.run(np.repeat(pair.x, 5, axis=0), None, grad_input=False, tap_scale=scale).logits
+    np.testing.assert_allclose(s.intervene(pair.x, scale), rows, rtol=1e-5, atol=1e-6)
+    with pytest.raises(OptionError, match="one image"):
+        s.intervene(np.repeat(pair.x, 2, axis=0), scale)
+
+
 @pytest.mark.slow
 def test_scorecam(pair: Pair) -> None:
     ref = pair.reference(pgc.ScoreCAM)
