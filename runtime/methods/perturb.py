@@ -184,7 +184,8 @@ def gradient_shap(
     attr = shap_from_draws(session, prep, drawn, alpha, noise)
     rows, t = np.arange(r), prep.rows.target
     logits = session.logits(prep.x)
-    base_scores = np.mean([session.logits(drawn[k])[rows, t] for k in range(samples)], axis=0)
+    flat = session.logits(drawn.reshape(-1, *shape[2:])).reshape(samples, r, -1)
+    base_scores = flat[:, rows, t].mean(axis=0)
     extras = {
         "attributions": attr,
         "completeness_error": attr.sum(axis=(1, 2, 3)) - (logits[rows, t] - base_scores),

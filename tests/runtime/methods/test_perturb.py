@@ -139,12 +139,12 @@ def test_gradient_shap(pair: Pair, fixed_noise: np.ndarray) -> None:
 def test_gradient_shap_with_many_samples_nearly_completes(pair: Pair) -> None:
     """sum(attr) = S(x) - E S(baseline) holds in expectation; the error shrinks with samples."""
     errs = [
-        np.abs(
+        abs(
             perturb.gradient_shap(
-                pair.session, pair.x, TARGETS, baselines="uniform", samples=n, seed=3
-            ).extras["completeness_error"]
-        ).mean()
-        for n in (2, 64)
+                pair.session, pair.x[:1], 3, baselines="uniform", samples=n, seed=3
+            ).extras["completeness_error"][0]
+        )
+        for n in (2, 48)
     ]
     assert errs[1] < errs[0]
 
