@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gradtap.runtime.errors import OptionError
+from gradtap.runtime.methods import pair
 from gradtap.runtime.methods.base import Explanation
 from gradtap.runtime.methods.cam import cam, gradcam, gradcampp, guided_gradcam
 from gradtap.runtime.methods.cam_score import ablationcam, scorecam
@@ -139,6 +140,13 @@ METHODS: dict[str, Method] = _registry(
     Method("noise_tunnel", noise_tunnel, "https://arxiv.org/abs/1810.03307"),
     Method("rise", rise, "https://arxiv.org/abs/1806.07421"),
 )
+if pair.available():  # PAIR saliency's methods over the session (the `pair` extra)
+    METHODS.update(
+        _registry(
+            Method("xrai", pair.xrai, "https://arxiv.org/abs/1906.02825"),
+            Method("blur_ig", pair.blur_ig, "https://arxiv.org/abs/2004.03383", signed=True),
+        )
+    )
 
 
 def get_method(name: str) -> Method:
