@@ -51,7 +51,9 @@ def one_node_model(
     return onnx.shape_inference.infer_shapes(model, strict_mode=True)
 
 
-def with_defaults(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def with_defaults(
+    sess: ort.InferenceSession, feeds: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """``feeds`` plus what the runtime session feeds by default: ones for ``tap_scale``."""
     for i in sess.get_inputs():
         if i.name == c.TAP_SCALE and i.name not in feeds:

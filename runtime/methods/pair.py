@@ -10,6 +10,7 @@ run on numpy 2: it calls ``np.quantile(..., interpolation=...)``, a keyword nump
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,12 +31,9 @@ OUTPUT_VALUES = "OUTPUT_LAYER_VALUES"
 
 
 def available() -> bool:
-    """Whether PAIR's ``saliency`` package can be imported."""
-    try:
-        import saliency.core  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether PAIR's ``saliency`` package is installed (looked up, not imported: it pulls in
+    scikit-image and SciPy, which the CLI's start-up should not pay for)."""
+    return importlib.util.find_spec("saliency") is not None
 
 
 def call_model_function(
