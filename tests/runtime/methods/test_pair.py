@@ -54,6 +54,7 @@ def test_pair_integrated_gradients_match_torch_autograd(session, image) -> None:
     assert np.linalg.norm(theirs - ref) / np.linalg.norm(ref) < 1e-2
 
 
+@pytest.mark.slow  # XRAI segments the image at several scales (about a minute)
 @pytest.mark.parametrize("name", ["xrai", "blur_ig"])
 def test_pair_methods_run_as_registered_methods(session, image, name: str) -> None:  # noqa: ANN001
     options = {"xrai": {}, "blur_ig": {"steps": 4}}[name]

@@ -149,6 +149,7 @@ def test_gradient_shap_with_many_samples_nearly_completes(pair: Pair) -> None:
     assert errs[1] < errs[0]
 
 
+@pytest.mark.slow
 def test_rise_against_the_torch_model_with_the_same_masks(pair: Pair) -> None:
     size = pair.session.info.input_size
     masks = perturb.rise_masks(40, size, cells=4, p=0.5, seed=5)
