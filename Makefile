@@ -11,7 +11,7 @@ NPM_PACKAGES := onnxruntime-node@1.30.0 onnxruntime-web@1.30.0 com.github.asus4.
 ORT_HEADERS := $(NPM_DIR)/node_modules/com.github.asus4.onnxruntime/Plugins/iOS~/onnxruntime.xcframework/ios-arm64/onnxruntime.framework/Headers
 ROOT := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup test test-fast demo bench bench-e2e bench-ray lint typecheck models wheels clean examples
+.PHONY: setup test test-fast demo bench bench-e2e bench-ray bench-scorecam lint typecheck models wheels clean examples
 
 setup: $(STAMP) $(EMBED_STAMP)
 
@@ -52,6 +52,9 @@ bench-e2e: setup  # folders of real photos end to end: gradtap explain vs the py
 
 bench-ray: setup  # the Ray engine with 1 and 2 workers on this machine
 	$(BIN)/python bench/e2e_ray.py $(BENCH_ARGS)
+
+bench-scorecam: setup  # Score-CAM / Ablation-CAM against pytorch-grad-cam at equal settings
+	$(BIN)/python bench/scorecam.py $(BENCH_ARGS)
 
 models: setup  # the committed explanation graph of the trained custom CNN
 	$(BIN)/gradtap export smallcnn -w models/smallcnn.pt -o models/smallcnn.gradtap.onnx --overwrite

@@ -21,6 +21,12 @@ inputs
                   forward pass only (logits, taps); 1: also the backward pass down to the taps
                   (tap gradients); 2: everything (also the input gradient). Outputs of a part
                   that did not run come back as empty tensors of the right rank.
+  ``tap_scale``   float32 [N, C], required where present (contract 4; absent when the default
+                  tap has no static channel count): multiplies the default tap's activation
+                  channel by channel before the network reads it (``tap/<alias>`` stays
+                  unscaled). Feed ones for the plain model; Ablation-CAM feeds a zero per row.
+                  With one image and ``compute = 0`` it may have M rows: the image runs once up
+                  to the tap and is broadcast over the M scalings (``logits`` [M, classes]).
 
 Every input is required: the file carries no defaults (runtimes that hide or fold inputs with
 initializers would drop them), callers feed ``CONTROL_DEFAULTS`` for the ones they do not use.
@@ -46,7 +52,8 @@ RELU_RULE = "relu_rule"
 SEED_TOP1 = "seed_top1"
 OBJECTIVE = "objective"
 COMPUTE = "compute"
-INPUTS = (INPUT, SEED, RELU_RULE, SEED_TOP1, OBJECTIVE, COMPUTE)  # every graph input, in order
+TAP_SCALE = "tap_scale"
+INPUTS = (INPUT, SEED, RELU_RULE, SEED_TOP1, OBJECTIVE, COMPUTE, TAP_SCALE)  # in graph order
 LOGITS = "logits"
 TAP_PREFIX = "tap/"
 GRAD_PREFIX = "grad/"

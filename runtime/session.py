@@ -104,6 +104,9 @@ class ExplainSession:
         inputs = {i.name: list(i.shape) for i in self._session.get_inputs()}
         inputs.update({i.name: list(i.shape) for i in self._session.get_overridable_initializers()})
         self._feeds = frozenset(inputs)  # an optional input a graph lacks is not fed
+        scale = inputs.get(c.TAP_SCALE, [0, 0])
+        self.tap_channels: int = scale[1] if len(scale) == 2 and isinstance(scale[1], int) else 0
+        """Channels C of the default tap's ``tap_scale`` input [N, C]; 0 when it has none."""
         outputs = {o.name: list(o.shape) for o in self._session.get_outputs()}
         self._outputs = frozenset(outputs)
         self._constants: dict[str, Array] = {}
@@ -127,6 +130,7 @@ class ExplainSession:
         top1: bool = False,
         objective: str = "logits",
         constants: Sequence[str] = (),
+        tap_scale: Array | None = None,
     ) -> Pass:
         """One fused call: logits, and the gradients of ``sum(seed * logits)`` asked for.
 
@@ -148,6 +152,8 @@ class ExplainSession:
                 gradient that adversarial images follow).
             constants: outputs that depend on the weights alone (``cam/<alias>``): fetched with
                 the first chunk of the first call that asks, then kept by the session.
+            tap_scale: [N, C] channel scales of the default tap's activation (``tap_scale``
+                input); ones when ``None``.
 
         Returns:
             The :class:`Pass`; arrays not asked for are ``None`` / absent.
@@ -175,7 +181,10 @@ class ExplainSession:
         fetch = [n for n in dict.fromkeys(constants) if n not in self._constants]
         if unknown := [n for n in fetch if n not in self._outputs]:
             raise ModelError(f"model {self.info.name!r} has no output {unknown[0]!r}")
-        out = dict(zip(names, self._run_chunked(names, x, seed, extra, fetch), strict=True))
+        rows = {c.INPUT: x, c.SEED: seed}
+        if c.TAP_SCALE in self._feeds or tap_scale is not None:
+            rows[c.TAP_SCALE] = self._check_tap_scale(tap_scale, len(x))
+        out = dict(zip(names, self._run_chunked(names, rows, extra, fetch), strict=True))
         _check_finite(out)
         return Pass(
             logits=out[c.LOGITS],
@@ -186,6 +195,28 @@ class ExplainSession:
                 {a: out[c.tap_grad_output(a)] for a in aliases} if tap_grads else {}
             ),
         )
+
+    def intervene(self, image: Array, tap_scale: Array) -> Array:
+        """Logits [M, classes] of one image [1, 3, H, W] under M channel scalings [M, C] of the
+        default tap: forward only, the layers up to the tap computed once per chunk of rows
+        (``tap_scale`` rows broadcast against a batch of one image)."""
+        x = self.check_input(image)
+        if len(x) != 1:
+            raise OptionError(f"intervene takes one image, got {len(x)}")
+        scale = self._check_tap_scale(tap_scale, len(tap_scale))
+        extra = {c.COMPUTE: np.array(c.COMPUTE_LEVELS["forward"], np.int64)}
+        extra = {k: v for k, v in extra.items() if k in self._feeds}
+        seed = np.zeros((1, self.info.num_classes), np.float32)
+        parts = [
+            self._session.run(
+                [c.LOGITS],
+                {c.INPUT: x, c.SEED: seed, c.TAP_SCALE: scale[i : i + self.batch_size], **extra},
+            )[0]
+            for i in range(0, len(scale), self.batch_size)
+        ]
+        out = np.concatenate(parts)
+        _check_finite({c.LOGITS: out})
+        return out
 
     def logits(self, x: Array) -> Array:
         """Forward pass only: logits [N, classes] (the backward pass is not executed)."""
@@ -237,6 +268,17 @@ class ExplainSession:
             raise OptionError(f"seed must be [N, classes] = {list(shape)}, got {list(arr.shape)}")
         return arr
 
+    def _check_tap_scale(self, scale: Any, n: int) -> Array:
+        if c.TAP_SCALE not in self._feeds:
+            raise ModelError(f"model {self.info.name!r} has no {c.TAP_SCALE} input (contract 4)")
+        shape = (n, self.tap_channels)
+        if scale is None:
+            return np.ones(shape, np.float32)
+        arr = np.ascontiguousarray(scale, dtype=np.float32)
+        if arr.shape != shape:
+            raise OptionError(f"tap_scale must be [N, C] = {list(shape)}, got {list(arr.shape)}")
+        return arr
+
     def _rule(self, relu_rule: str) -> int:
         if relu_rule not in self.info.relu_rules:
             raise OptionError(
@@ -248,14 +290,13 @@ class ExplainSession:
     def _run_chunked(
         self,
         names: list[str],
-        x: Array,
-        seed: Array,
+        rows: dict[str, Array],
         extra: dict[str, npt.NDArray[Any]],
         constants: Sequence[str] = (),
     ) -> list[Array]:
         parts: list[list[Array]] = []
-        for i in range(0, len(x), self.batch_size):
-            feeds = {c.INPUT: x[i : i + self.batch_size], c.SEED: seed[i : i + self.batch_size]}
+        for i in range(0, len(rows[c.INPUT]), self.batch_size):
+            feeds = {k: v[i : i + self.batch_size] for k, v in rows.items()}
             fetched = self._session.run([*names, *constants], {**feeds, **extra})
             if constants:  # the first chunk brings them; they do not depend on the rows
                 self._constants.update(zip(constants, fetched[len(names) :], strict=True))

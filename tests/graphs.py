@@ -9,6 +9,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from gradtap.runtime import contract as c
+
 OPSET = 17
 DTYPES = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE}
 
@@ -62,8 +64,25 @@ def controls(model: onnx.ModelProto | None = None, **values: float) -> dict[str,
     }
 
 
+def with_defaults(
+    sess: ort.InferenceSession, feeds: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """``feeds`` plus what the runtime session feeds by default: ones for ``tap_scale``."""
+    for i in sess.get_inputs():
+        if i.name == c.TAP_SCALE and i.name not in feeds:
+            feeds = {**feeds, i.name: np.ones((len(feeds[c.INPUT]), i.shape[1]), np.float32)}
+    return feeds
+
+
+class Session(ort.InferenceSession):
+    """An onnxruntime session that feeds the runtime's defaults for inputs not given."""
+
+    def run(self, names, feeds, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
+        return super().run(names, with_defaults(self, feeds), *args, **kwargs)
+
+
 def session(model: onnx.ModelProto, *, layout_opt: bool = False) -> ort.InferenceSession:
-    """An onnxruntime CPU session; layout optimisations off unless asked for."""
+    """An onnxruntime CPU session (runtime defaults fed); layout optimisations off unless asked."""
     options = ort.SessionOptions()
     options.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if layout_opt
@@ -71,9 +90,7 @@ def session(model: onnx.ModelProto, *, layout_opt: bool = False) -> ort.Inferenc
     )  # fmt: skip
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    return Session(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def tiny_cnn(

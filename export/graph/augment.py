@@ -18,6 +18,7 @@ from onnx import helper, numpy_helper, version_converter
 from gradtap.export.graph.emitter import GraphInfo
 from gradtap.export.graph.gate import branch_nodes, gate
 from gradtap.export.graph.head import cam_outputs
+from gradtap.export.graph.interventions import add_tap_scale, inputs_last
 from gradtap.export.graph.seed import add_seed
 from gradtap.export.graph.taps import alias_for, candidate_taps, default_tap
 from gradtap.export.graph.tokens import expose_token_taps, split_spec
@@ -75,11 +76,15 @@ def augment(
         graph.output.append(helper.make_empty_tensor_value_info(c.tap_output(alias)))
     for alias, why in cam_outputs(model, chosen).items():
         log.info("no CAM weights for tap %r: %s", alias, why)
+    if chosen:  # after the CAM heads are read: the scaling sits between the tap and its readers
+        default = meta.get(c.META_DEFAULT_TAP)
+        add_tap_scale(model, chosen[default if default in chosen else next(iter(chosen))])
     wrt = {c.INPUT: c.GRAD_INPUT}
     wrt.update({tensor: c.tap_grad_output(alias) for alias, tensor in chosen.items()})
     seed = add_seed(model)
     out = add_vjp(model, seed_of=c.LOGITS, seed=seed, wrt=wrt, relu_rule=c.RELU_RULE)
     out = out if flat else gate(out)
+    inputs_last(out)
     _stamp(out, meta, chosen, labels)
     del out.graph.value_info[:]
     out = onnx.shape_inference.infer_shapes(out, check_type=True, strict_mode=True)

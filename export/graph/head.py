@@ -50,7 +50,11 @@ def class_weights(model: onnx.ModelProto, tap: str) -> npt.NDArray[np.float32]:
 
 
 def _skip(name: str, producers: dict[str, onnx.NodeProto]) -> str:
-    while name in producers and producers[name].op_type in ("Identity", "Dropout"):
+    """Look through Identity, Dropout and the tap_scale channel scaling (ones by default)."""
+    while name in producers and (
+        producers[name].op_type in ("Identity", "Dropout")
+        or producers[name].name == f"{c.TAP_SCALE}/Mul"
+    ):
         name = producers[name].input[0]
     return name
 

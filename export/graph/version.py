@@ -12,7 +12,7 @@ import hashlib
 
 import onnx
 
-PASS_VERSION = "4.2"
+PASS_VERSION = "4.3"
 
 
 def graph_digest(model: onnx.ModelProto) -> str:

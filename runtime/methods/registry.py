@@ -18,9 +18,19 @@ import numpy as np
 import numpy.typing as npt
 
 from gradtap.runtime.errors import OptionError
+from gradtap.runtime.methods import pair
 from gradtap.runtime.methods.base import Explanation
 from gradtap.runtime.methods.cam import cam, gradcam, gradcampp, guided_gradcam
+from gradtap.runtime.methods.cam_score import ablationcam, scorecam
+from gradtap.runtime.methods.cam_variants import (
+    eigencam,
+    eigengradcam,
+    hirescam,
+    layercam,
+    xgradcam,
+)
 from gradtap.runtime.methods.gradient import deconvnet, guided_backprop, saliency
+from gradtap.runtime.methods.perturb import gradient_shap, input_x_gradient, noise_tunnel, rise
 from gradtap.runtime.methods.sampling import integrated_gradients, occlusion, smoothgrad
 from gradtap.runtime.session import ExplainSession
 from gradtap.runtime.targets import TargetSpec
@@ -113,7 +123,30 @@ METHODS: dict[str, Method] = _registry(
         signed=True,
     ),
     Method("occlusion", occlusion, "https://arxiv.org/abs/1311.2901", signed=True),
+    Method("hirescam", hirescam, "https://arxiv.org/abs/2011.08891", needs_tap=True),
+    Method("xgradcam", xgradcam, "https://arxiv.org/abs/2008.02312", needs_tap=True),
+    Method("layercam", layercam, "https://doi.org/10.1109/TIP.2021.3089943", needs_tap=True),
+    Method("eigencam", eigencam, "https://arxiv.org/abs/2008.00299", needs_tap=True),
+    Method("eigengradcam", eigengradcam, "https://arxiv.org/abs/2008.00299", needs_tap=True),
+    Method("scorecam", scorecam, "https://arxiv.org/abs/1910.01279", needs_tap=True),
+    Method(
+        "ablationcam",
+        ablationcam,
+        "https://doi.org/10.1109/WACV45572.2020.9093360",
+        needs_tap=True,
+    ),
+    Method("input_x_gradient", input_x_gradient, "https://arxiv.org/abs/1605.01713", signed=True),
+    Method("gradient_shap", gradient_shap, "https://arxiv.org/abs/1705.07874", signed=True),
+    Method("noise_tunnel", noise_tunnel, "https://arxiv.org/abs/1810.03307"),
+    Method("rise", rise, "https://arxiv.org/abs/1806.07421"),
 )
+if pair.available():  # PAIR saliency's methods over the session (the `pair` extra)
+    METHODS.update(
+        _registry(
+            Method("xrai", pair.xrai, "https://arxiv.org/abs/1906.02825"),
+            Method("blur_ig", pair.blur_ig, "https://arxiv.org/abs/2004.03383", signed=True),
+        )
+    )
 
 
 def get_method(name: str) -> Method:

@@ -18,7 +18,7 @@ from onnx import helper
 from gradtap.export.graph.augment import augment
 from gradtap.runtime import contract as c
 from tests.conftest import invoke
-from tests.graphs import controls, tiny_cnn
+from tests.graphs import controls, tiny_cnn, with_defaults
 
 LABELS = ["cat", "dog", "bird"]
 COMMANDS = ("export", "augment", "info", "explain", "attack", "visualize", "localize")
@@ -141,8 +141,9 @@ def test_augment_writes_a_working_graph_with_normalisation(forward: Path, tmp_pa
     std = np.array([0.5, 0.5, 2], np.float32).reshape(1, 3, 1, 1)
     plain = ort.InferenceSession(str(forward)).run(None, {"input": (x - mean) / std})[0]
     seed = np.zeros((2, 3), np.float32)
+    sess = ort.InferenceSession(str(dst))
     feeds = {c.INPUT: x, c.SEED: seed, **controls(onnx.load(str(dst)))}
-    ours = ort.InferenceSession(str(dst)).run([c.LOGITS], feeds)[0]
+    ours = sess.run([c.LOGITS], with_defaults(sess, feeds))[0]
     np.testing.assert_allclose(ours, plain, rtol=1e-5, atol=1e-5)
 
 

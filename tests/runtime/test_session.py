@@ -14,7 +14,7 @@ from gradtap.export.graph.augment import augment
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import ModelError, NonFiniteError, OptionError
 from gradtap.runtime.session import ExplainSession, default_providers
-from tests.graphs import controls, tiny_cnn
+from tests.graphs import controls, tiny_cnn, with_defaults
 from tests.runtime_graphs import LABELS, tiny_model
 
 RNG = np.random.default_rng(3)
@@ -34,7 +34,7 @@ def raw(model: onnx.ModelProto, names: list[str], x: np.ndarray, seed: np.ndarra
     """The same graph in a plain onnxruntime session: the reference answer."""
     s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     feeds = {c.INPUT: x, c.SEED: seed, **controls(model, relu_rule=rule)}
-    return s.run(names, feeds)
+    return s.run(names, with_defaults(s, feeds))
 
 
 def test_info_from_metadata(sess: ExplainSession) -> None:

@@ -13,7 +13,7 @@ from onnx.reference import ReferenceEvaluator
 from gradtap.export.graph.augment import augment, augment_file, load_model
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import UnsupportedOpsError
-from tests.graphs import controls, session, tiny_cnn
+from tests.graphs import controls, session, tiny_cnn, with_defaults
 
 RNG = np.random.default_rng(7)
 
@@ -96,8 +96,9 @@ def test_reference_evaluator_agrees_with_onnxruntime(aug: onnx.ModelProto) -> No
     """onnx's own reference implementation runs the graph: only standard semantics are used."""
     names = [c.LOGITS, c.GRAD_INPUT, "grad/tap/features"]
     for rule in c.RELU_RULES.values():
-        f = feeds(2, rule=rule)
-        ours = session(aug).run(names, f)
+        s = session(aug)
+        f = with_defaults(s, feeds(2, rule=rule))
+        ours = s.run(names, f)
         ref = ReferenceEvaluator(aug).run(names, f)
         for a, b in zip(ours, ref, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -15,7 +15,7 @@ from onnx.reference import ReferenceEvaluator
 from gradtap.export.graph.augment import augment
 from gradtap.export.graph.gate import branch_nodes, gate, ungate
 from gradtap.runtime import contract as c
-from tests.graphs import controls, session, tiny_cnn
+from tests.graphs import controls, session, tiny_cnn, with_defaults
 
 RNG = np.random.default_rng(11)
 NAMES = [c.LOGITS, "tap/features", c.GRAD_INPUT, "grad/tap/features"]
@@ -154,10 +154,10 @@ def test_the_reference_evaluator_agrees_at_every_level(
     gated: onnx.ModelProto, flat: onnx.ModelProto
 ) -> None:
     """onnx's own evaluator (an independent engine, If included) gives onnxruntime's numbers."""
-    ref = ReferenceEvaluator(gated)
+    ref, s = ReferenceEvaluator(gated), session(gated)
     for level in c.COMPUTE_LEVELS.values():
-        f = feeds(rule=1, compute=level)
-        for got, want in zip(ref.run(NAMES, f), session(gated).run(NAMES, f), strict=True):
+        f = with_defaults(s, feeds(rule=1, compute=level))
+        for got, want in zip(ref.run(NAMES, f), s.run(NAMES, f), strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 

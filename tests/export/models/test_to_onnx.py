@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from tests import REPO
-from tests.graphs import controls
+from tests.graphs import controls, with_defaults
 
 torch = pytest.importorskip("torch")
 
@@ -253,7 +253,8 @@ def test_export_augmented_follows_the_contract(tmp_path: Path, monkeypatch) -> N
     model, spec = build("smallcnn")
     x = np.random.default_rng(3).random((2, 3, *spec.input_size), dtype=np.float32)
     seed = np.random.default_rng(4).standard_normal((2, spec.num_classes)).astype(np.float32)
-    logits, grad = session.run([c.LOGITS, c.GRAD_INPUT], {c.INPUT: x, c.SEED: seed, **controls()})
+    feeds = with_defaults(session, {c.INPUT: x, c.SEED: seed, **controls()})
+    logits, grad = session.run([c.LOGITS, c.GRAD_INPUT], feeds)
     xt = torch.from_numpy(x).requires_grad_(True)
     out = pixel_space(model, spec)(xt)
     (out * torch.from_numpy(seed)).sum().backward()
