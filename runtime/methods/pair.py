@@ -63,7 +63,7 @@ def call_model_function(
         )
         out: dict[str, Array] = {OUTPUT_VALUES: run.logits[:, target]}
         if INPUT_GRADIENTS in keys:
-            out[INPUT_GRADIENTS] = run.grad_input.transpose(0, 2, 3, 1)  # type: ignore[union-attr]
+            out[INPUT_GRADIENTS] = run.grad_input.transpose(0, 2, 3, 1)
         if wants_tap and alias:
             out[TAP_VALUES] = run.taps[alias].transpose(0, 2, 3, 1)
             out[TAP_GRADIENTS] = run.tap_grads[alias].transpose(0, 2, 3, 1)
