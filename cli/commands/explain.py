@@ -25,6 +25,7 @@ from gradtap.cli.config import Config
 from gradtap.cli.errors import user_errors
 from gradtap.cli.modelref import model_option, open_session, resolve_model
 from gradtap.cli.outputs import OutDir
+from gradtap.runtime.image.resample import RESAMPLE_MODES
 from gradtap.runtime.methods.registry import METHODS
 from gradtap.runtime.targets import Each, TargetSpec, class_index, needs_logits, resolve
 
@@ -217,6 +218,13 @@ def _check_tap(session: Any, tap: str | None) -> None:
     help="Read and write in threads while onnxruntime computes (same results).",
 )
 @engine_options
+@click.option(
+    "--resample",
+    type=click.Choice(RESAMPLE_MODES),
+    default="area",
+    show_default=True,
+    help="Resize filter: area (OpenCV) or torchvision (Resize+CenterCrop as torchvision does it).",
+)
 @max_pixels_option
 @output_options("gradtap-out")
 @click.pass_obj
@@ -232,6 +240,7 @@ def explain(
     batch_size: int,
     max_side: int,
     recursive: bool,
+    resample: str,
     max_pixels: int,
     resume: bool,
     pipeline: bool,
@@ -271,7 +280,9 @@ def explain(
     with user_errors("--out"):
         outdir.check_writable()
     files = sources(listed(images), run, cfg, recursive=recursive)
-    settings_ = Settings(chosen, target, fmt, options, batch_size, max_side, max_pixels)
+    settings_ = Settings(
+        chosen, target, fmt, options, batch_size, max_side, max_pixels, resample=resample
+    )
     if engine == "ray":
         from gradtap.cli.engines.ray_engine import RayOptions, check_ray, run_ray
 

@@ -44,6 +44,7 @@ class Settings:
     batch_size: int
     max_side: int
     max_pixels: int = DEFAULT_MAX_PIXELS
+    resample: str = "area"  # or "torchvision" (runtime.image.resample.RESAMPLE_MODES)
 
 
 @dataclass
@@ -147,7 +148,7 @@ def read_or_error(session: ExplainSession, src: Source, s: Settings) -> Loaded |
 def read_source(session: ExplainSession, src: Source, s: Settings) -> Loaded:
     """Decode and preprocess one image (no run state: safe in a reader thread)."""
     rgb = load_image(src.path, max_pixels=s.max_pixels)
-    x, geometry = to_input(rgb, session.info)
+    x, geometry = to_input(rgb, session.info, resample=s.resample)
     image, display = for_display(rgb, geometry, s.max_side)
     return Loaded(src, x, image, display, original_size=geometry.original_size)
 

@@ -564,3 +564,21 @@ def test_only_the_requested_pictures_are_computed(
     result = explain(photos["chelsea"], "-M", models["augmented"], "--format", "heatmap",
                      "-o", tmp_path / "b")  # fmt: skip
     assert result.exit_code == 0 and drawn == ["colorize"]
+
+
+def test_resample_torchvision_feeds_the_model_as_the_runtime_does(
+    models: dict[str, Path], photos: dict[str, Path], tmp_path: Path
+) -> None:
+    from gradtap.runtime import methods
+
+    session = ExplainSession(models["augmented"])
+    maps = {}
+    for mode in ("area", "torchvision"):
+        out = tmp_path / mode
+        result = explain(photos["coffee"], "-M", models["augmented"], "-m", "saliency",
+                         "--resample", mode, "--format", "npy", "-o", out)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        maps[mode] = np.load(out / "coffee" / "saliency.npy")
+        x, _ = to_input(load_image(photos["coffee"]), session.info, resample=mode)
+        np.testing.assert_allclose(maps[mode], methods.saliency(session, x).maps[0], rtol=1e-6)
+    assert not np.allclose(maps["area"], maps["torchvision"])  # the filters differ
