@@ -15,6 +15,7 @@ from gradtap.cli.modelref import model_option, open_session
 from gradtap.cli.outputs import OutDir
 from gradtap.runtime.evaluate.data import DATASETS, load_set
 from gradtap.runtime.evaluate.maps import MAP_METHODS, MapSettings
+from gradtap.runtime.evaluate.metrics import ZHANG_TOLERANCE
 from gradtap.runtime.evaluate.report import FILES, write_report
 from gradtap.runtime.evaluate.run import EvalConfig, evaluate
 
@@ -75,6 +76,20 @@ class _Reporter:
     help="SmoothGrad samples and Integrated Gradients points.",
 )
 @click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Pointing-game tolerance in pixels (0: the maximum must lie on the object).",
+)
+@click.option(
+    "--wide-tolerance",
+    type=click.FloatRange(min=0),
+    default=ZHANG_TOLERANCE,
+    show_default=True,
+    help="Tolerance of the second pointing game reported beside it (Zhang et al.'s 15 px).",
+)
+@click.option(
     "--sanity/--no-sanity", default=True, help="Run the model-randomisation sanity check."
 )
 @click.option(
@@ -111,6 +126,8 @@ def evaluate_cmd(
     n_images: int,
     steps: int,
     samples: int,
+    tolerance: float,
+    wide_tolerance: float,
     sanity: bool,
     sanity_images: int,
     sanity_steps: int,
@@ -131,6 +148,8 @@ def evaluate_cmd(
     config = EvalConfig(
         methods=_methods(methods),
         curve_steps=steps,
+        tolerance=tolerance,
+        wide_tolerance=wide_tolerance,
         maps=MapSettings(samples=samples),
         sanity=sanity,
         sanity_images=sanity_images,

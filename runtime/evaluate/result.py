@@ -26,6 +26,7 @@ class MethodScores:
     Attributes:
         method: method name.
         pointing: [N] pointing game hits (tied maxima score their share of hits).
+        pointing_wide: [N] the same with the wide (default 15 px) tolerance.
         energy: [N] share of positive map energy inside the mask.
         deletion: [N] deletion AUC (lower is better).
         insertion: [N] insertion AUC (higher is better).
@@ -38,6 +39,7 @@ class MethodScores:
 
     method: str
     pointing: Floats
+    pointing_wide: Floats
     energy: Floats
     deletion: Floats
     insertion: Floats

@@ -122,8 +122,18 @@ def test_a_constant_map_scores_the_region_share(result) -> None:  # noqa: ANN001
     share = _region().mean()
     g = result.score("gradcam")
     np.testing.assert_allclose(g.pointing, share)
+    # every pixel of the 16 x 16 image is within 15 px of R: the standard tolerance hits
+    np.testing.assert_allclose(g.pointing_wide, 1.0)
     np.testing.assert_allclose(g.energy, share)
     assert g.iou.tolist() == [0.0, 0.0, 0.0]  # a constant map cannot seed GrabCut
+
+
+def test_wide_tolerance_scores_the_dilated_region(linear, data: EvalSet) -> None:  # noqa: ANN001
+    # a 1 px tolerance grows the 6 x 6 square R to 8 x 8 minus its 4 corners: 60 of 256 pixels
+    config = EvalConfig(methods=("gradcam",), curve_steps=4, wide_tolerance=1.0, sanity=False)
+    g = evaluate(linear, data, config).score("gradcam")
+    np.testing.assert_allclose(g.pointing_wide, 60 / 256)
+    np.testing.assert_allclose(g.pointing, 36 / 256)
 
 
 def test_cam_is_skipped_with_the_reason(result) -> None:  # noqa: ANN001
