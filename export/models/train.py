@@ -432,6 +432,12 @@ def _datasets(
     show_default=True,
     help="PGD steps of the held-out attack measured after adversarial training.",
 )
+@click.option(
+    "--init",
+    "init_from",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Start from this checkpoint's weights (e.g. adversarial fine-tuning of a trained model).",
+)
 @click.option("--threads", default=2, show_default=True, help="torch intra-op threads.")
 def main(
     synthetic_set: bool,
@@ -451,6 +457,7 @@ def main(
     adv_steps: int,
     adv_step: float | None,
     attack_steps: int,
+    init_from: Path | None,
     threads: int,
 ) -> None:
     """Train the custom CNN and save a checkpoint, e.g. --synthetic --out models/smallcnn.pt."""
@@ -469,7 +476,13 @@ def main(
             adv_steps=adv_steps,
             adv_step=adv_step,
         )
-        model = init_weights(SmallCNN(len(train_data.names), width, pools), seed)
+        if init_from is not None:
+            model, start = load_checkpoint(init_from)
+            if list(start["labels"]) != list(train_data.names):
+                raise ValueError(f"{init_from} has classes {start['labels']}, not the data's")
+            width, pools = start["width"], model.pools
+        else:
+            model = init_weights(SmallCNN(len(train_data.names), width, pools), seed)
         click.echo(f"train {train_data.description}, held out {test_data.description}", err=True)
         history = train(model, train_data, test_data, config, lambda s: click.echo(s.line()))
     except ValueError as exc:
