@@ -124,6 +124,10 @@ def to_markdown(result: EvalResult, *, heading: str = "###", plots: bool = False
         ]
     if result.skipped:
         lines += [""] + [f"Skipped {m}: {why}" for m, why in result.skipped.items()]
+    if result.checks is not None:
+        from gradtap.runtime.evaluate.checks import to_markdown as checks_markdown
+
+        lines += ["", checks_markdown(result.checks, heading=heading + "#").rstrip()]
     if plots:
         lines += ["", "![deletion and insertion curves](curves.png)"]
         if result.sanity:
@@ -201,6 +205,10 @@ def to_dict(result: EvalResult) -> dict[str, Any]:
         "skipped": dict(result.skipped),
         "seconds": result.seconds,
     }
+    if result.checks is not None:
+        from gradtap.runtime.evaluate.checks import to_dict as checks_dict
+
+        record["checks"] = checks_dict(result.checks)
     return _clean(record)
 
 

@@ -13,6 +13,7 @@ from gradtap.runtime.errors import OptionError
 from gradtap.runtime.evaluate.cascade import SanityCurve
 
 if TYPE_CHECKING:
+    from gradtap.runtime.evaluate.checks import Checks
     from gradtap.runtime.evaluate.run import EvalConfig
 
 Array = npt.NDArray[np.float32]
@@ -78,6 +79,7 @@ class EvalResult:
     skipped: Mapping[str, str]
     examples: Examples
     seconds: float
+    checks: Checks | None = None
 
     @property
     def n_images(self) -> int:

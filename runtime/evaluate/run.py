@@ -32,6 +32,7 @@ import numpy.typing as npt
 from gradtap.runtime.errors import OptionError
 from gradtap.runtime.evaluate import metrics
 from gradtap.runtime.evaluate.cascade import Progress, SanityCurve, sanity_check
+from gradtap.runtime.evaluate.checks import ChecksConfig, run_checks
 from gradtap.runtime.evaluate.data import EvalSet
 from gradtap.runtime.evaluate.maps import (
     MAP_METHODS,
@@ -70,6 +71,8 @@ class EvalConfig:
         sanity_steps: cascade depths evaluated (0 = every layer).
         seed: seed of the re-initialisation.
         examples: images whose maps are kept for the example figure.
+        checks: the trust checks (input invariance, fragility, the peers' metrics) on the
+            first images; ``ChecksConfig(images=0)`` turns them off.
     """
 
     methods: tuple[str, ...] = MAP_METHODS
@@ -84,6 +87,7 @@ class EvalConfig:
     sanity_steps: int = 8
     seed: int = 0
     examples: int = 3
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in MAP_METHODS]
@@ -219,6 +223,7 @@ def evaluate(
             seed=config.seed,
             progress=progress,
         )
+    checks = run_checks(session, x, targets, methods, config.checks, config.maps)
     n_ex = min(config.examples, len(x))
     return EvalResult(
         model=session.info.name,
@@ -236,4 +241,5 @@ def evaluate(
         skipped=skipped,
         examples=Examples(data.images[:n_ex], data.boxes[:n_ex], kept),
         seconds=time.perf_counter() - start,
+        checks=checks,
     )
