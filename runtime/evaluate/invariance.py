@@ -33,6 +33,7 @@ from onnx import numpy_helper
 
 from gradtap.runtime import contract
 from gradtap.runtime.evaluate import metrics
+from gradtap.runtime.evaluate.randomize import _ancestors
 from gradtap.runtime.methods.cam import gradcam_map
 from gradtap.runtime.methods.gradient import saliency_map
 from gradtap.runtime.methods.sampling import quadrature
@@ -68,7 +69,9 @@ class Absorbed:
 
 
 def _consumers(graph: onnx.GraphProto, name: str) -> list[onnx.NodeProto]:
-    return [n for n in graph.node if name in n.input]
+    """Forward-pass nodes reading ``name`` (backward nodes may read the input's shape)."""
+    forward = set(_ancestors(graph, contract.LOGITS))
+    return [n for i, n in enumerate(graph.node) if i in forward and name in n.input]
 
 
 def _shift_vector(shift: float | Sequence[float], channels: int) -> npt.NDArray[np.float64]:
@@ -291,7 +294,9 @@ def input_invariance(
     for m in methods:
         a, b = graph_maps(session, m, x, targets, steps), graph_maps(twin, m, xs, targets, steps)
         change = np.array([relative_change(p, q) for p, q in zip(a, b, strict=True)])
-        rho = np.array([metrics.spearman(p, q) for p, q in zip(a, b, strict=True)])
+        rho = np.array(
+            [metrics.spearman(p, q) if p.size > 1 else math.nan for p, q in zip(a, b, strict=True)]
+        )
         rows.append(InvarianceRow(m, change, rho))
     shift_t = tuple(float(v) for v in c.ravel())
     return InvarianceResult(shift_t, where, logit_diff, tuple(rows))

@@ -50,7 +50,7 @@ def test_synthetic_run_writes_the_report(models: dict[str, Path], tmp_path: Path
     md = (out / "evaluation.md").read_text("utf-8")
     assert "| gradcam |" in md and "![sanity check cascade](sanity.png)" in md
     assert "Pointing, wide" in md and record["settings"]["wide_tolerance"] == 15.0
-    assert "#### Fragility" in md and "#### The peers' metrics" in md
+    assert "### Fragility" in md and "### The peers' metrics" in md
     checks = record["checks"]
     assert checks["images"] == 1 and list(checks["peers"]) == ["saliency", "gradcam"]
     # the tiny CNN's first layer is a zero-padded Conv: no exact twin, said so
