@@ -212,3 +212,19 @@ def test_robust_model_keeps_its_recorded_accuracies_and_resists_pgd_better() -> 
     # the recorded number is over all 1000 images; 200 of them stay within a few points
     assert robust_acc == pytest.approx(adv["attacked_accuracy"], abs=0.08)
     assert robust_acc > standard_acc + 0.2, (robust_acc, standard_acc)
+
+
+def test_robust_graph_is_current_and_classifies_without_torch() -> None:
+    import onnx
+
+    from gradtap.export.graph.version import PASS_VERSION
+    from gradtap.runtime import contract as c
+    from gradtap.runtime.session import ExplainSession
+
+    graph = REPO / "models" / "smallcnn_robust.gradtap.onnx"
+    meta = {p.key: p.value for p in onnx.load(str(graph)).metadata_props}
+    assert meta[c.META_PASS_VERSION] == PASS_VERSION, "stale: run `make models`"
+    split = synthetic.make_split(200, seed=synthetic.TEST_SEED, size=64)
+    x = np.ascontiguousarray(split.images.transpose(0, 3, 1, 2), dtype=np.float32)
+    accuracy = float(np.mean(ExplainSession(graph).logits(x).argmax(1) == split.labels))
+    assert accuracy >= 0.95
