@@ -11,7 +11,7 @@ NPM_PACKAGES := onnxruntime-node@1.30.0 onnxruntime-web@1.30.0 com.github.asus4.
 ORT_HEADERS := $(NPM_DIR)/node_modules/com.github.asus4.onnxruntime/Plugins/iOS~/onnxruntime.xcframework/ios-arm64/onnxruntime.framework/Headers
 ROOT := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup test test-fast demo bench bench-e2e bench-ray bench-scorecam lint typecheck models wheels clean examples
+.PHONY: setup test test-fast demo bench bench-e2e bench-ray bench-scorecam lint typecheck models models-robust wheels clean examples
 
 setup: $(STAMP) $(EMBED_STAMP)
 
@@ -56,8 +56,16 @@ bench-ray: setup  # the Ray engine with 1 and 2 workers on this machine
 bench-scorecam: setup  # Score-CAM / Ablation-CAM against pytorch-grad-cam at equal settings
 	$(BIN)/python bench/scorecam.py $(BENCH_ARGS)
 
-models: setup  # the committed explanation graph of the trained custom CNN
+models: setup  # the committed explanation graphs of the trained custom CNNs
 	$(BIN)/gradtap export smallcnn -w models/smallcnn.pt -o models/smallcnn.gradtap.onnx --overwrite
+	$(BIN)/gradtap export smallcnn -w models/smallcnn_robust.pt -o models/smallcnn_robust.gradtap.onnx --overwrite
+
+# Retrain the adversarially trained custom CNN (PGD fine-tuning of models/smallcnn.pt; see
+# models/README.md), then `make models`. A few minutes on two idle cores.
+ROBUST_ARGS := --synthetic --init models/smallcnn.pt --train-samples 4000 --test-samples 1000 \
+	--epochs 4 --lr 1e-3 --adv-eps 0.031373 --adv-steps 2 --attack-steps 10
+models-robust: setup
+	$(BIN)/python -m gradtap.export.models.train $(ROBUST_ARGS) --out models/smallcnn_robust.pt
 
 # Wheels for a machine without torch or network: gradtap itself (with the shipped smallcnn), the
 # EfficientNet-Lite0 model wheel (exported once with torch; reproducible, with .sha256 files) and

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 SMALLCNN_CHECKPOINT = Path("models/smallcnn.pt")
+ROBUST_CHECKPOINT = Path("models/smallcnn_robust.pt")
 EXPLAIN_METHODS = "saliency,guided_backprop,gradcam,guided_gradcam"
 FOOL_PHOTO, FOOL_CLASS = "coffee", "goldfish"
 VIS_CLASSES = ("goldfish", "flamingo", "espresso")
@@ -36,6 +37,8 @@ SECTIONS = {
     "FGSM, a fooling image, class visualisations, GrabCut boxes",
     "smallcnn": "the custom CNN on generated shapes: Grad-CAM, guided backprop, saliency, "
     "class visualisations",
+    "smallcnn_robust": "the adversarially trained custom CNN on the same shapes: Grad-CAM, "
+    "guided backprop, saliency, class visualisations (compare with smallcnn)",
 }
 
 
@@ -88,10 +91,13 @@ def export_models() -> dict[str, Path]:
             "so its maps show an untrained network",
             err=True,
         )
-    return {
+    models = {
         "smallcnn": model_path("smallcnn", weights, augmented=True),
         "efficientnet_lite0": model_path("efficientnet_lite0", "IMAGENET1K", augmented=True),
     }
+    if ROBUST_CHECKPOINT.is_file():
+        models["smallcnn_robust"] = model_path("smallcnn", str(ROBUST_CHECKPOINT), augmented=True)
+    return models
 
 
 def gradtap(*args: str | Path) -> None:
@@ -161,7 +167,9 @@ def main(out: Path, quick: bool) -> None:
     models = export_models()
     run_efficientnet(models["efficientnet_lite0"], photos, out / "efficientnet_lite0", quick)
     run_smallcnn(models["smallcnn"], shapes, out / "smallcnn", quick)
-    index = write_index(out, SECTIONS)
+    if "smallcnn_robust" in models:  # the same images, the adversarially trained twin
+        run_smallcnn(models["smallcnn_robust"], shapes, out / "smallcnn_robust", quick)
+    index = write_index(out, {k: v for k, v in SECTIONS.items() if k in models})
     click.echo(f"demo done in {time.perf_counter() - start:.0f} s; open {index}")
 
 

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from gradtap.runtime.errors import OptionError
+
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 SCHEMAS = ("summary", "model-metadata")
 
@@ -21,7 +23,7 @@ SCHEMAS = ("summary", "model-metadata")
 def schema_path(name: str) -> Path:
     """The file of schema ``name`` (one of ``SCHEMAS``)."""
     if name not in SCHEMAS:
-        raise ValueError(f"unknown schema {name!r}; valid: {', '.join(SCHEMAS)}")
+        raise OptionError(f"unknown schema {name!r}; valid: {', '.join(SCHEMAS)}")
     return SCHEMA_DIR / f"{name}.schema.json"
 
 

@@ -13,8 +13,11 @@ from gradtap.cli.config import Config
 from gradtap.cli.errors import user_errors
 from gradtap.cli.modelref import model_option, open_session
 from gradtap.cli.outputs import OutDir
+from gradtap.runtime.evaluate.checks import ChecksConfig
 from gradtap.runtime.evaluate.data import DATASETS, load_set
+from gradtap.runtime.evaluate.invariance import DEFAULT_SHIFT
 from gradtap.runtime.evaluate.maps import MAP_METHODS, MapSettings
+from gradtap.runtime.evaluate.metrics import ZHANG_TOLERANCE
 from gradtap.runtime.evaluate.report import FILES, write_report
 
 EVAL_BATCH = 64
@@ -76,6 +79,35 @@ class _Reporter:
     help="SmoothGrad samples and Integrated Gradients points.",
 )
 @click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Pointing-game tolerance in pixels (0: the maximum must lie on the object).",
+)
+@click.option(
+    "--wide-tolerance",
+    type=click.FloatRange(min=0),
+    default=ZHANG_TOLERANCE,
+    show_default=True,
+    help="Tolerance of the second pointing game reported beside it (Zhang et al.'s 15 px).",
+)
+@click.option(
+    "--check-images",
+    type=click.IntRange(min=0),
+    default=8,
+    show_default=True,
+    help="Images (the first ones) for the trust checks: input invariance, fragility and the "
+    "peers' metrics (ROAD, average drop, infidelity, max-sensitivity); 0 = none.",
+)
+@click.option(
+    "--shift",
+    type=float,
+    default=DEFAULT_SHIFT,
+    show_default=True,
+    help="Input shift of the invariance check's twin model (pixel units).",
+)
+@click.option(
     "--sanity/--no-sanity", default=True, help="Run the model-randomisation sanity check."
 )
 @click.option(
@@ -112,6 +144,10 @@ def evaluate_cmd(
     n_images: int,
     steps: int,
     samples: int,
+    tolerance: float,
+    wide_tolerance: float,
+    check_images: int,
+    shift: float,
     sanity: bool,
     sanity_images: int,
     sanity_steps: int,
@@ -134,10 +170,13 @@ def evaluate_cmd(
     config = EvalConfig(
         methods=_methods(methods),
         curve_steps=steps,
+        tolerance=tolerance,
+        wide_tolerance=wide_tolerance,
         maps=MapSettings(samples=samples),
         sanity=sanity,
         sanity_images=sanity_images,
         sanity_steps=sanity_steps,
+        checks=ChecksConfig(images=check_images, shift=shift),
     )
     outdir = OutDir(out, overwrite=overwrite)
     with user_errors("--out"):

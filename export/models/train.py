@@ -7,6 +7,12 @@ loads strictly into ``SmallCNN(len(labels), width)``.
 
     python -m gradtap.export.models.train --synthetic --out models/smallcnn.pt
     python -m gradtap.export.models.train --folder data/cats_vs_dogs --size 96 --out cats_dogs.pt
+    python -m gradtap.export.models.train --synthetic --adv-eps 0.03137 --out models/smallcnn_robust.pt
+
+With ``--adv-eps`` the network is trained adversarially (Madry et al. 2018,
+https://arxiv.org/abs/1706.06083): every batch is replaced by its projected-gradient-descent
+attack, L-inf radius ``eps`` in [0, 1] pixel units, ``adv_steps`` signed-gradient steps of
+``adv_step`` from a uniformly random start inside the ball, clipped to valid pixels.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 CHECKPOINT_KEYS = frozenset({"state_dict", "labels", "width", "input_size", "accuracy", "dataset"})
+"""Keys every checkpoint has; adversarially trained ones add ``"adversarial"`` (the PGD settings
+and the PGD-attacked held-out accuracy)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,54 @@ class TrainConfig:
     seed: int = 0
     flips: bool = True
     turns: bool = True
+    adv_eps: float = 0.0
+    adv_steps: int = 3
+    adv_step: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.adv_eps < 1.0:
+            raise OptionError(f"adversarial eps must be in [0, 1) pixel units, got {self.adv_eps}")
+        if self.adv_steps < 1:
+            raise OptionError(f"adversarial steps must be >= 1, got {self.adv_steps}")
+
+    @property
+    def attack(self) -> PGD | None:
+        """The training attack, or ``None`` for standard training."""
+        if self.adv_eps == 0.0:
+            return None
+        return PGD(self.adv_eps, self.adv_steps, self.adv_step, random_start=True)
+
+
+@dataclass(frozen=True)
+class PGD:
+    """Projected gradient descent in the L-inf ball of radius ``eps`` (pixels in [0, 1]).
+
+    Each of ``steps`` steps moves by ``step`` (default ``2.5 * eps / steps``, Madry et al.'s
+    ratio) along the sign of the loss gradient, then projects back into the ball and [0, 1].
+    """
+
+    eps: float
+    steps: int = 10
+    step: float | None = None
+    random_start: bool = True
+
+    def __call__(
+        self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
+    ) -> torch.Tensor:
+        """Adversarial images for pixels ``x`` [N, 3, H, W] in [0, 1] and labels ``y``."""
+        step = self.step if self.step is not None else 2.5 * self.eps / self.steps
+        adv = x.clone()
+        if self.random_start:
+            noise = torch.rand(x.shape, generator=gen, dtype=x.dtype) * 2.0 - 1.0
+            adv = (x + self.eps * noise).clamp_(0.0, 1.0)
+        for _ in range(self.steps):
+            adv.requires_grad_(True)
+            loss = F.cross_entropy(model(normalize(adv)), y)
+            (grad,) = torch.autograd.grad(loss, adv)
+            with torch.no_grad():
+                adv = adv + step * grad.sign()
+                adv = torch.min(torch.max(adv, x - self.eps), x + self.eps).clamp_(0.0, 1.0)
+        return adv.detach()
 
 
 @dataclass(frozen=True)
@@ -201,6 +257,21 @@ def accuracy(model: torch.nn.Module, data: Dataset, batch_size: int = 256) -> fl
     return correct / len(data)
 
 
+def attacked_accuracy(
+    model: torch.nn.Module, data: Dataset, attack: PGD, *, seed: int = 0, batch_size: int = 256
+) -> float:
+    """Top-1 accuracy of ``model`` (eval mode) on ``data`` attacked by ``attack`` per image."""
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    correct = 0
+    for i in range(0, len(data), batch_size):
+        y = torch.from_numpy(data.labels[i : i + batch_size])
+        adv = attack(model, to_input(data.images[i : i + batch_size]), y, gen)
+        with torch.no_grad():
+            correct += int((model(normalize(adv)).argmax(1) == y).sum())
+    return correct / len(data)
+
+
 def train(
     model: torch.nn.Module,
     train_data: Dataset,
@@ -209,6 +280,9 @@ def train(
     on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> list[EpochStats]:
     """Train ``model`` with AdamW and a one-cycle schedule; report after every epoch.
+
+    With ``config.adv_eps > 0`` every batch is first replaced by its PGD attack (adversarial
+    training); the reported training accuracy is then the accuracy on the attacked batches.
 
     Args:
         model: a network taking normalised NCHW input.
@@ -231,7 +305,7 @@ def train(
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=config.lr, total_steps=steps * config.epochs, pct_start=0.15
     )
-    history = []
+    history, attack = [], config.attack
     for epoch in range(1, config.epochs + 1):
         start, model = time.perf_counter(), model.train()
         order = torch.randperm(len(train_data), generator=gen).numpy()
@@ -240,6 +314,9 @@ def train(
             idx = np.sort(order[step * config.batch_size : (step + 1) * config.batch_size])
             x = _augment(to_input(train_data.images[idx]), config, gen)
             y = torch.from_numpy(train_data.labels[idx])
+            if attack is not None:
+                x = attack(model.eval(), x, y, gen)
+                model.train()
             logits = model(normalize(x))
             loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
@@ -273,17 +350,25 @@ def save_checkpoint(
     input_size: int,
     accuracy: float,
     dataset: str,
+    adversarial: dict | None = None,
 ) -> None:
-    """Write the checkpoint dict that ``gradtap.export.models.zoo.build("smallcnn", ...)`` loads."""
+    """Write the checkpoint dict that ``gradtap.export.models.zoo.build("smallcnn", ...)`` loads.
+
+    ``adversarial`` (adversarially trained models) records the training attack and the
+    PGD-attacked held-out accuracy, e.g. ``{"eps": 0.03, "steps": 3, "attacked_accuracy": 0.9}``.
+    """
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     ckpt = {
         "state_dict": state,
         "labels": list(labels),
         "width": int(width),
+        "pools": int(getattr(model, "pools", 2)),
         "input_size": int(input_size),
         "accuracy": float(accuracy),
         "dataset": str(dataset),
     }
+    if adversarial is not None:
+        ckpt["adversarial"] = dict(adversarial)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, path)
 
@@ -294,7 +379,7 @@ def load_checkpoint(path: Path) -> tuple[SmallCNN, dict]:
     missing = CHECKPOINT_KEYS - set(ckpt) if isinstance(ckpt, dict) else CHECKPOINT_KEYS
     if missing:
         raise OptionError(f"{path} is not a SmallCNN checkpoint: missing keys {sorted(missing)}")
-    model = SmallCNN(len(ckpt["labels"]), ckpt["width"])
+    model = SmallCNN(len(ckpt["labels"]), ckpt["width"], ckpt.get("pools", 2))
     model.load_state_dict(ckpt["state_dict"], strict=True)
     return model.eval(), ckpt
 
@@ -320,6 +405,13 @@ def _datasets(
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--size", default=synthetic.DEFAULT_SIZE, show_default=True, help="Input side.")
 @click.option("--width", default=16, show_default=True, help="SmallCNN width (first block).")
+@click.option(
+    "--pools",
+    type=click.IntRange(0, 2),
+    default=2,
+    show_default=True,
+    help="Max-pools (the tap has 1 / 2**pools of the input side).",
+)
 @click.option("--epochs", default=TrainConfig.epochs, show_default=True)
 @click.option("--batch-size", default=TrainConfig.batch_size, show_default=True)
 @click.option("--lr", default=TrainConfig.lr, show_default=True, help="Peak learning rate.")
@@ -327,6 +419,26 @@ def _datasets(
 @click.option("--train-samples", default=12000, show_default=True, help="Synthetic only.")
 @click.option("--test-samples", default=2000, show_default=True, help="Synthetic only.")
 @click.option("--holdout", default=0.2, show_default=True, help="Folder only: held-out share.")
+@click.option(
+    "--adv-eps",
+    default=0.0,
+    show_default=True,
+    help="Adversarial training: PGD L-inf radius in [0, 1] pixel units (0 = standard training).",
+)
+@click.option("--adv-steps", default=TrainConfig.adv_steps, show_default=True, help="PGD steps.")
+@click.option("--adv-step", type=float, help="PGD step size [default: 2.5 * eps / steps].")
+@click.option(
+    "--attack-steps",
+    default=10,
+    show_default=True,
+    help="PGD steps of the held-out attack measured after adversarial training.",
+)
+@click.option(
+    "--init",
+    "init_from",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Start from this checkpoint's weights (e.g. adversarial fine-tuning of a trained model).",
+)
 @click.option("--threads", default=2, show_default=True, help="torch intra-op threads.")
 def main(
     synthetic_set: bool,
@@ -334,6 +446,7 @@ def main(
     out: Path,
     size: int,
     width: int,
+    pools: int,
     epochs: int,
     batch_size: int,
     lr: float,
@@ -341,6 +454,11 @@ def main(
     train_samples: int,
     test_samples: int,
     holdout: float,
+    adv_eps: float,
+    adv_steps: int,
+    adv_step: float | None,
+    attack_steps: int,
+    init_from: Path | None,
     threads: int,
 ) -> None:
     """Train the custom CNN and save a checkpoint, e.g. --synthetic --out models/smallcnn.pt."""
@@ -349,14 +467,41 @@ def main(
     try:
         args = (synthetic_set, folder, size, train_samples, test_samples, holdout)
         train_data, test_data = _datasets(*args)
-        config = TrainConfig(epochs, batch_size, lr, seed=seed, turns=folder is None)
-        model = init_weights(SmallCNN(len(train_data.names), width), seed)
+        config = TrainConfig(
+            epochs,
+            batch_size,
+            lr,
+            seed=seed,
+            turns=folder is None,
+            adv_eps=adv_eps,
+            adv_steps=adv_steps,
+            adv_step=adv_step,
+        )
+        if init_from is not None:
+            model, start = load_checkpoint(init_from)
+            if list(start["labels"]) != list(train_data.names):
+                raise OptionError(f"{init_from} has classes {start['labels']}, not the data's")
+            width, pools = start["width"], model.pools
+        else:
+            model = init_weights(SmallCNN(len(train_data.names), width, pools), seed)
         click.echo(f"train {train_data.description}, held out {test_data.description}", err=True)
         history = train(model, train_data, test_data, config, lambda s: click.echo(s.line()))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     acc = history[-1].test_accuracy
     dataset = "synthetic" if folder is None else f"folder:{folder.name}"
+    adversarial = None
+    if config.attack is not None:
+        attack = PGD(adv_eps, attack_steps)
+        robust = attacked_accuracy(model, test_data, attack, seed=seed)
+        adversarial = {
+            "eps": adv_eps,
+            "steps": adv_steps,
+            "step": adv_step if adv_step is not None else 2.5 * adv_eps / adv_steps,
+            "attack_steps": attack_steps,
+            "attacked_accuracy": robust,
+        }
+        click.echo(f"PGD-{attack_steps} (eps {adv_eps:.4g}) held-out accuracy {robust:.4f}")
     save_checkpoint(
         out,
         model,
@@ -365,6 +510,7 @@ def main(
         input_size=size,
         accuracy=acc,
         dataset=dataset,
+        adversarial=adversarial,
     )
     click.echo(f"held-out accuracy {acc:.4f} on {len(test_data)} images; wrote {out}")
 

@@ -255,7 +255,8 @@ def _build_smallcnn(
             )
         n = state["fc.weight"].shape[0]
         labels = _check_labels(name, labels or ckpt.get("labels") or _default_labels(n), n)
-        model = SmallCNN(n, width=int(ckpt.get("width", state["features.0.weight"].shape[0])))
+        width = int(ckpt.get("width", state["features.0.weight"].shape[0]))
+        model = SmallCNN(n, width=width, pools=int(ckpt.get("pools", 2)))
         load_strict(model, state, repr(str(weights)))
         size = int(ckpt.get("input_size", SMALLCNN_INPUT_SIZE))
         desc = _checkpoint_description(weights, ckpt)

@@ -31,6 +31,10 @@ BoolArray = npt.NDArray[np.bool_]
 ProbFn = Callable[[npt.NDArray[np.float32]], npt.ArrayLike]
 Box = tuple[float, float, float, float]
 
+ZHANG_TOLERANCE = 15.0
+"""The pointing game's standard tolerance in pixels (Zhang et al. 2016): a maximum within 15 px
+of the object counts as a hit, which is how the literature's numbers are reported."""
+
 SUBSTRATES = frozenset({"zeros", "mean", "blur"})
 """Named pixel substrates: black, the image's per-channel mean, or the image Gaussian-blurred."""
 

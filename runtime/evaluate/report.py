@@ -19,9 +19,9 @@ if TYPE_CHECKING:
     from gradtap.runtime.evaluate.result import EvalResult, MethodScores
 
 Floats = npt.NDArray[np.float64]
-METRICS = ("pointing", "energy", "deletion", "insertion", "iou")
+METRICS = ("pointing", "pointing_wide", "energy", "deletion", "insertion", "iou")
 HEADER = (
-    "| Method | Pointing ↑ | Energy PG ↑ | Deletion AUC ↓ | Insertion AUC ↑ | "
+    "| Method | Pointing ↑ | Pointing, wide ↑ | Energy PG ↑ | Deletion AUC ↓ | Insertion AUC ↑ | "
     "Del. < random | Ins. > random | GrabCut IoU ↑ | Sanity ρ, top layer | "
     "Sanity ρ, all layers ↓ | Sanity SSIM, all layers ↓ | ms / image |"
 )
@@ -70,7 +70,7 @@ def _sanity_cells(result: EvalResult, method: str) -> list[str]:
 
 def _row(result: EvalResult, s: MethodScores) -> str:
     wins = beats_random(result, s)
-    cells = [s.method] + [_pm(getattr(s, k)) for k in METRICS[:4]]
+    cells = [s.method] + [_pm(getattr(s, k)) for k in METRICS[:5]]
     cells += ["—" if s.method == RANDOM else _num(w) for w in wins]
     cells += [_pm(s.iou)] + _sanity_cells(result, s.method)
     cells += [f"{1000 * s.seconds / result.n_images:.1f}"]
@@ -83,7 +83,8 @@ def settings_text(result: EvalResult) -> str:
     text = (
         f"Deletion to `{c.substrate}`, insertion from a Gaussian blur (σ = {result.blur_sigma:.2g} "
         f"px), {c.curve_steps} stages of {result.step} pixels, softmax probability of the "
-        f"target, trapezoid AUC. Pointing-game tolerance {c.tolerance:g} px. SmoothGrad "
+        f"target, trapezoid AUC. Pointing-game tolerance {c.tolerance:g} px, wide "
+        f"{c.wide_tolerance:g} px. SmoothGrad "
         f"{c.maps.samples} samples (noise 0.15), Integrated Gradients {c.maps.samples} "
         f"Gauss-Legendre points from black, occlusion window {c.maps.occlusion_window:.3g} and "
         f"stride {c.maps.occlusion_stride:.3g} of the input side. GrabCut seeded from the map "
@@ -125,6 +126,10 @@ def to_markdown(result: EvalResult, *, heading: str = "###", plots: bool = False
         ]
     if result.skipped:
         lines += [""] + [f"Skipped {m}: {why}" for m, why in result.skipped.items()]
+    if result.checks is not None:
+        from gradtap.runtime.evaluate.checks import to_markdown as checks_markdown
+
+        lines += ["", checks_markdown(result.checks, heading=heading + "#").rstrip()]
     if plots:
         lines += ["", "![deletion and insertion curves](curves.png)"]
         if result.sanity:
@@ -188,6 +193,7 @@ def to_dict(result: EvalResult) -> dict[str, Any]:
             "substrate": c.substrate,
             "blur_sigma": result.blur_sigma,
             "tolerance": c.tolerance,
+            "wide_tolerance": c.wide_tolerance,
             "samples": c.maps.samples,
             "occlusion_window": c.maps.occlusion_window,
             "occlusion_stride": c.maps.occlusion_stride,
@@ -201,6 +207,10 @@ def to_dict(result: EvalResult) -> dict[str, Any]:
         "skipped": dict(result.skipped),
         "seconds": result.seconds,
     }
+    if result.checks is not None:
+        from gradtap.runtime.evaluate.checks import to_dict as checks_dict
+
+        record["checks"] = checks_dict(result.checks)
     return _clean(record)
 
 

@@ -13,6 +13,7 @@ from gradtap.runtime.errors import OptionError
 from gradtap.runtime.evaluate.cascade import SanityCurve
 
 if TYPE_CHECKING:
+    from gradtap.runtime.evaluate.checks import Checks
     from gradtap.runtime.evaluate.run import EvalConfig
 
 Array = npt.NDArray[np.float32]
@@ -26,6 +27,7 @@ class MethodScores:
     Attributes:
         method: method name.
         pointing: [N] pointing game hits (tied maxima score their share of hits).
+        pointing_wide: [N] the same with the wide (default 15 px) tolerance.
         energy: [N] share of positive map energy inside the mask.
         deletion: [N] deletion AUC (lower is better).
         insertion: [N] insertion AUC (higher is better).
@@ -38,6 +40,7 @@ class MethodScores:
 
     method: str
     pointing: Floats
+    pointing_wide: Floats
     energy: Floats
     deletion: Floats
     insertion: Floats
@@ -76,6 +79,7 @@ class EvalResult:
     skipped: Mapping[str, str]
     examples: Examples
     seconds: float
+    checks: Checks | None = None
 
     @property
     def n_images(self) -> int:

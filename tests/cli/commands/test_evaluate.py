@@ -14,7 +14,7 @@ from gradtap.runtime.evaluate.synthetic import CLASS_NAMES
 from tests.conftest import invoke
 from tests.runtime_graphs import tiny_model
 
-SMALL = ["-n", "3", "--steps", "4", "--samples", "2", "--sanity-images", "2"]
+SMALL = ["-n", "3", "--steps", "4", "--samples", "2", "--sanity-images", "2", "--check-images", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,12 @@ def test_synthetic_run_writes_the_report(models: dict[str, Path], tmp_path: Path
         assert image is not None and image.shape[0] > 100 and image.shape[1] > 200
     md = (out / "evaluation.md").read_text("utf-8")
     assert "| gradcam |" in md and "![sanity check cascade](sanity.png)" in md
+    assert "Pointing, wide" in md and record["settings"]["wide_tolerance"] == 15.0
+    assert "### Fragility" in md and "### The peers' metrics" in md
+    checks = record["checks"]
+    assert checks["images"] == 1 and list(checks["peers"]) == ["saliency", "gradcam"]
+    # the tiny CNN's first layer is a zero-padded Conv: no exact twin, said so
+    assert "invariance" in checks or "Input invariance not checked" in md
     assert json.loads((out / "evaluation.json").read_text("utf-8")) == record
     assert "evaluate: sanity 3/3 cascade depth" in result.stderr
 

@@ -32,6 +32,32 @@ def test_pointing_game_single_peak_tolerance_is_euclidean() -> None:
     assert metrics.pointing_game(sal, mask, tolerance=5.0) == 1.0
 
 
+def test_pointing_game_standard_tolerance_is_15_pixels_by_hand() -> None:
+    # Zhang et al.: a maximum within 15 px of the object is a hit
+    assert metrics.ZHANG_TOLERANCE == 15.0
+    mask = np.zeros((40, 40), bool)
+    mask[2, 2] = True
+    tol = metrics.ZHANG_TOLERANCE
+    at_15 = np.zeros((40, 40))
+    at_15[2 + 9, 2 + 12] = 1.0  # a 9-12-15 triangle: exactly 15 px away
+    assert metrics.pointing_game(at_15, mask, tolerance=tol) == 1.0
+    assert metrics.pointing_game(at_15, mask) == 0.0
+    beyond = np.zeros((40, 40))
+    beyond[2 + 11, 2 + 11] = 1.0  # 11 * sqrt(2) = 15.56 px away
+    assert metrics.pointing_game(beyond, mask, tolerance=tol) == 0.0
+    ties = at_15 + beyond  # two tied maxima, one inside the tolerance: half a hit
+    assert metrics.pointing_game(ties, mask, tolerance=tol) == 0.5
+
+
+def test_pointing_game_tolerance_is_clipped_at_the_border() -> None:
+    # a mask on the border dilates only into the image: 3 x 3 corner block minus nothing
+    # outside; the flat map scores (pixels within 2 px of (0, 0)) / all = 6 / 100
+    mask = np.zeros((10, 10), bool)
+    mask[0, 0] = True
+    flat = np.ones((10, 10))
+    assert metrics.pointing_game(flat, mask, tolerance=2) == pytest.approx(6 / 100)
+
+
 def test_pointing_game_flat_map_scores_share_of_ties_inside() -> None:
     mask = _disc_mask()
     expected = mask.sum() / mask.size

@@ -122,8 +122,18 @@ def test_a_constant_map_scores_the_region_share(result) -> None:  # noqa: ANN001
     share = _region().mean()
     g = result.score("gradcam")
     np.testing.assert_allclose(g.pointing, share)
+    # every pixel of the 16 x 16 image is within 15 px of R: the standard tolerance hits
+    np.testing.assert_allclose(g.pointing_wide, 1.0)
     np.testing.assert_allclose(g.energy, share)
     assert g.iou.tolist() == [0.0, 0.0, 0.0]  # a constant map cannot seed GrabCut
+
+
+def test_wide_tolerance_scores_the_dilated_region(linear, data: EvalSet) -> None:  # noqa: ANN001
+    # a 1 px tolerance grows the 6 x 6 square R to 8 x 8 minus its 4 corners: 60 of 256 pixels
+    config = EvalConfig(methods=("gradcam",), curve_steps=4, wide_tolerance=1.0, sanity=False)
+    g = evaluate(linear, data, config).score("gradcam")
+    np.testing.assert_allclose(g.pointing_wide, 60 / 256)
+    np.testing.assert_allclose(g.pointing, 36 / 256)
 
 
 def test_cam_is_skipped_with_the_reason(result) -> None:  # noqa: ANN001
@@ -164,13 +174,28 @@ def test_colour_and_cam_maps_come_back_at_input_resolution(data: EvalSet) -> Non
 
 def test_markdown_and_json_records(result) -> None:  # noqa: ANN001
     md = result.to_markdown()
-    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    main = md.split("\n#### ")[0]  # the trust checks' tables follow under their headings
+    rows = [line for line in main.splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + 3  # header and one row per method
     assert rows[1].startswith("| saliency | 1.000 ± 0.000 | 1.000 ± 0.000 |")
     record = json.loads(json.dumps(result.to_dict(), allow_nan=False))
     assert record["dataset"]["n_images"] == 3
     assert record["methods"]["saliency"]["pointing"] == {"mean": 1.0, "sem": 0.0}
     assert record["settings"]["pixels_per_step"] == result.step
+
+
+def test_trust_checks_of_the_linear_model(result) -> None:  # noqa: ANN001
+    # a linear model: the twin is exact, its gradient does not move (saliency unchanged and
+    # unattackable), gradient x input moves with the shifted input
+    checks = result.checks
+    assert checks is not None and checks.images == 3
+    rows = {r.method: r for r in checks.invariance.rows}
+    assert rows["saliency"].invariant and not rows["gradient_x_input"].invariant
+    adv = next(c for c in checks.fragility if c.kind == "adversarial")
+    assert adv.method == "saliency" and adv.intersection == (1.0,) * len(adv.eps)
+    assert [s.method for s in checks.peers] == ["saliency", "gradcam"]
+    record = result.to_dict()["checks"]
+    assert record["invariance"]["methods"]["saliency"]["unchanged"] is True
 
 
 @pytest.mark.parametrize(
