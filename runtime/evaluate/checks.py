@@ -187,19 +187,19 @@ def to_markdown(checks: Checks, heading: str = "####") -> str:
         lines.append("")
     if checks.fragility:
         eps = checks.fragility[0].eps
-        head = " | ".join(f"ε = {e * 255:.0f}/255" for e in eps)
+        columns = " | ".join(f"ε = {e * 255:.0f}/255" for e in eps)
         lines += [
             f"{heading} Fragility",
             "",
             "Top-k intersection (k = 2 % of the pixels) of the map before and after a "
             "perturbation that keeps the predicted class; 1 = the same top pixels.",
             "",
-            f"| Method | Perturbation | {head} |",
+            f"| Method | Perturbation | {columns} |",
             "|---|---|" + "---|" * len(eps),
         ]
         for c in checks.fragility:
-            vals = " | ".join(_num(v) for v in c.intersection)
-            lines.append(f"| {c.method} | {c.kind} | {vals} |")
+            cells = " | ".join(_num(v) for v in c.intersection)
+            lines.append(f"| {c.method} | {c.kind} | {cells} |")
         lines.append("")
     lines += [*checks.notes, ""] if checks.notes else []
     return "\n".join(lines)

@@ -112,7 +112,12 @@ def _absorb(graph: onnx.GraphProto, x: str, c: np.ndarray) -> Absorbed:
     name = node.name or node.op_type
     other = next((i for i in node.input if i != x), None)
     value = None if other is None else _init(graph, other)
-    if node.op_type in ("Sub", "Add") and value is not None and list(node.input).index(x) == 0:
+    if (
+        node.op_type in ("Sub", "Add")
+        and other is not None
+        and value is not None
+        and list(node.input).index(x) == 0
+    ):
         col = c.reshape((-1,) + (1,) * max(0, value.ndim - 2)) if value.ndim >= 2 else c
         new = value + col if node.op_type == "Sub" else value - col
         if new.shape != np.broadcast(value, col).shape:
