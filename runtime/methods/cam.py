@@ -6,19 +6,44 @@ maps at tap resolution (guided Grad-CAM: colour maps at input resolution).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import numpy.typing as npt
 
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import ModelError, OptionError
 from gradtap.runtime.image.geometry import resize
-from gradtap.runtime.methods.base import Explanation, finish, prepare
-from gradtap.runtime.session import ExplainSession
+from gradtap.runtime.methods.base import Explanation, Prepared, finish, prepare
+from gradtap.runtime.session import ExplainSession, Pass
 from gradtap.runtime.targets import TargetSpec
 
 Array = npt.NDArray[np.float32]
 
 UPSAMPLING = ("bilinear", "nearest")
+
+
+def tap_pass(
+    session: ExplainSession,
+    x: Array,
+    target: TargetSpec,
+    aliases: Sequence[str],
+    *,
+    grads: bool,
+    constants: Sequence[str] = (),
+) -> tuple[Pass, Prepared]:
+    """The CAM family's one call: the taps (and their gradients with ``grads``), the backward
+    pass stopping at the taps, the predicted class explained in the call that predicts it."""
+    prep = prepare(session, x, target, defer_top1=True)
+    if grads:
+        run = session.run(
+            prep.x, prep.seed, grad_input=False, taps=aliases, top1=prep.top1, constants=constants
+        )
+    else:
+        run = session.run(
+            prep.x, None, grad_input=False, taps=aliases, tap_grads=False, constants=constants
+        )
+    return run, prep.settled(run.logits)
 
 
 def cam(
@@ -47,12 +72,8 @@ def cam(
             f"model {session.info.name!r} has them after {list(session.info.cam_taps) or 'no tap'}"
             " (use gradcam otherwise)"
         )
-    prep = prepare(session, x, target, defer_top1=True)
     weights_out = c.cam_output(alias)
-    run = session.run(
-        prep.x, None, grad_input=False, taps=[alias], tap_grads=False, constants=[weights_out]
-    )
-    prep = prep.settled(run.logits)
+    run, prep = tap_pass(session, x, target, [alias], grads=False, constants=[weights_out])
     weights = run.constants[weights_out]
     maps = np.einsum("rk,rkhw->rhw", weights[prep.rows.target], run.taps[alias])
     maps = np.maximum(maps, 0) if relu else maps
@@ -94,9 +115,7 @@ def gradcam(
         Maps [R, h, w] at tap resolution.
     """
     alias = session.info.tap(tap)
-    prep = prepare(session, x, target, defer_top1=True)
-    run = session.run(prep.x, prep.seed, grad_input=False, taps=[alias], top1=prep.top1)
-    prep = prep.settled(run.logits)
+    run, prep = tap_pass(session, x, target, [alias], grads=True)
     maps = gradcam_map(run.taps[alias], run.tap_grads[alias], relu=relu)
     return finish("gradcam", maps, prep, session, row_logits=run.logits)
 
@@ -110,9 +129,7 @@ def gradcampp(
         Maps [R, h, w] at tap resolution.
     """
     alias = session.info.tap(tap)
-    prep = prepare(session, x, target, defer_top1=True)
-    run = session.run(prep.x, prep.seed, grad_input=False, taps=[alias], top1=prep.top1)
-    prep = prep.settled(run.logits)
+    run, prep = tap_pass(session, x, target, [alias], grads=True)
     maps = gradcampp_map(run.taps[alias], run.tap_grads[alias])
     return finish("gradcam++", maps, prep, session, row_logits=run.logits)
 
@@ -138,9 +155,7 @@ def guided_gradcam(
     if upsample not in UPSAMPLING:
         raise OptionError(f"upsample {upsample!r} unknown; valid: {list(UPSAMPLING)}")
     alias = session.info.tap(tap)
-    prep = prepare(session, x, target, defer_top1=True)
-    plain = session.run(prep.x, prep.seed, grad_input=False, taps=[alias], top1=prep.top1)
-    prep = prep.settled(plain.logits)
+    plain, prep = tap_pass(session, x, target, [alias], grads=True)
     guided = session.run(prep.x, prep.seed, relu_rule="guided")
     cams = gradcam_map(plain.taps[alias], plain.tap_grads[alias])
     size = prep.x.shape[2:]

@@ -15,8 +15,9 @@ import numpy.typing as npt
 
 from gradtap.runtime.errors import OptionError
 from gradtap.runtime.image.geometry import resize
-from gradtap.runtime.methods.base import Explanation, Prepared, finish, prepare
-from gradtap.runtime.session import ExplainSession, Pass
+from gradtap.runtime.methods.base import Explanation, finish
+from gradtap.runtime.methods.cam import tap_pass
+from gradtap.runtime.session import ExplainSession
 from gradtap.runtime.targets import TargetSpec
 
 Array = npt.NDArray[np.float32]
@@ -53,17 +54,6 @@ def first_component(acts: Array) -> Array:
     return np.einsum("rpk,rk->rp", flat, vt[:, 0]).reshape(r, h, w).astype(np.float32)
 
 
-def _tap_pass(
-    session: ExplainSession, x: Array, target: TargetSpec, aliases: Sequence[str], grads: bool
-) -> tuple[Pass, Prepared]:
-    prep = prepare(session, x, target, defer_top1=True)
-    if grads:
-        run = session.run(prep.x, prep.seed, grad_input=False, taps=aliases, top1=prep.top1)
-    else:
-        run = session.run(prep.x, None, grad_input=False, taps=aliases, tap_grads=False)
-    return run, prep.settled(run.logits)
-
-
 def _rectify(maps: Array, relu: bool) -> Array:
     return np.maximum(maps, 0) if relu else maps
 
@@ -82,7 +72,7 @@ def hirescam(
         Maps [R, h, w] at tap resolution.
     """
     alias = session.info.tap(tap)
-    run, prep = _tap_pass(session, x, target, [alias], grads=True)
+    run, prep = tap_pass(session, x, target, [alias], grads=True)
     maps = _rectify(hirescam_map(run.taps[alias], run.tap_grads[alias]), relu)
     return finish("hirescam", maps, prep, session, row_logits=run.logits)
 
@@ -101,7 +91,7 @@ def xgradcam(
         Maps [R, h, w] at tap resolution.
     """
     alias = session.info.tap(tap)
-    run, prep = _tap_pass(session, x, target, [alias], grads=True)
+    run, prep = tap_pass(session, x, target, [alias], grads=True)
     maps = _rectify(xgradcam_map(run.taps[alias], run.tap_grads[alias]), relu)
     return finish("xgradcam", maps, prep, session, row_logits=run.logits)
 
@@ -135,7 +125,7 @@ def layercam(
         if not names:
             raise OptionError("taps must name at least one tap")
         aliases = [session.info.tap(t) for t in names]
-    run, prep = _tap_pass(session, x, target, aliases, grads=True)
+    run, prep = tap_pass(session, x, target, aliases, grads=True)
     cams = [np.maximum(layercam_map(run.taps[a], run.tap_grads[a]), 0) for a in aliases]
     if taps is None:
         maps = cams[0]
@@ -157,7 +147,7 @@ def eigencam(
         Maps [R, h, w] at tap resolution.
     """
     alias = session.info.tap(tap)
-    run, prep = _tap_pass(session, x, target, [alias], grads=False)
+    run, prep = tap_pass(session, x, target, [alias], grads=False)
     maps = np.maximum(first_component(run.taps[alias]), 0)
     return finish("eigencam", maps, prep, session, row_logits=run.logits)
 
@@ -171,7 +161,7 @@ def eigengradcam(
         Maps [R, h, w] at tap resolution.
     """
     alias = session.info.tap(tap)
-    run, prep = _tap_pass(session, x, target, [alias], grads=True)
+    run, prep = tap_pass(session, x, target, [alias], grads=True)
     maps = np.maximum(first_component(run.taps[alias] * run.tap_grads[alias]), 0)
     return finish("eigengradcam", maps, prep, session, row_logits=run.logits)
 
