@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import simplejpeg
 from PIL import Image
 
 from gradtap.runtime.errors import ImageError
@@ -134,6 +135,8 @@ def decode(img: Image.Image, data: bytes, name: str) -> np.ndarray:
     try:
         if img.format == "PNG":  # chunk checksums, the image data's included
             _verify(data)
+        if img.format == "JPEG":  # libjpeg's warnings: a scan cut short, corrupt entropy data
+            _check_jpeg(data, name)
         img.load()
         arr = _to_array(img, name)
     except ImageError:
@@ -145,6 +148,23 @@ def decode(img: Image.Image, data: bytes, name: str) -> np.ndarray:
     if deep:
         arr = _opencv_16bit(data, arr.shape[:2], name)
     return arr
+
+
+def _check_jpeg(data: bytes, name: str) -> None:
+    """libjpeg-turbo's warnings as errors, at its smallest DCT scale (every scan is still read).
+
+    Pillow decodes a JPEG whose scan a marker cuts short as grey rows and passes libjpeg's
+    warning over; simplejpeg raises it. Its other refusals (a colour conversion it does not do)
+    leave Pillow's decoding standing.
+    """
+    try:
+        simplejpeg.decode_jpeg(data, strict=True, min_height=1, min_width=1)
+    except ValueError as err:
+        text = str(err).lower()
+        if "extraneous bytes before marker" in text:  # padding some cameras write: harmless
+            return
+        if "corrupt jpeg data" in text or "premature end" in text:
+            raise ImageError(f"{name!r} is damaged: {_reason(err)}") from None
 
 
 def _verify(data: bytes) -> None:
