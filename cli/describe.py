@@ -24,9 +24,11 @@ _MEANING = {
     + ", ".join(f"{v} {k}" for k, v in c.COMPUTE_LEVELS.items()),
     c.LOGITS: "class scores (before softmax)",
     c.GRAD_INPUT: "d sum(seed * logits) / d input",
+    c.PROBABILITIES: "the original graph's output: its Softmax/Sigmoid head applied to logits",
 }
 
 
+_PREP_KEYS = ("layout", "channel_order", "value_range", "mean", "std")
 OPTIONAL_INPUTS = frozenset({c.RELU_RULE, c.SEED_TOP1, c.OBJECTIVE, c.COMPUTE})
 
 
@@ -109,6 +111,8 @@ def _from_metadata(meta: dict[str, str]) -> dict[str, Any]:
         "input_size": _json(meta.get(c.META_INPUT_SIZE)),
         "resize": _json(meta.get(c.META_RESIZE)),
         "normalization": _json(meta.get(c.META_NORMALIZATION)),
+        "preprocessing": _json(meta.get(c.META_PREPROCESSING)),
+        "head": _json(meta.get(c.META_HEAD)),
     }
 
 
@@ -162,6 +166,16 @@ def to_text(info: dict[str, Any]) -> list[str]:
     resize = json.dumps(info["resize"] or {"policy": "stretch"})
     lines.append(f"input     size {json.dumps(info['input_size'])}  resize {resize}")
     lines.append(f"normalize {json.dumps(info['normalization'])}")
+    prep = info.get("preprocessing")
+    if isinstance(prep, dict):
+        stated = ", ".join(f"{k} {json.dumps(prep.get(k))}" for k in _PREP_KEYS)
+        lines.append(f"original  the graph expected {stated}; converted in the graph")
+    head = info.get("head")
+    if isinstance(head, dict):
+        lines.append(
+            f"head      {head.get('op')} removed: logits are its input {head.get('scores')!r}, "
+            f"its output is {head.get('probabilities')!r}; gradients explain the logits"
+        )
     lines.append("metadata:")
     lines += [f"  {k} = {v}" for k, v in info["metadata"].items()]
     lines.append("providers " + ", ".join(info["providers"]))

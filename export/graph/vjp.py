@@ -44,7 +44,7 @@ def differentiated_nodes(
 
 
 def check_coverage(nodes: list[onnx.NodeProto], rules: Mapping[str, VjpRule]) -> None:
-    """Raise one error naming every op type without a rule and the nodes that use it."""
+    """Raise one error naming every op type without a rule: a count and a few nodes for each."""
     missing: dict[str, list[str]] = defaultdict(list)
     for node in nodes:
         if node.op_type not in rules or node.domain not in ("", "ai.onnx"):
@@ -52,8 +52,11 @@ def check_coverage(nodes: list[onnx.NodeProto], rules: Mapping[str, VjpRule]) ->
                 node.name or node.output[0]
             )
     if missing:
+        shown = 3
         listed = "; ".join(
-            f"{op} (nodes: {', '.join(names)})" for op, names in sorted(missing.items())
+            f"{op}: {len(names)} node{'s' if len(names) > 1 else ''} ({', '.join(names[:shown])}"
+            + (f", +{len(names) - shown} more)" if len(names) > shown else ")")
+            for op, names in sorted(missing.items(), key=lambda kv: (-len(kv[1]), kv[0]))
         )
         raise UnsupportedOpsError(
             f"no backward rule for {len(missing)} op type(s) on the gradient path: {listed}. "

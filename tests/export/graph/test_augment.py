@@ -138,7 +138,7 @@ def test_unsupported_ops_are_all_listed_before_emitting() -> None:
     with pytest.raises(UnsupportedOpsError) as err:
         augment(model)
     message = str(err.value)
-    assert "Elu (nodes: relu1)" in message and "Selu (nodes: relu2)" in message
+    assert "Elu: 1 node (relu1)" in message and "Selu: 1 node (relu2)" in message
     assert "Supported:" in message and "Conv" in message
 
 
