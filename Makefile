@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.gradtap-setup
 
-.PHONY: setup test test-fast demo bench lint models clean
+.PHONY: setup test test-fast demo bench zoo lint models clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,9 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+zoo: setup  # the model-zoo check: writes docs/models.md, resumes from out/zoo/ (ZOO_ARGS=--models a,b)
+	$(BIN)/python bench/zoo.py $(ZOO_ARGS)
 
 models: setup  # the committed explanation graph of the trained custom CNN
 	$(BIN)/gradtap export smallcnn -w models/smallcnn.pt -o models/smallcnn.gradtap.onnx --overwrite
