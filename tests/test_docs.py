@@ -5,11 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import gradtap.export.graph.rules_conv  # noqa: F401  (registers the Conv and pooling rules)
-import gradtap.export.graph.rules_shape  # noqa: F401  (registers the shape rules)
 from gradtap.cli.main import cli
 from gradtap.cli.modelref import KNOWN_MODELS
-from gradtap.export.graph.rules import RULES
+from gradtap.export.graph.table import RULES
 from gradtap.runtime import contract as c
 from gradtap.runtime.methods.registry import METHODS
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,21 +76,30 @@ class Emitter:
     """Collects backward nodes and constants; every name is unique and traceable to its node.
 
     ``em.op("Mul", a, b)`` emits one node and returns its output name; ``outputs=k`` returns a
-    list. Names read ``<prefix><forward node>/vjp/<k>``.
+    list. Names read ``<prefix><scope>/vjp/<k>``, the scope being the forward node a rule
+    differentiates (``with em.scoped(node.name): ...``).
     """
 
     info: GraphInfo
     prefix: str = "grad/"
-    scope: str = "graph"
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     initializers: list[onnx.TensorProto] = field(default_factory=list)
     wanted: frozenset[str] = frozenset()  # tensors whose cotangent the walk needs
-    rectifier_flags: tuple[str, str] | None = None  # (gradient floor, is_deconv) scalars
-    _count: int = 0
+    _scope: str = field(default="graph", init=False)
+    _count: int = field(default=0, init=False)
+
+    @contextmanager
+    def scoped(self, scope: str) -> Iterator[None]:
+        """Name the nodes emitted inside the block after ``scope``."""
+        outer, self._scope = self._scope, scope
+        try:
+            yield
+        finally:
+            self._scope = outer
 
     def fresh(self, hint: str = "") -> str:
         self._count += 1
-        return f"{self.prefix}{self.scope}/vjp/{self._count}{hint}"
+        return f"{self.prefix}{self._scope}/vjp/{self._count}{hint}"
 
     def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs: object) -> str | list[str]:
         if not onnx.defs.has(op_type):

@@ -9,9 +9,13 @@ from __future__ import annotations
 import numpy as np
 from onnx import NodeProto, TensorProto
 
+from gradtap.export.graph.attrs import attr_int, attr_ints, attr_str
 from gradtap.export.graph.emitter import Emitter
-from gradtap.export.graph.rules import Grads, attrs_of, vjp_rule
+from gradtap.export.graph.rulebase import Grads, RuleSet
 from gradtap.runtime.errors import GraphError, UnsupportedOpError
+
+PART = RuleSet(__name__)
+vjp_rule = PART.rule
 
 
 def _explicit_pads(
@@ -22,18 +26,19 @@ def _explicit_pads(
     dilations: list[int],
 ) -> list[int]:
     """Pads as [begin..., end...], resolving auto_pad SAME_UPPER/SAME_LOWER/VALID."""
-    at = attrs_of(node, auto_pad="NOTSET")
+    auto_pad = attr_str(node, "auto_pad", "NOTSET")
     n = len(in_sizes)
-    if at["auto_pad"] in ("NOTSET", "VALID"):
-        pads = list(at.get("pads", [0] * 2 * n)) if at["auto_pad"] == "NOTSET" else [0] * 2 * n
-        return [int(p) for p in pads]
+    if auto_pad == "NOTSET":
+        return attr_ints(node, "pads", [0] * 2 * n)
+    if auto_pad == "VALID":
+        return [0] * 2 * n
     begin, end = [], []
     for size, k, s, d in zip(in_sizes, kernel, strides, dilations, strict=True):
         out = -(-size // s)
         total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
         small, large = total // 2, total - total // 2
-        begin.append(small if at["auto_pad"] == "SAME_UPPER" else large)
-        end.append(large if at["auto_pad"] == "SAME_UPPER" else small)
+        begin.append(small if auto_pad == "SAME_UPPER" else large)
+        end.append(large if auto_pad == "SAME_UPPER" else small)
     return begin + end
 
 
@@ -62,15 +67,15 @@ def _transpose_geometry(
 
 
 def _spatial(em: Emitter, name: str) -> list[int]:
-    return [int(d) for d in em.info.shape(name)[2:]] if _static_spatial(em, name) else _fail(name)  # type: ignore[arg-type]
+    dims = em.info.shape(name)[2:]
+    sizes = [d for d in dims if isinstance(d, int)]
+    if len(sizes) != len(dims):
+        raise GraphError(f"tensor {name!r} needs static spatial dimensions for its backward pass")
+    return sizes
 
 
 def _static_spatial(em: Emitter, name: str) -> bool:
     return all(isinstance(d, int) for d in em.info.shape(name)[2:])
-
-
-def _fail(name: str) -> list[int]:
-    raise GraphError(f"tensor {name!r} needs static spatial dimensions for its backward pass")
 
 
 @vjp_rule("Conv")
@@ -84,12 +89,11 @@ def conv_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
         raise UnsupportedOpError(f"Conv node {node.name!r}: weights depend on the input")
     in_sizes, out_sizes = _spatial(em, x), _spatial(em, y)
     n = len(in_sizes)
-    at = attrs_of(node, group=1, strides=[1] * n, dilations=[1] * n)
-    kernel = list(at.get("kernel_shape", em.info.static_shape(w)[2:]))  # type: ignore[call-overload]
-    strides, dilations = list(at["strides"]), list(at["dilations"])  # type: ignore[call-overload]
+    kernel = attr_ints(node, "kernel_shape", em.info.static_shape(w)[2:])
+    strides, dilations = attr_ints(node, "strides", [1] * n), attr_ints(node, "dilations", [1] * n)
     pads = _explicit_pads(node, in_sizes, kernel, strides, dilations)
     pads, out_pad = _transpose_geometry(in_sizes, out_sizes, kernel, strides, dilations, pads)
-    group = int(at["group"])  # type: ignore[call-overload]
+    group = attr_int(node, "group", 1)
     reach = [d * (k - 1) for d, k in zip(dilations, kernel, strict=True)] * 2
     conv_pads = [r - p for r, p in zip(reach, pads, strict=True)]
     if all(s == 1 for s in strides) and not any(out_pad) and min(conv_pads) >= 0:
@@ -135,7 +139,7 @@ def max_pool_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     forward pass, so the backward pass keeps half the bytes of int64 indices alive), and the
     scatter runs along the flattened planes.
     """
-    if attrs_of(node, storage_order=0)["storage_order"]:
+    if attr_int(node, "storage_order", 0):
         raise UnsupportedOpError(f"MaxPool node {node.name!r}: column-major storage_order")
     if len(node.output) < 2 or not node.output[1]:
         del node.output[1:]
@@ -183,12 +187,12 @@ def average_pool_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     x, y = node.input[0], node.output[0]
     in_sizes, out_sizes = _spatial(em, x), _spatial(em, y)
     n = len(in_sizes)
-    at = attrs_of(node, strides=[1] * n, dilations=[1] * n, count_include_pad=0)
-    if any(d != 1 for d in at["dilations"]):  # type: ignore[attr-defined]
+    if any(d != 1 for d in attr_ints(node, "dilations", [1] * n)):
         raise UnsupportedOpError(f"AveragePool node {node.name!r}: dilations are not supported")
-    kernel, strides = list(at["kernel_shape"]), list(at["strides"])  # type: ignore[call-overload]
+    kernel, strides = attr_ints(node, "kernel_shape"), attr_ints(node, "strides", [1] * n)
     pads = _explicit_pads(node, in_sizes, kernel, strides, [1] * n)
-    counts = _pool_counts(in_sizes, out_sizes, kernel, strides, pads, bool(at["count_include_pad"]))
+    include_pad = bool(attr_int(node, "count_include_pad", 0))
+    counts = _pool_counts(in_sizes, out_sizes, kernel, strides, pads, include_pad)
     channels = em.info.shape(x)[1]
     if not isinstance(channels, int):
         raise GraphError(f"AveragePool node {node.name!r}: the channel count must be static")
@@ -223,16 +227,15 @@ def global_average_pool_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
 def _reduce_axes(node: NodeProto, em: Emitter) -> list[int] | None:
     """The reduced axes (non-negative), or None for 'all axes'; opset 18 moved them to an input."""
     rank = em.info.rank(node.input[0])
-    at = attrs_of(node)
-    axes = at.get("axes")
+    axes = attr_ints(node, "axes", [])
     if len(node.input) > 1 and node.input[1]:
         value = em.info.const(node.input[1])
         if value is None:
             raise GraphError(f"{node.op_type} node {node.name!r}: axes must be a constant")
-        axes = value.tolist()
+        axes = [int(a) for a in value.reshape(-1)]
     if not axes:
-        return [] if at.get("noop_with_empty_axes") else None
-    return sorted(int(a) % rank for a in axes)  # type: ignore[attr-defined]
+        return [] if attr_int(node, "noop_with_empty_axes", 0) else None
+    return sorted(a % rank for a in axes)
 
 
 @vjp_rule("ReduceMean", "ReduceSum")
@@ -241,7 +244,7 @@ def reduce_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     x, y = node.input[0], node.output[0]
     axes = _reduce_axes(node, em)
     dy = dys[0]
-    if not attrs_of(node, keepdims=1)["keepdims"] and axes != []:
+    if not attr_int(node, "keepdims", 1) and axes != []:
         axes = list(range(em.info.rank(x))) if axes is None else axes
         dy = em.op("Unsqueeze", dy, em.ints(axes))
     dx = em.op("Expand", dy, em.op("Shape", x))

@@ -5,9 +5,13 @@ from __future__ import annotations
 import numpy as np
 from onnx import NodeProto
 
+from gradtap.export.graph.attrs import attr_int, attr_ints, attr_str
 from gradtap.export.graph.emitter import Emitter
-from gradtap.export.graph.rules import Grads, attrs_of, unbroadcast, vjp_rule
+from gradtap.export.graph.rulebase import Grads, RuleSet, unbroadcast
 from gradtap.runtime.errors import GraphError, UnsupportedOpError
+
+PART = RuleSet(__name__)
+vjp_rule = PART.rule
 
 
 @vjp_rule("Flatten", "Reshape", "Squeeze", "Unsqueeze")
@@ -27,23 +31,24 @@ def expand_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
 def transpose_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     """dx = transpose(dy, inverse(perm))."""
     rank = em.info.rank(node.input[0])
-    perm = list(attrs_of(node, perm=list(range(rank))[::-1])["perm"])  # type: ignore[call-overload]
+    perm = attr_ints(node, "perm", list(range(rank))[::-1])
     return (em.op("Transpose", dys[0], perm=[int(i) for i in np.argsort(perm)]),)
 
 
 def _axis_sizes(em: Emitter, names: list[str], axis: int, node: NodeProto) -> list[int]:
-    sizes = [em.info.shape(n)[axis] for n in names]
-    if not all(isinstance(s, int) for s in sizes):
+    dims = [em.info.shape(n)[axis] for n in names]
+    sizes = [d for d in dims if isinstance(d, int)]
+    if len(sizes) != len(dims):
         raise GraphError(
-            f"{node.op_type} node {node.name!r}: sizes along axis {axis} must be static, got {sizes}"
+            f"{node.op_type} node {node.name!r}: sizes along axis {axis} must be static, got {dims}"
         )
-    return [int(s) for s in sizes]  # type: ignore[arg-type]
+    return sizes
 
 
 @vjp_rule("Concat")
 def concat_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     """dx_i = the slice of dy that x_i filled."""
-    axis = int(attrs_of(node)["axis"]) % em.info.rank(node.output[0])  # type: ignore[call-overload]
+    axis = attr_int(node, "axis") % em.info.rank(node.output[0])
     sizes = _axis_sizes(em, list(node.input), axis, node)
     parts = em.op("Split", dys[0], em.ints(sizes), axis=axis, outputs=len(sizes))
     parts = [parts] if isinstance(parts, str) else parts
@@ -53,7 +58,7 @@ def concat_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
 @vjp_rule("Split")
 def split_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     """dx = concat(dy_i), zeros for the pieces no cotangent reached."""
-    axis = int(attrs_of(node, axis=0)["axis"]) % em.info.rank(node.input[0])  # type: ignore[call-overload]
+    axis = attr_int(node, "axis", 0) % em.info.rank(node.input[0])
     pieces = [dy if dy else em.zeros_like(y) for dy, y in zip(dys, node.output, strict=True)]
     dx = pieces[0] if len(pieces) == 1 else em.op("Concat", *pieces, axis=axis)
     return (dx,) + (None,) * (len(node.input) - 1)
@@ -73,17 +78,15 @@ def slice_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     """dx = dy padded with zeros back to x's shape (unit steps)."""
     x = node.input[0]
     dims = em.info.static_shape(x)
-    if em.info.opset < 10:
-        at = attrs_of(node)
-        starts, ends, axes, steps = at["starts"], at["ends"], at.get("axes"), None
-    else:
-        starts, ends = _const_ints(em, node, 1, "starts"), _const_ints(em, node, 2, "ends")
-        axes, steps = _const_ints(em, node, 3, "axes"), _const_ints(em, node, 4, "steps")
-    axes = list(axes) if axes is not None else list(range(len(starts)))  # type: ignore[arg-type]
+    starts, ends = _const_ints(em, node, 1, "starts"), _const_ints(em, node, 2, "ends")
+    axes, steps = _const_ints(em, node, 3, "axes"), _const_ints(em, node, 4, "steps")
+    if starts is None or ends is None:
+        raise GraphError(f"Slice node {node.name!r}: starts and ends are required")
+    axes = axes if axes is not None else list(range(len(starts)))
     if steps is not None and any(s != 1 for s in steps):
         raise UnsupportedOpError(f"Slice node {node.name!r}: only unit steps are supported")
     pads = [0] * (2 * len(dims))
-    for axis, start, end in zip(axes, starts, ends, strict=True):  # type: ignore[arg-type]
+    for axis, start, end in zip(axes, starts, ends, strict=True):
         axis %= len(dims)
         size = dims[axis]
         begin = min(max(start + size if start < 0 else start, 0), size)
@@ -95,12 +98,12 @@ def slice_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
 @vjp_rule("Pad")
 def pad_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     """dx = the interior of dy (constant-mode, non-negative pads)."""
-    at = attrs_of(node, mode="constant")
-    if at["mode"] != "constant":
-        raise UnsupportedOpError(f"Pad node {node.name!r}: mode {at['mode']!r}; only 'constant'")
+    mode = attr_str(node, "mode", "constant")
+    if mode != "constant":
+        raise UnsupportedOpError(f"Pad node {node.name!r}: mode {mode!r}; only 'constant'")
     x = node.input[0]
     rank = em.info.rank(x)
-    pads = list(at["pads"]) if em.info.opset < 11 else _const_ints(em, node, 1, "pads")  # type: ignore[call-overload]
+    pads = _const_ints(em, node, 1, "pads")
     axes = _const_ints(em, node, 3, "axes") or list(range(rank))
     if pads is None or any(p < 0 for p in pads):
         raise UnsupportedOpError(f"Pad node {node.name!r}: pads must be constant and >= 0")

@@ -7,14 +7,13 @@ import logging
 from collections import defaultdict
 from collections.abc import Mapping
 
-import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from gradtap.export.graph import rules_conv as vjp_conv  # noqa: F401
-from gradtap.export.graph import rules_shape as vjp_shape  # noqa: F401  (they register their rules)
 from gradtap.export.graph.emitter import Emitter, GraphInfo
-from gradtap.export.graph.rules import RULES, ZERO_GRAD_OPS, VjpRule
+from gradtap.export.graph.rectifier import PLAIN, Rectifier
+from gradtap.export.graph.rulebase import VjpRule
+from gradtap.export.graph.table import RULES, ZERO_GRAD_OPS, rule_table
 from gradtap.runtime.errors import GraphError, UnsupportedOpError, UnsupportedOpsError
 
 log = logging.getLogger(__name__)
@@ -71,7 +70,7 @@ def add_vjp(
     seed: str,
     wrt: Mapping[str, str],
     relu_rule: str | None = None,
-    rules: Mapping[str, VjpRule] = RULES,
+    rules: Mapping[str, VjpRule] | None = None,
 ) -> onnx.ModelProto:
     """Return a copy of ``model`` with the gradient of ``sum(seed * seed_of)`` as new outputs.
 
@@ -82,7 +81,8 @@ def add_vjp(
         wrt: forward tensor name -> output name for its gradient (the image, the taps).
         relu_rule: name of an int64 scalar input choosing the rectifier rule at run time
             (0 plain, 1 guided backprop, 2 deconvnet); None for plain gradients only.
-        rules: op_type -> VJP rule.
+        rules: op_type -> VJP rule; default: table.rule_table, its rectifier rules switched
+            by ``relu_rule`` when given.
 
     Returns:
         The augmented model; its new outputs are float tensors shaped like the wrt tensors.
@@ -93,17 +93,12 @@ def add_vjp(
         raise GraphError(f"opset {info.opset} is too old; the backward pass needs >= {MIN_OPSET}")
     graph = model.graph
     nodes, needed = differentiated_nodes(graph, set(wrt), seed_of)
-    check_coverage(nodes, rules)  # step 1: everything covered before anything is emitted
+    check_coverage(nodes, RULES if rules is None else rules)  # step 1: all covered, none emitted
 
     em = Emitter(info, wanted=frozenset(needed))
-    if relu_rule is not None:
-        em.scope = "relu_rule"
-        zero, two = em.const(0, dtype=np.int64), em.const(2, dtype=np.int64)
-        no_floor = em.const(-np.inf, dtype=np.float32)
-        floor = em.op(
-            "Where", em.op("Equal", relu_rule, zero), no_floor, em.const(0.0, dtype=np.float32)
-        )
-        em.rectifier_flags = (floor, em.op("Equal", relu_rule, two))
+    if rules is None:
+        rectifier = PLAIN if relu_rule is None else Rectifier.switch(em, relu_rule)
+        rules = rule_table(rectifier)
 
     contributions: dict[str, list[str]] = defaultdict(list)
     contributions[seed_of].append(seed)
@@ -114,16 +109,16 @@ def add_vjp(
             parts = contributions.get(name, [])
             totals[name] = None if not parts else parts[0]
             if len(parts) > 1:
-                em.scope = "sum"
-                totals[name] = em.op("Sum", *parts)
+                with em.scoped("sum"):
+                    totals[name] = em.op("Sum", *parts)
         return totals[name]
 
     for node in reversed(nodes):  # step 3: reverse topological order
         dys = tuple(total(o) if o else None for o in node.output)
         if all(d is None for d in dys):
             continue
-        em.scope = node.name or node.output[0]
-        grads = rules[node.op_type](node, dys, em)
+        with em.scoped(node.name or node.output[0]):
+            grads = rules[node.op_type](node, dys, em)
         if len(grads) != len(node.input):
             raise RuntimeError(
                 f"rule for {node.op_type} (node {node.name!r}) gave {len(grads)} gradients "
@@ -144,7 +139,6 @@ def add_vjp(
             raise GraphError(
                 f"tensor {x!r} does not influence {seed_of!r}; no gradient flows to it"
             )
-        em.scope = "out"
         em.nodes.append(helper.make_node("Identity", [g], [out], name=f"{out}/Identity"))
         dtype = info.dtypes.get(x, TensorProto.FLOAT)
         graph.output.append(helper.make_tensor_value_info(out, dtype, list(info.shape(x))))
