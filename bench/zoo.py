@@ -131,7 +131,37 @@ def torch_grad(model, x, seed):  # noqa: ANN001, ANN201
 
 
 def measure(source: str, name: str, exporter: str) -> dict:
-    """One row: export, augment, run, compare. Raises on the first step that fails."""
+    """One row of the table: build the model, then :func:`check` it."""
+    import torch
+
+    torch.set_num_threads(1)
+    model, size = build(source, name)
+    return check(model, size, exporter)
+
+
+def check(
+    model,  # noqa: ANN001
+    size: int,
+    exporter: str,
+    *,
+    convert=None,  # noqa: ANN001
+    reference=None,  # noqa: ANN001
+    options: dict | None = None,
+    inputs: int = INPUTS,
+) -> dict:
+    """Export, augment, run and compare a torch module; failures become the row's reason.
+
+    Args:
+        model: the torch classifier, in eval mode.
+        size: square input size.
+        exporter: 'torchscript' or 'dynamo'.
+        convert: torch function from RGB [0, 1] NCHW pixels to what ``model`` takes (channels
+            last, BGR, 0-255...); the explanation graph is fed the former, so ``options`` must
+            state the same conversion to ``augment``.
+        reference: the module whose float64 input gradient is the oracle, ``convert`` applied
+            first (default: ``model``; a softmax-headed model's head-less twin, say).
+        options: keyword arguments for ``augment``.
+    """
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -139,31 +169,33 @@ def measure(source: str, name: str, exporter: str) -> dict:
     from gradtap.export.graph.augment import augment, load_model
     from gradtap.runtime import contract as c
 
-    torch.set_num_threads(1)
-    model, size = build(source, name)
+    convert = convert or (lambda t: t)
+    reference = reference or model
     params = sum(p.numel() for p in model.parameters())
     gen = torch.Generator().manual_seed(1)
-    x = torch.rand(INPUTS, 3, size, size, generator=gen)
+    x = torch.rand(inputs, 3, size, size, generator=gen)
     with torch.no_grad():
-        classes = model(x[:1]).shape[-1]
-    seed = torch.randn(INPUTS, classes, generator=gen)
+        classes = reference(convert(x[:1])).shape[-1]
+    seed = torch.randn(inputs, classes, generator=gen)
     step = "export"
     try:
-        with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        with tempfile.TemporaryDirectory(dir=_scratch()) as tmp:
             path = Path(tmp) / "forward.onnx"
-            export(model, x[:2], path, exporter)  # batch 2 here, 3 at run time
+            export(model, convert(x[:2]), path, exporter)  # batch 2 here, more at run time
             step = "augment"
-            aug = augment(load_model(path))
+            aug = augment(load_model(path), **(options or {}))
         step = "onnxruntime"
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.log_severity_level = 3
-        sess = ort.InferenceSession(aug.SerializeToString(), options, ["CPUExecutionProvider"])
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(aug.SerializeToString(), opts, ["CPUExecutionProvider"])
         got = sess.run([c.GRAD_INPUT], {c.INPUT: x.numpy(), c.SEED: seed.numpy()})[0]
     except Exception as err:  # the reason goes into the table
         return {"status": "fail", "step": step, "reason": _one_line(err), "params": params}
-    g32 = torch_grad(model, x, seed).numpy().astype(np.float64)
-    g64 = torch_grad(model.double(), x.double(), seed.double()).numpy()
+    g32 = torch_grad(lambda t: reference(convert(t)), x, seed).numpy().astype(np.float64)
+    ref64 = reference.double()
+    g64 = torch_grad(lambda t: ref64(convert(t)), x.double(), seed.double()).numpy()
+    reference.float()
 
     def rel(g: np.ndarray) -> list[float]:
         return [
@@ -176,11 +208,17 @@ def measure(source: str, name: str, exporter: str) -> dict:
     status = "pass" if sum(ok) >= 2 else "fail"
     row = {"status": status, "params": params, "onnx_err": onnx_err, "torch32_err": torch_err}
     if status == "fail":
+        worst = max(onnx_err)
         row.update(
             step="gradient",
-            reason=f"gradient error {max(onnx_err):.1e} > 2x torch float32's {max(torch_err):.1e}",
+            reason=f"gradient error {worst:.1e} > 2x torch float32's {max(torch_err):.1e}",
         )
     return row
+
+
+def _scratch() -> Path:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    return CACHE
 
 
 def _one_line(err: BaseException) -> str:
