@@ -76,8 +76,8 @@ def catalog() -> list[tuple[str, str]]:
     cached = CACHE / "catalog.json"
     if cached.exists():
         return [tuple(row) for row in json.loads(cached.read_text())]  # type: ignore[misc]
-    rows = [("timm", n) for n in TIMM_MODELS]
-    rows += [("torchvision", n) for n in torchvision_models()]
+    rows = [("torchvision", n) for n in torchvision_models()]
+    rows += [("timm", n) for n in TIMM_MODELS]
     CACHE.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(rows))
     return rows
