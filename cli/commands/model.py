@@ -315,12 +315,13 @@ def _check_names(model: Any, taps: dict[str, str] | None, logits: str | None) ->
 
 
 def _print_taps(model) -> None:  # noqa: ANN001
-    from gradtap.export.graph.taps import candidate_taps, default_tap
+    from gradtap.export.graph.foreign import foreign_default_tap
+    from gradtap.export.graph.taps import candidate_taps
 
     with user_errors():
         found = candidate_taps(model)
         try:
-            best = default_tap(model).name
+            best = foreign_default_tap(model)
         except ValueError:
             best = None
     for cand in found:

@@ -243,3 +243,16 @@ def test_cli_augment_with_preprocessing_flags_and_info(tmp_path: Path) -> None:
 
 def test_opset_is_what_the_helpers_use() -> None:
     assert OPSET == 17  # caffe_cnn exercises opset 17 Split, nhwc_softmax_net opset 18
+
+
+def test_explainer_runs_on_a_converted_nhwc_softmax_graph() -> None:
+    from gradtap.runtime.explainer import Explainer
+
+    original = nhwc_softmax_net(size=16)
+    ex = Explainer(augment(original))
+    image = (np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8)
+    x, _ = ex.inputs(image)
+    probs = session(original).run(None, {"image": x.transpose(0, 2, 3, 1).copy()})[0][0]
+    (best, prob), *_ = ex.predict(image, k=1)[0]
+    assert best == f"class_{probs.argmax()}" and prob == pytest.approx(probs.max(), rel=1e-5)
+    assert ex.info.default_tap == "features" and ex.gradcam(image).maps.shape == (1, 16, 16)
