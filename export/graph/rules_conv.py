@@ -224,7 +224,7 @@ def global_average_pool_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     return (em.op("Mul", spread, _mean_scale(em, x, y)),)
 
 
-def _reduce_axes(node: NodeProto, em: Emitter) -> list[int] | None:
+def reduce_axes(node: NodeProto, em: Emitter) -> list[int] | None:
     """The reduced axes (non-negative), or None for 'all axes'; opset 18 moved them to an input."""
     rank = em.info.rank(node.input[0])
     axes = attr_ints(node, "axes", [])
@@ -242,7 +242,7 @@ def _reduce_axes(node: NodeProto, em: Emitter) -> list[int] | None:
 def reduce_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     """dx = broadcast(dy) (ReduceSum), divided by the number of reduced elements (ReduceMean)."""
     x, y = node.input[0], node.output[0]
-    axes = _reduce_axes(node, em)
+    axes = reduce_axes(node, em)
     dy = dys[0]
     if not attr_int(node, "keepdims", 1) and axes != []:
         axes = list(range(em.info.rank(x))) if axes is None else axes
@@ -251,3 +251,28 @@ def reduce_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     if node.op_type == "ReduceMean":
         dx = em.op("Mul", dx, _mean_scale(em, x, y))
     return (dx,) + (None,) * (len(node.input) - 1)
+
+
+@vjp_rule("ConvTranspose")
+def conv_transpose_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
+    """dx = Conv(dy, W) with the same strides/pads/dilations/group: ConvTranspose is the adjoint
+    of that Conv, whose weight layout [Cin, Cout/g, k...] it shares; output_padding only adds
+    rows that the Conv's floor division drops again."""
+    x, w = node.input[0], node.input[1]
+    if em.wants(w) or (len(node.input) > 2 and em.wants(node.input[2])):
+        raise UnsupportedOpError(f"ConvTranspose node {node.name!r}: weights depend on the input")
+    auto_pad = attr_str(node, "auto_pad", "NOTSET")
+    if auto_pad not in ("NOTSET", "VALID") or attr_ints(node, "output_shape", []):
+        raise UnsupportedOpError(
+            f"ConvTranspose node {node.name!r}: auto_pad {auto_pad} or output_shape; explicit "
+            "pads only"
+        )
+    n = len(em.info.shape(x)) - 2
+    kernel = attr_ints(node, "kernel_shape", em.info.static_shape(w)[2:])
+    dx = em.op(
+        "Conv", dys[0], w, strides=attr_ints(node, "strides", [1] * n),
+        dilations=attr_ints(node, "dilations", [1] * n), group=attr_int(node, "group", 1),
+        pads=attr_ints(node, "pads", [0] * 2 * n) if auto_pad == "NOTSET" else [0] * 2 * n,
+        kernel_shape=kernel,
+    )  # fmt: skip
+    return (dx, None) + ((None,) if len(node.input) > 2 else ())

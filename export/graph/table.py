@@ -9,11 +9,25 @@ from __future__ import annotations
 
 from functools import partial
 
-from gradtap.export.graph import rules, rules_conv, rules_shape
+from gradtap.export.graph import (
+    rules,
+    rules_conv,
+    rules_index,
+    rules_math,
+    rules_norm,
+    rules_shape,
+)
 from gradtap.export.graph.rectifier import PLAIN, Rectifier
 from gradtap.export.graph.rulebase import RuleSet, VjpRule
 
-PARTS: tuple[RuleSet, ...] = (rules.PART, rules_conv.PART, rules_shape.PART)
+PARTS: tuple[RuleSet, ...] = (
+    rules.PART,
+    rules_math.PART,
+    rules_norm.PART,
+    rules_conv.PART,
+    rules_shape.PART,
+    rules_index.PART,
+)
 
 # Ops whose outputs carry no gradient (shape arithmetic, comparisons, index outputs).
 ZERO_GRAD_OPS = frozenset(
