@@ -72,12 +72,14 @@ def torchvision_models() -> list[str]:
 
 
 def catalog() -> list[tuple[str, str]]:
-    """(source, model) for every row of the table, in table order."""
+    """(source, model) for every row of the table, in table (and run) order."""
     cached = CACHE / "catalog.json"
     if cached.exists():
         return [tuple(row) for row in json.loads(cached.read_text())]  # type: ignore[misc]
-    rows = [("torchvision", n) for n in torchvision_models()]
-    rows += [("timm", n) for n in TIMM_MODELS]
+    vision = [("torchvision", n) for n in torchvision_models()]
+    others = [("timm", n) for n in TIMM_MODELS]
+    rows = [row for pair in zip(vision, others, strict=False) for row in pair]
+    rows += vision[len(others) :] + others[len(vision) :]  # alternating: a partial run has both
     CACHE.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(rows))
     return rows
@@ -282,7 +284,7 @@ def write_table(rows: list[tuple[str, str]], results: dict[str, dict], exporters
     """docs/models.md from the cached results; rows not measured say so."""
     counts = {"pass": 0, "fail": 0, "not run": 0}
     body = []
-    for source, name in rows:
+    for source, name in sorted(rows):
         for exporter in exporters:
             res = results.get(key(source, name, exporter))
             status = res["status"] if res else "not run"
