@@ -225,12 +225,9 @@ def prepend_preprocessing(model: onnx.ModelProto, prep: Preprocessing) -> None:
 
     if prep.channel_order == "bgr":  # the Split's three outputs, concatenated in reverse
         parts = [f"{c.INPUT}/{ch}" for ch in "rgb"]
+        split = {"num_outputs": 3} if _opset(model) >= 18 else {}  # equal parts before 18
         nodes.append(
-            helper.make_node(
-                "Split", [x], parts, name=f"{c.INPUT}/Split_rgb", axis=1, num_outputs=3
-            )
-            if _opset(model) >= 18
-            else helper.make_node("Split", [x], parts, name=f"{c.INPUT}/Split_rgb", axis=1)
+            helper.make_node("Split", [x], parts, name=f"{c.INPUT}/Split_rgb", axis=1, **split)
         )
         nodes.append(
             helper.make_node(
