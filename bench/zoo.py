@@ -268,8 +268,12 @@ def _versions() -> dict[str, str]:
         timm_version = timm.__version__
     except ImportError:
         timm_version = "-"
-    return {"torch": torch.__version__, "timm": timm_version, "onnxruntime": onnxruntime.__version__,
-            "pass_version": PASS_VERSION}  # fmt: skip
+    return {
+        "torch": torch.__version__,
+        "timm": timm_version,
+        "onnxruntime": onnxruntime.__version__,
+        "pass_version": PASS_VERSION,
+    }
 
 
 def load_results() -> dict[str, dict]:
@@ -280,7 +284,9 @@ def load_results() -> dict[str, dict]:
     return results
 
 
-def write_table(rows: list[tuple[str, str]], results: dict[str, dict], exporters=EXPORTERS) -> str:  # noqa: ANN001
+def write_table(
+    rows: list[tuple[str, str]], results: dict[str, dict], exporters: tuple[str, ...] = EXPORTERS
+) -> str:
     """docs/models.md from the cached results; rows not measured say so."""
     counts = {"pass": 0, "fail": 0, "not run": 0}
     body = []
@@ -291,7 +297,8 @@ def write_table(rows: list[tuple[str, str]], results: dict[str, dict], exporters
             counts[status] += 1
             params = f"{res['params'] / 1e6:.1f}" if res and "params" in res else ""
             if res and status == "pass":
-                detail = f"error {max(res['onnx_err']):.1e} (torch float32 {max(res['torch32_err']):.1e})"
+                worst, own = max(res["onnx_err"]), max(res["torch32_err"])
+                detail = f"error {worst:.1e} (torch float32 {own:.1e})"
             elif res:
                 detail = f"{res.get('step', '?')}: {res.get('reason', '')}".replace("|", "\\|")
             else:
