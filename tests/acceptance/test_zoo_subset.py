@@ -111,9 +111,10 @@ def vit(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path
 
 
 def torch_gradcam(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
-    """Grad-CAM on the final normalised tokens, class token dropped, on the 4x4 patch grid."""
+    """Grad-CAM on the last block's normalised tokens (pytorch-grad-cam's ``blocks[-1].norm1``),
+    class token dropped, patch tokens on the 4x4 grid."""
     kept = {}
-    hook = model.norm.register_forward_hook(lambda m, i, o: kept.update(tokens=o))
+    hook = model.blocks[-1].norm1.register_forward_hook(lambda m, i, o: kept.update(tokens=o))
     logits = model(torch.from_numpy(x))
     hook.remove()
     tokens = kept["tokens"]
