@@ -328,7 +328,7 @@ def _stamp(
     _set_meta(model, c.META_PASS_VERSION, PASS_VERSION)
     if labels is not None:
         _set_meta(model, c.META_LABELS, json.dumps(list(labels)))
-    info = GraphInfo.of(model)
+    info = GraphInfo.of(model, complete=False)
     if c.META_INPUT_SIZE not in meta and all(isinstance(d, int) for d in info.shape(c.INPUT)[2:]):
         _set_meta(model, c.META_INPUT_SIZE, json.dumps(list(info.shape(c.INPUT)[2:])))
 

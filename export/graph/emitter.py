@@ -10,10 +10,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from gradtap.export.graph.shapes import Dim, Shape, infer
 from gradtap.runtime.errors import GraphError
 
-Dim = int | str | None
-Shape = tuple[Dim, ...]
+__all__ = ["Dim", "Emitter", "GraphInfo", "Shape"]
 
 
 @dataclass
@@ -24,18 +24,14 @@ class GraphInfo:
     dtypes: dict[str, int]
     consts: dict[str, np.ndarray]
     opset: int
+    folded: dict[str, np.ndarray] = field(default_factory=dict)  # batch-independent, computed
 
     @classmethod
-    def of(cls, model: onnx.ModelProto) -> GraphInfo:
-        inferred = onnx.shape_inference.infer_shapes(model)
-        g = inferred.graph
-        shapes: dict[str, Shape] = {}
-        dtypes: dict[str, int] = {}
-        for vi in [*g.input, *g.value_info, *g.output]:
-            t = vi.type.tensor_type
-            dtypes[vi.name] = t.elem_type
-            if t.HasField("shape"):
-                shapes[vi.name] = tuple(_dim(d) for d in t.shape.dim)
+    def of(cls, model: onnx.ModelProto, *, complete: bool = True) -> GraphInfo:
+        """Shapes from onnx's inference, completed where it gives up unless ``complete`` is
+        False (see shapes.py); ``consts`` are initializers and Constant outputs."""
+        inferred = infer(model, complete=complete)
+        g, shapes, dtypes = inferred.graph, inferred.shapes, inferred.dtypes
         consts = {init.name: numpy_helper.to_array(init) for init in g.initializer}
         for node in g.node:
             if node.op_type == "Constant" and node.attribute[0].name == "value":
@@ -44,7 +40,8 @@ class GraphInfo:
             shapes.setdefault(name, tuple(value.shape))
             dtypes.setdefault(name, helper.np_dtype_to_tensor_dtype(value.dtype))
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-        return cls(shapes, dtypes, consts, opset)
+        folded = {k: v for k, v in inferred.values.items() if k not in consts}
+        return cls(shapes, dtypes, consts, opset, folded)
 
     def shape(self, name: str) -> Shape:
         if name not in self.shapes:
@@ -61,14 +58,11 @@ class GraphInfo:
         return len(self.shape(name))
 
     def const(self, name: str) -> np.ndarray | None:
-        """The value of an initializer or Constant output, or None when computed at run time."""
-        return self.consts.get(name) if name else None
-
-
-def _dim(d: onnx.TensorShapeProto.Dimension) -> Dim:
-    if d.HasField("dim_value"):
-        return int(d.dim_value)
-    return d.dim_param or None
+        """The value of an initializer, a Constant output or a shape computation that is the same
+        whatever the batch; None when it is only known at run time."""
+        if not name:
+            return None
+        return self.consts.get(name, self.folded.get(name))
 
 
 @dataclass

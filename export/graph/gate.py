@@ -50,7 +50,7 @@ def gate(model: onnx.ModelProto) -> onnx.ModelProto:
     outputs = [o.name for o in graph.output]
     forward_outputs = [o for o in outputs if o == c.LOGITS or o.startswith(c.TAP_PREFIX)]
     tap_grads = [o for o in outputs if o.startswith(c.GRAD_PREFIX + c.TAP_PREFIX)]
-    info = GraphInfo.of(model)
+    info = GraphInfo.of(model, complete=False)
     forward = _needed(nodes, forward_outputs) | _constant(graph)
     backward = _needed(nodes, [*tap_grads, c.GRAD_INPUT]) - forward
     residual = _residual(nodes, forward, backward, info)

@@ -75,9 +75,13 @@ def _const_ints(em: Emitter, node: NodeProto, index: int, what: str) -> list[int
 
 @vjp_rule("Slice")
 def slice_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
-    """dx = dy padded with zeros back to x's shape (unit steps)."""
+    """dx = dy padded with zeros back to x's shape (unit steps).
+
+    Only the sliced axes need a static size; a dynamic one (the batch) may be sliced from a
+    start to its end.
+    """
     x = node.input[0]
-    dims = em.info.static_shape(x)
+    dims = em.info.shape(x)
     starts, ends = _const_ints(em, node, 1, "starts"), _const_ints(em, node, 2, "ends")
     axes, steps = _const_ints(em, node, 3, "axes"), _const_ints(em, node, 4, "steps")
     if starts is None or ends is None:
@@ -89,6 +93,14 @@ def slice_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     for axis, start, end in zip(axes, starts, ends, strict=True):
         axis %= len(dims)
         size = dims[axis]
+        if not isinstance(size, int):
+            if start < 0 or end < 2**31 - 1:
+                raise GraphError(
+                    f"Slice node {node.name!r}: axis {axis} has no static size ({size}); only "
+                    "slices from a start to the end are supported there"
+                )
+            pads[axis] = start
+            continue
         begin = min(max(start + size if start < 0 else start, 0), size)
         stop = min(max(end + size if end < 0 else end, 0), size)
         pads[axis], pads[len(dims) + axis] = begin, size - max(stop, begin)
