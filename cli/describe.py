@@ -93,6 +93,8 @@ def describe(path: Path) -> dict[str, Any]:
         classes = out["outputs"][0]["shape"][-1:]  # the logits' class dimension
         count = classes[0] if classes and isinstance(classes[0], int) else 0
         out["labels"] = {"count": count, "first": []}
+    if not out["augmented"]:
+        out["foreign"] = _foreign_hints(model)
     out["metadata"] = {k: _short(k, v) for k, v in sorted(meta.items())}
     out["providers"] = _providers()
     return out
@@ -114,6 +116,18 @@ def _from_metadata(meta: dict[str, str]) -> dict[str, Any]:
         "preprocessing": _json(meta.get(c.META_PREPROCESSING)),
         "head": _json(meta.get(c.META_HEAD)),
     }
+
+
+def _foreign_hints(model: onnx.ModelProto) -> dict[str, Any]:
+    """What ``augment`` would convert in a forward graph: its layout and a probability head."""
+    from gradtap.export.graph.foreign import detect_layout, find_head
+    from gradtap.runtime.errors import GradtapError
+
+    try:
+        head = find_head(model, None)
+        return {"layout": detect_layout(model), "head": head.op if head else None}
+    except GradtapError:
+        return {}
 
 
 def _json(raw: str | None) -> Any:
@@ -179,6 +193,14 @@ def to_text(info: dict[str, Any]) -> list[str]:
     lines.append("metadata:")
     lines += [f"  {k} = {v}" for k, v in info["metadata"].items()]
     lines.append("providers " + ", ".join(info["providers"]))
+    hints = info.get("foreign") or {}
+    if hints.get("layout") == "nhwc":
+        lines.append("note: channels-last input [N, H, W, 3]: augment prepends a Transpose")
+    if hints.get("head"):
+        lines.append(
+            f"note: the output is a {hints['head']} head: augment explains its input and keeps "
+            "the output as 'probabilities' (--keep-head to explain it as it is)"
+        )
     if not info["augmented"]:
         lines.append(
             "hint: run `gradtap augment FILE -o OUT.gradtap.onnx` to add the backward pass"

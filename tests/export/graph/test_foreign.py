@@ -24,7 +24,7 @@ from gradtap.export.graph.augment import augment
 from gradtap.export.graph.vjp import check_coverage
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import GraphError, UnsupportedOpsError
-from tests.graphs import OPSET, session, tiny_cnn
+from tests.graphs import session, tiny_cnn
 
 RNG = np.random.default_rng(13)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -241,8 +241,14 @@ def test_cli_augment_with_preprocessing_flags_and_info(tmp_path: Path) -> None:
     assert unitless.exit_code == 2 and "--value-range 0-255" in unitless.output
 
 
-def test_opset_is_what_the_helpers_use() -> None:
-    assert OPSET == 17  # caffe_cnn exercises opset 17 Split, nhwc_softmax_net opset 18
+def test_info_on_a_forward_nhwc_softmax_graph_says_what_augment_will_do(tmp_path: Path) -> None:
+    src = tmp_path / "keras.onnx"
+    onnx.save(nhwc_softmax_net(), str(src))
+    text = CliRunner().invoke(cli, ["info", str(src)]).output
+    assert "channels-last input" in text and "a Softmax head" in text
+    plain = tmp_path / "plain.onnx"
+    onnx.save(tiny_cnn(), str(plain))
+    assert "note:" not in CliRunner().invoke(cli, ["info", str(plain)]).output
 
 
 def test_explainer_runs_on_a_converted_nhwc_softmax_graph() -> None:
