@@ -54,7 +54,7 @@ class Inferred:
 def infer(model: onnx.ModelProto, *, complete: bool = True) -> Inferred:
     """onnx's inference with data propagation, completed by the two batch probes where needed
     (unless ``complete`` is False)."""
-    g = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+    g = onnx.shape_inference.infer_shapes(_weightless(model), data_prop=True).graph
     shapes, dtypes = value_infos(g)
     values: dict[str, np.ndarray] = {}
     if not complete or not _incomplete(g, shapes):
@@ -114,33 +114,42 @@ def _incomplete(g: onnx.GraphProto, shapes: dict[str, Shape]) -> bool:
     return False
 
 
-def _weightless(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
-    """A copy with the batch fixed, large initializers turned into typed inputs, outputs untyped."""
+def _weightless(model: onnx.ModelProto, batch: int | None = None) -> onnx.ModelProto:
+    """The model without its large initializers (typed inputs instead), cheap to infer.
+
+    With ``batch``, every graph input's dynamic first dimension is fixed to it and the outputs
+    are left untyped (the probes); without, value infos and outputs are kept as they are.
+    """
     probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    g = probe.graph
-    del g.value_info[:]
-    inits = {i.name for i in g.initializer}
-    for vi in g.input:
-        dims = vi.type.tensor_type.shape.dim
-        if vi.name not in inits and dims and not dims[0].HasField("dim_value"):
-            dims[0].Clear()
-            dims[0].dim_value = batch
-    for vi in g.output:
-        vi.type.tensor_type.ClearField("shape")
-    kept, inputs = [], {vi.name for vi in g.input}
-    for init in g.initializer:
+    for field_name in ("ir_version", "producer_name", "model_version"):
+        setattr(probe, field_name, getattr(model, field_name))
+    probe.opset_import.extend(model.opset_import)
+    probe.functions.extend(model.functions)
+    src, g = model.graph, probe.graph
+    g.name = src.name
+    g.node.extend(src.node)
+    g.input.extend(src.input)
+    g.output.extend(src.output)
+    if batch is None:
+        g.value_info.extend(src.value_info)
+    declared = {vi.name for vi in g.input}
+    for init in src.initializer:
         size = int(np.prod(init.dims)) if init.dims else 1
         if size <= _FOLD_LIMIT or init.data_type == onnx.TensorProto.INT64:
-            kept.append(init)
-        elif init.name not in inputs:
+            g.initializer.append(init)
+        elif init.name not in declared:
             g.input.append(
                 helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
             )
-        else:
-            pass  # an overridable initializer already declared as an input keeps its declaration
-    del g.initializer[:]
-    g.initializer.extend(kept)
+    if batch is not None:
+        weights = {i.name for i in src.initializer}
+        for vi in g.input:
+            dims = vi.type.tensor_type.shape.dim
+            if vi.name not in weights and dims and not dims[0].HasField("dim_value"):
+                dims[0].Clear()
+                dims[0].dim_value = batch
+        for vi in g.output:
+            vi.type.tensor_type.ClearField("shape")
     return probe
 
 
