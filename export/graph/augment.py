@@ -19,6 +19,7 @@ from gradtap.export.graph import foreign
 from gradtap.export.graph.emitter import GraphInfo
 from gradtap.export.graph.gate import branch_nodes, gate
 from gradtap.export.graph.taps import alias_for, candidate_taps
+from gradtap.export.graph.tokens import expose_token_taps, split_spec
 from gradtap.export.graph.version import PASS_VERSION
 from gradtap.export.graph.vjp import add_vjp
 from gradtap.runtime import contract as c
@@ -86,7 +87,7 @@ def augment(
     if found_head is not None:
         _set_meta(model, c.META_HEAD, found_head.metadata())
     meta = {m.key: m.value for m in model.metadata_props}
-    chosen = resolve_taps(model, taps, meta)
+    chosen = expose_token_taps(model, resolve_taps(model, taps, meta), c.INPUT)
     graph = model.graph
     for alias, tensor in chosen.items():
         graph.node.append(
@@ -158,7 +159,7 @@ def resolve_taps(
         taps = {alias_for(t): t for t in taps}
     produced = {o for n in model.graph.node for o in n.output}
     for alias, tensor in taps.items():
-        if tensor not in produced:
+        if split_spec(tensor)[0] not in produced:
             names = [t.name for t in candidate_taps(model)][-8:]
             raise GraphError(
                 f"unknown tap tensor {tensor!r} (alias {alias!r}); feature maps near the head: {names}"

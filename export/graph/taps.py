@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import onnx
 
 from gradtap.export.graph.emitter import GraphInfo
+from gradtap.export.graph.tokens import default_token_tap, split_spec, token_grid
 from gradtap.runtime.errors import GraphError
 
 # Ops whose output is a pooled summary rather than a feature map worth explaining with.
@@ -48,9 +49,18 @@ def default_tap(model: onnx.ModelProto) -> TapCandidate:
     """The last spatial feature map that is not a pooling output (Grad-CAM's usual layer).
 
     For VGG16 that is the rectified conv5_3 output (14x14 at 224), not the 7x7 pool after it;
-    for ResNets the output of layer4; for a GAP head the map the pool averages.
+    for ResNets the output of layer4; for a GAP head the map the pool averages. A transformer's
+    default is a token tap: the last block's normalised tokens (tokens.default_token_tap).
     """
     feeding = ancestors(model.graph, model.graph.output[0].name)
+    image = _image_input(model)
+    token = default_token_tap(model, image, feeding) if image else None
+    if token is not None:
+        node = next(n for n in model.graph.node if token in n.output)
+        info = GraphInfo.of(model)
+        grid = token_grid(info, token, None, image)
+        batch, _, channels = info.shape(token)
+        return TapCandidate(token, node.op_type, node.name, (batch, channels, grid.h, grid.w))
     spatial = [
         c
         for c in candidate_taps(model)
@@ -61,6 +71,12 @@ def default_tap(model: onnx.ModelProto) -> TapCandidate:
     if not spatial:
         raise GraphError("the graph has no 4-D feature map to tap; name one with --tap")
     return spatial[-1]
+
+
+def _image_input(model: onnx.ModelProto) -> str | None:
+    inits = {i.name for i in model.graph.initializer}
+    images = [i.name for i in model.graph.input if i.name not in inits]
+    return images[0] if len(images) == 1 else None
 
 
 def ancestors(graph: onnx.GraphProto, target: str) -> set[str]:
@@ -74,5 +90,5 @@ def ancestors(graph: onnx.GraphProto, target: str) -> set[str]:
 
 def alias_for(tensor: str) -> str:
     """A short, output-name-safe alias for a tensor name."""
-    alias = re.sub(r"[^A-Za-z0-9_.-]+", "_", tensor).strip("_")
+    alias = re.sub(r"[^A-Za-z0-9_.-]+", "_", split_spec(tensor)[0]).strip("_")
     return alias or "tap"
