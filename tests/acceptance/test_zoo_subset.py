@@ -53,6 +53,7 @@ def test_channel_shuffle_net_with_a_dynamic_batch() -> None:
     assert_passes(check(model, 64, "torchscript"))  # Reshape fed by Shape, batch symbolic
 
 
+@pytest.mark.slow
 def test_ghost_modules_slice_with_a_dynamic_batch() -> None:
     model = timm_model("ghostnet_100")
     assert_passes(check(model, 64, "torchscript"))  # Slice on channels of [N, C, h, w]
