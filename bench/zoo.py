@@ -291,7 +291,10 @@ def load_results() -> dict[str, dict]:
 
 
 def write_table(
-    rows: list[tuple[str, str]], results: dict[str, dict], exporters: tuple[str, ...] = EXPORTERS
+    rows: list[tuple[str, str]],
+    results: dict[str, dict],
+    exporters: tuple[str, ...] = EXPORTERS,
+    path: Path = TABLE,
 ) -> str:
     """docs/models.md from the cached results; rows not measured say so."""
     counts = {"pass": 0, "fail": 0, "not run": 0}
@@ -331,7 +334,7 @@ def write_table(
         *body,
         "",
     ]
-    TABLE.write_text("\n".join(lines))
+    path.write_text("\n".join(lines))
     return f"{counts['pass']} pass, {counts['fail']} fail, {counts['not run']} not run"
 
 
