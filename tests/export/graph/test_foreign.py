@@ -193,6 +193,16 @@ def test_minus_one_to_one_range_with_nhwc_stated() -> None:
     )
 
 
+def test_bgr_nhwc_at_opset_18_splits_by_num_outputs() -> None:
+    original = nhwc_softmax_net()  # opset 18: Split takes num_outputs
+    aug = augment(original, channel_order="bgr")
+    split = next(n for n in aug.graph.node if n.op_type == "Split")
+    assert [a.i for a in split.attribute if a.name == "num_outputs"] == [3]
+    check_against_original(
+        aug, original, "scores", lambda x: np.ascontiguousarray(x[:, ::-1].transpose(0, 2, 3, 1))
+    )
+
+
 def test_plain_graphs_are_untouched_by_the_pre_passes() -> None:
     aug = augment(tiny_cnn())
     assert c.META_PREPROCESSING not in meta(aug) and c.META_HEAD not in meta(aug)
