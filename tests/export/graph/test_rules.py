@@ -176,6 +176,8 @@ CASES += [
     VjpCase("Resize", (1, 2, 6, 6), {"mode": "nearest", "nearest_mode": "floor",
             "coordinate_transformation_mode": "asymmetric"}, consts=(None, np.array([1, 1, 0.5, 0.5], F32)),
             dtype=F32, eps=1.0, id="nearest-down"),
+    VjpCase("Resize", (1, 2, 5, 4), {"mode": "cubic", "cubic_coeff_a": -0.5}, consts=(None, np.array([1, 1, 2, 1.5], F32)),
+            dtype=F32, eps=1.0, id="cubic"),
     VjpCase("ConvTranspose", (1, 3, 5, 5), {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]},
             consts=(w(3, 2, 3, 3),), dtype=F32, eps=1.0, id="stride2"),
     VjpCase("ConvTranspose", (2, 4, 4, 3), {"group": 2, "dilations": [2, 1]}, consts=(w(4, 3, 3, 2), w(6)),

@@ -20,6 +20,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from gradtap.export.graph.augment import augment, save_model
 from gradtap.export.graph.emitter import GraphInfo
+from gradtap.export.graph.taps import candidate_taps
 from gradtap.export.graph.tokens import TokenGrid, expose_tokens, split_spec, token_grid
 from gradtap.runtime import contract as c
 from gradtap.runtime import methods
@@ -166,6 +167,9 @@ def test_a_named_grid_and_tap_give_the_same_view(exported: onnx.ModelProto) -> N
     a = session(default).run([c.tap_grad_output(meta[c.META_DEFAULT_TAP])], feeds)[0]
     b = session(named).run([c.tap_grad_output("tokens")], feeds)[0]
     np.testing.assert_array_equal(a, b)
+    listed = [t for t in candidate_taps(exported) if t.name.endswith("@4x4")]
+    assert len(listed) == 5 and listed[-3].name == f"{tensor}@4x4"  # 2 blocks x 2 norms, final
+    assert listed[-3].shape[1:] == (16, 4, 4)
     with pytest.raises(GraphError, match="do not fill a 5x5 grid"):
         augment(exported, taps={"tokens": f"{tensor}@5x5"})
 
