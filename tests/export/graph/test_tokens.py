@@ -219,3 +219,41 @@ def test_grids_are_inferred_from_the_image_aspect_ratio() -> None:
     assert split_spec("a/b@7x9") == ("a/b", (7, 9)) and split_spec("a@b") == ("a@b", None)
     with pytest.raises(GraphError, match="fit no patch grid"):
         token_grid(info, "f", None, "q")
+
+
+def torch_rectified_gradient(net: TinyViT, x: np.ndarray, target: int, rule: str) -> np.ndarray:
+    """d logit_target / d x in float64 with each GELU's backward replaced as rectifier.py says:
+    guided: relu(dy) * GELU'(x); deconvnet: relu(dy); plain: unchanged."""
+    double = TinyViT().double()
+    double.load_state_dict(net.state_dict())
+
+    def hook(_m, grad_input, grad_output):  # noqa: ANN001, ANN202
+        dy = grad_output[0]
+        if rule == "guided":
+            return (torch.where(dy > 0, grad_input[0], torch.zeros_like(dy)),)
+        return (torch.clamp(dy, min=0),) if rule == "deconvnet" else None
+
+    for module in double.modules():
+        if isinstance(module, torch.nn.GELU):
+            module.register_full_backward_hook(hook)
+    xt = torch.from_numpy(x).double().requires_grad_()
+    double(xt)[:, target].sum().backward()
+    return xt.grad.numpy()
+
+
+@pytest.mark.parametrize(
+    ("rule", "method"),
+    [("plain", "saliency"), ("guided", "guided_backprop"), ("deconvnet", "deconvnet")],
+)
+def test_gradient_methods_on_the_vit_follow_the_gelu_rule(
+    net: TinyViT, exported: onnx.ModelProto, tmp_path: Path, rule: str, method: str
+) -> None:
+    path = tmp_path / "vit.gradtap.onnx"
+    save_model(augment(exported), path)
+    x = np.random.default_rng(5).random((2, 3, 16, 16), dtype=np.float32)
+    ref = torch_rectified_gradient(net, x, 2, rule)
+    maps = getattr(methods, method)(ExplainSession(path), x, target=[2]).maps
+    if method == "saliency":
+        ref = np.abs(ref).max(axis=1)  # max |g| over channels
+    assert maps.shape == ref.shape
+    np.testing.assert_allclose(maps, ref, atol=1e-5 * np.abs(ref).max())
