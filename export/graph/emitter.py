@@ -73,9 +73,10 @@ class GraphInfo:
 
     def static_shape(self, name: str) -> tuple[int, ...]:
         shape = self.shape(name)
-        if not all(isinstance(d, int) for d in shape):
+        dims = tuple(d for d in shape if isinstance(d, int))
+        if len(dims) != len(shape):
             raise GraphError(f"tensor {name!r} needs a static shape here, got {list(shape)}")
-        return tuple(int(d) for d in shape)  # type: ignore[arg-type]
+        return dims
 
     def rank(self, name: str) -> int:
         return len(self.shape(name))

@@ -153,3 +153,24 @@ def pad_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     starts = em.ints(begins)
     piece = em.op("Slice", dys[0], starts, em.op("Add", starts, sizes), em.ints(axes))
     return (piece,) + (None,) * (len(node.input) - 1)
+
+
+@vjp_rule("SpaceToDepth")
+def space_to_depth_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
+    """dx = DepthToSpace(dy) in DCR mode, its inverse permutation."""
+    return (em.op("DepthToSpace", dys[0], blocksize=attr_int(node, "blocksize"), mode="DCR"),)
+
+
+@vjp_rule("DepthToSpace")
+def depth_to_space_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
+    """dx = the inverse permutation: dy viewed as [n, c, h, b, w, b], transposed back to the
+    mode's [n, b, b, c, h, w] (DCR) or [n, c, b, b, h, w] (CRD), reshaped like x."""
+    x, b = node.input[0], attr_int(node, "blocksize")
+    dims = [d for d in em.info.shape(x)[1:] if isinstance(d, int)]
+    if len(dims) != 3:
+        raise GraphError(f"DepthToSpace node {node.name!r}: channels and sizes must be static")
+    channels, h, w = dims
+    view = em.op("Reshape", dys[0], em.ints([0, channels // (b * b), h, b, w, b]))
+    forward = [0, 3, 4, 1, 5, 2] if attr_str(node, "mode", "DCR") == "DCR" else [0, 1, 4, 2, 5, 3]
+    back = em.op("Transpose", view, perm=[int(i) for i in np.argsort(forward)])
+    return (em.op("Reshape", back, em.op("Shape", x)),)
