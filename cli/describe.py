@@ -24,9 +24,11 @@ _MEANING = {
     + ", ".join(f"{v} {k}" for k, v in c.COMPUTE_LEVELS.items()),
     c.LOGITS: "class scores (before softmax)",
     c.GRAD_INPUT: "d sum(seed * logits) / d input",
+    c.PROBABILITIES: "the original graph's output: its Softmax/Sigmoid head applied to logits",
 }
 
 
+_PREP_KEYS = ("layout", "channel_order", "value_range", "mean", "std")
 OPTIONAL_INPUTS = frozenset({c.RELU_RULE, c.SEED_TOP1, c.OBJECTIVE, c.COMPUTE})
 
 
@@ -93,6 +95,8 @@ def describe(path: Path) -> dict[str, Any]:
         classes = out["outputs"][0]["shape"][-1:]  # the logits' class dimension
         count = classes[0] if classes and isinstance(classes[0], int) else 0
         out["labels"] = {"count": count, "first": []}
+    if not out["augmented"]:
+        out["foreign"] = _foreign_hints(model)
     out["metadata"] = {k: _short(k, v) for k, v in sorted(meta.items())}
     out["providers"] = _providers()
     return out
@@ -119,7 +123,21 @@ def _from_metadata(meta: dict[str, str]) -> dict[str, Any]:
         "input_size": _json(meta.get(c.META_INPUT_SIZE)),
         "resize": _json(meta.get(c.META_RESIZE)),
         "normalization": _json(meta.get(c.META_NORMALIZATION)),
+        "preprocessing": _json(meta.get(c.META_PREPROCESSING)),
+        "head": _json(meta.get(c.META_HEAD)),
     }
+
+
+def _foreign_hints(model: onnx.ModelProto) -> dict[str, Any]:
+    """What ``augment`` would convert in a forward graph: its layout and a probability head."""
+    from gradtap.export.graph.foreign import detect_layout, find_head
+    from gradtap.runtime.errors import GradtapError
+
+    try:
+        head = find_head(model, None)
+        return {"layout": detect_layout(model), "head": head.op if head else None}
+    except GradtapError:
+        return {}
 
 
 def _json(raw: str | None) -> Any:
@@ -172,9 +190,27 @@ def to_text(info: dict[str, Any]) -> list[str]:
     resize = json.dumps(info["resize"] or {"policy": "stretch"})
     lines.append(f"input     size {json.dumps(info['input_size'])}  resize {resize}")
     lines.append(f"normalize {json.dumps(info['normalization'])}")
+    prep = info.get("preprocessing")
+    if isinstance(prep, dict):
+        stated = ", ".join(f"{k} {json.dumps(prep.get(k))}" for k in _PREP_KEYS)
+        lines.append(f"original  the graph expected {stated}; converted in the graph")
+    head = info.get("head")
+    if isinstance(head, dict):
+        lines.append(
+            f"head      {head.get('op')} removed: logits are its input {head.get('scores')!r}, "
+            f"its output is {head.get('probabilities')!r}; gradients explain the logits"
+        )
     lines.append("metadata:")
     lines += [f"  {k} = {v}" for k, v in info["metadata"].items()]
     lines.append("providers " + ", ".join(info["providers"]))
+    hints = info.get("foreign") or {}
+    if hints.get("layout") == "nhwc":
+        lines.append("note: channels-last input [N, H, W, 3]: augment prepends a Transpose")
+    if hints.get("head"):
+        lines.append(
+            f"note: the output is a {hints['head']} head: augment explains its input and keeps "
+            "the output as 'probabilities' (--keep-head to explain it as it is)"
+        )
     if not info["augmented"]:
         lines.append(
             "hint: run `gradtap augment FILE -o OUT.gradtap.onnx` to add the backward pass"

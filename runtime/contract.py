@@ -40,6 +40,9 @@ outputs
   ``cam/<alias>``        class weights [classes, C] of a GAP -> linear head after the tap
                          (only for such taps; they depend on the weights alone)
   ``grad/tap/<alias>``   d sum(seed * logits) / d tap, same shape as the tap
+  ``probabilities``      float32 [N, classes], only when the forward graph ended in a Softmax
+                         (or Sigmoid) head: augment explains the head's input as ``logits`` and
+                         returns the original output here (metadata ``gradtap.head`` says which)
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ TAP_PREFIX = "tap/"
 GRAD_PREFIX = "grad/"
 CAM_PREFIX = "cam/"
 GRAD_INPUT = GRAD_PREFIX + INPUT
+PROBABILITIES = "probabilities"  # only where augment took a Softmax/Sigmoid head off the logits
 
 RELU_RULES: dict[str, int] = {"plain": 0, "guided": 1, "deconvnet": 2}
 OBJECTIVES: dict[str, int] = {"logits": 0, "cross_entropy": 1}
@@ -88,6 +92,12 @@ META_TAPS = META_PREFIX + "taps"  # JSON {alias: tensor name in the forward grap
 META_RELU_RULES = META_PREFIX + "relu_rules"  # JSON RELU_RULES
 META_AUGMENTED = META_PREFIX + "augmented"  # "1" once the backward pass is in the graph
 META_PASS_VERSION = META_PREFIX + "pass_version"  # hash of the augmentation pass that wrote it
+# JSON {"op": "Softmax", "axis": -1, "output": ..., "scores": ..., "probabilities": ...}: the head
+# augment removed from the explained path (absent: the graph's output was explained as it is)
+META_HEAD = META_PREFIX + "head"
+# JSON {"layout", "channel_order", "value_range", "mean", "std", "source"}: what the original
+# graph expected, converted to in the graph from the contract's RGB [0, 1] NCHW input
+META_PREPROCESSING = META_PREFIX + "preprocessing"
 
 RESIZE_POLICIES = frozenset({"shorter_side_center_crop", "stretch"})
 # The resize filter the runtime applies (gradtap.runtime.image.geometry.resize): OpenCV's

@@ -67,10 +67,16 @@ def controls(model: onnx.ModelProto | None = None, **values: float) -> dict[str,
 def with_defaults(
     sess: ort.InferenceSession, feeds: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
-    """``feeds`` plus what the runtime session feeds by default: ones for ``tap_scale``."""
+    """``feeds`` plus what the runtime session feeds by default: the control inputs' defaults
+    (a plain full pass) and ones for ``tap_scale``, for the inputs not given."""
     for i in sess.get_inputs():
-        if i.name == c.TAP_SCALE and i.name not in feeds:
+        if i.name in feeds:
+            continue
+        if i.name == c.TAP_SCALE:
             feeds = {**feeds, i.name: np.ones((len(feeds[c.INPUT]), i.shape[1]), np.float32)}
+        elif i.name in c.CONTROL_DEFAULTS:
+            dtype, default = c.CONTROL_DEFAULTS[i.name]
+            feeds = {**feeds, i.name: np.asarray(default, dtype)}
     return feeds
 
 

@@ -52,6 +52,7 @@ def test_the_contract_table_names_every_input_output_and_key() -> None:
         *c.INPUTS,
         c.LOGITS,
         c.GRAD_INPUT,
+        c.PROBABILITIES,
         c.TAP_PREFIX,
         c.GRAD_PREFIX,
     ):

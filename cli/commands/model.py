@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -132,7 +133,31 @@ def _parse_taps(values: Sequence[str]) -> dict[str, str] | None:
     return taps
 
 
-def _triple(value: str | None, name: str, *, positive: bool = False) -> list[float] | None:
+def _value_range(value: str | None) -> tuple[float, float] | None:
+    """'0-255', '0-1', '-1-1', 'LO,HI' or a plain maximum such as '255'."""
+    if value is None:
+        return None
+    text = value.replace(" ", "")
+    match = re.fullmatch(r"(-?[0-9.]+)(?:[-,:](-?[0-9.]+))?", text)
+    lo = hi = 0.0
+    try:
+        if match and match[2] is None:
+            hi = float(match[1])
+        elif match:
+            lo, hi = float(match[1]), float(match[2])
+    except ValueError:
+        pass
+    if not hi > lo:
+        raise click.BadParameter(
+            f"{value!r}: give the pixel range as LO-HI, e.g. 0-255, 0-1 or -1-1",
+            param_hint="--value-range",
+        )
+    return lo, hi
+
+
+def _triple(
+    value: str | None, name: str, *, positive: bool = False, units: float = 1.0
+) -> list[float] | None:
     if value is None:
         return None
     try:
@@ -141,9 +166,10 @@ def _triple(value: str | None, name: str, *, positive: bool = False) -> list[flo
         nums = []
     if len(nums) != 3:
         raise click.BadParameter(f"{value!r}: give three numbers R,G,B", param_hint=name)
-    if any(v > (10.0 if positive else 1.0) for v in nums):  # pixel stds are ~50-70 in 0-255
+    if units <= 1.0 and any(v > (10.0 if positive else 1.0) for v in nums):  # stds ~50-70 in 0-255
         raise click.BadParameter(
-            f"{value!r} looks like 0-255 units; give [0, 1] pixel units (divide by 255)",
+            f"{value!r} looks like 0-255 units; give --value-range 0-255 if the graph takes "
+            "0-255 pixels, else [0, 1] pixel units (divide by 255)",
             param_hint=name,
         )
     if positive and any(v <= 0 for v in nums):
@@ -184,6 +210,30 @@ def _read_labels(path: Path | None) -> list[str] | None:
 @click.option(
     "--std", metavar="R,G,B", help="Normalisation std in [0, 1] pixel units, added to the graph."
 )
+@click.option(
+    "--layout",
+    type=click.Choice(["auto", "nchw", "nhwc"]),
+    default="auto",
+    show_default=True,
+    help="The graph's image layout; auto: [N, H, W, 3] is channels last. The result takes NCHW.",
+)
+@click.option(
+    "--channel-order",
+    type=click.Choice(["rgb", "bgr"], case_sensitive=False),
+    help="Channel order the graph expects [default: from its metadata, else rgb].",
+)
+@click.option(
+    "--value-range",
+    metavar="LO-HI",
+    help="Pixel range the graph expects, e.g. 0-255 or -1-1 [default: from its metadata, else "
+    "0-1]. --mean/--std are then in these units and the graph's channel order.",
+)
+@click.option(
+    "--keep-head",
+    is_flag=True,
+    help="Explain a terminal Softmax/Sigmoid output as it is [default: explain its input and "
+    "return the original output as 'probabilities'].",
+)
 @click.option("--labels", type=EXISTING_FILE, help="Class names: one per line, or a JSON list.")
 @click.option(
     "--flat", is_flag=True, help="No If nodes: every call runs the whole backward pass (for tract)."
@@ -199,20 +249,27 @@ def augment(
     logits: str | None,
     mean: str | None,
     std: str | None,
+    layout: str,
+    channel_order: str | None,
+    value_range: str | None,
+    keep_head: bool,
     labels: Path | None,
     flat: bool,
     overwrite: bool,
 ) -> None:
     """Add taps and the backward pass to a forward ONNX classifier (no torch needed).
 
-    The graph must take one image [N, 3, H, W]. If it expects normalised input, give --mean and
-    --std so the result takes plain RGB pixels in [0, 1].
+    The graph must take one image, [N, 3, H, W] or [N, H, W, 3]. State what it expects
+    (--channel-order, --value-range, --mean, --std) so the result takes plain RGB pixels in
+    [0, 1], NCHW. A terminal Softmax/Sigmoid is taken off the explained scores.
 
     \b
     Example:
       gradtap augment mynet.onnx --list-taps
       gradtap augment mynet.onnx -o mynet.gradtap.onnx --tap /layer4/relu=layer4 \\
           --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --labels classes.txt
+      gradtap augment keras_nhwc.onnx --value-range 0-255 --channel-order bgr \\
+          --mean 103.939,116.779,123.68
     """
     from gradtap.export.graph.augment import augment as run_augment
     from gradtap.export.graph.augment import load_model, save_model
@@ -224,12 +281,18 @@ def augment(
         return
     dst = output or source.with_name(source.name.removesuffix(".onnx") + AUGMENTED_SUFFIX)
     _check_target(dst, overwrite)
+    span = _value_range(value_range)
+    units = span[1] - span[0] if span else 1.0
     options = {
         "taps": _parse_taps(taps),
         "logits": logits,
         "labels": _read_labels(labels),
-        "mean": _triple(mean, "--mean"),
-        "std": _triple(std, "--std", positive=True),
+        "mean": _triple(mean, "--mean", units=units),
+        "std": _triple(std, "--std", positive=True, units=units),
+        "layout": layout,
+        "channel_order": channel_order,
+        "value_range": span,
+        "head": "keep" if keep_head else "auto",
         "flat": flat,
     }
     _check_names(model, options["taps"], logits)
@@ -258,12 +321,13 @@ def _check_names(model: Any, taps: dict[str, str] | None, logits: str | None) ->
 
 
 def _print_taps(model) -> None:  # noqa: ANN001
-    from gradtap.export.graph.taps import candidate_taps, default_tap
+    from gradtap.export.graph.foreign import foreign_default_tap
+    from gradtap.export.graph.taps import candidate_taps
 
     with user_errors():
         found = candidate_taps(model)
         try:
-            best = default_tap(model).name
+            best = foreign_default_tap(model)
         except ValueError:
             best = None
     for cand in found:

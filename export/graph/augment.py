@@ -15,12 +15,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, version_converter
 
+from gradtap.export.graph import foreign
 from gradtap.export.graph.emitter import GraphInfo
 from gradtap.export.graph.gate import branch_nodes, gate
 from gradtap.export.graph.head import cam_outputs
 from gradtap.export.graph.interventions import add_tap_scale, inputs_last
 from gradtap.export.graph.seed import add_seed
-from gradtap.export.graph.taps import alias_for, candidate_taps, default_tap
+from gradtap.export.graph.taps import alias_for, candidate_taps
 from gradtap.export.graph.tokens import expose_token_taps, split_spec
 from gradtap.export.graph.version import PASS_VERSION
 from gradtap.export.graph.vjp import add_vjp
@@ -42,6 +43,10 @@ def augment(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     labels: Sequence[str] | None = None,
+    layout: str = "auto",
+    channel_order: str | None = None,
+    value_range: Sequence[float] | None = None,
+    head: str = "auto",
     flat: bool = False,
 ) -> onnx.ModelProto:
     """Add taps, a seed input, a rectifier-rule input and the backward pass to a classifier.
@@ -54,6 +59,12 @@ def augment(
         mean, std: per-channel normalisation in [0, 1] pixel units, prepended to the graph so
             the result takes RGB pixels in [0, 1]; omit when the graph already takes those.
         labels: class names (index = class id), stored in the metadata if given.
+        layout, channel_order, value_range: what the graph's image input is, when it is not
+            RGB [0, 1] NCHW ('auto' layout: [N, H, W, 3] is NHWC); mean and std are then in the
+            graph's channel order and value units (see foreign.Preprocessing). Unstated order
+            and range come from the model's metadata where it has them.
+        head: 'auto' explains the input of a terminal Softmax/Sigmoid (the original output
+            stays available as ``probabilities``); 'keep' explains the output as it is.
         flat: no If nodes and no ``compute`` input: every call runs the whole backward pass
             (for runtimes that cannot run If, such as tract); the ``relu_rule`` switch stays.
 
@@ -63,9 +74,24 @@ def augment(
     model = _upgrade(copy.deepcopy(model))
     if any(m.key == c.META_AUGMENTED for m in model.metadata_props):
         raise GraphError("the model is already augmented by gradtap; augment its forward graph")
+    found_head = foreign.find_head(model, logits, head)
+    if found_head is not None:
+        foreign.detach_head(model, found_head)
+        logits = found_head.scores
+    prep, source = foreign.resolve_preprocessing(
+        model, layout=layout, channel_order=channel_order, value_range=value_range,
+        mean=mean, std=std,
+    )  # fmt: skip
+    plain = prep.layout == "nchw" and prep.channel_order == "rgb" and prep.value_range == (0, 1)
+    if not plain:
+        foreign.prepend_preprocessing(model, prep)
     _rename_io(model, logits)
-    if mean is not None or std is not None:
+    if plain and (mean is not None or std is not None):
         _prepend_normalization(model, mean, std)
+    if not prep.is_identity:
+        foreign.record(model, prep, source)
+    if found_head is not None:
+        _set_meta(model, c.META_HEAD, found_head.metadata())
     meta = {m.key: m.value for m in model.metadata_props}
     chosen = expose_token_taps(model, resolve_taps(model, taps, meta), c.INPUT)
     graph = model.graph
@@ -85,6 +111,8 @@ def augment(
     out = add_vjp(model, seed_of=c.LOGITS, seed=seed, wrt=wrt, relu_rule=c.RELU_RULE)
     out = out if flat else gate(out)
     inputs_last(out)
+    if found_head is not None:
+        foreign.add_probabilities(out, found_head)
     _stamp(out, meta, chosen, labels)
     del out.graph.value_info[:]
     out = onnx.shape_inference.infer_shapes(out, check_type=True, strict_mode=True)
@@ -141,8 +169,8 @@ def resolve_taps(
     if taps is None and c.META_TAPS in meta:
         taps = json.loads(meta[c.META_TAPS])
     if taps is None:
-        found = default_tap(model)
-        taps = {meta.get(c.META_DEFAULT_TAP) or alias_for(found.name): found.name}
+        found = foreign.foreign_default_tap(model)
+        taps = {meta.get(c.META_DEFAULT_TAP) or foreign.DEFAULT_TAP_ALIAS: found}
     if not isinstance(taps, Mapping):
         taps = {alias_for(t): t for t in taps}
     produced = {o for n in model.graph.node for o in n.output}

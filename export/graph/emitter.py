@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,13 +17,36 @@ from gradtap.runtime.errors import GraphError
 __all__ = ["Dim", "Emitter", "GraphInfo", "Shape"]
 
 
+class Constants(Mapping[str, np.ndarray]):
+    """Initializers and Constant outputs by name, turned into arrays on first use (weights are
+    large, and most rules read only a few small constants)."""
+
+    def __init__(self, tensors: dict[str, onnx.TensorProto]) -> None:
+        self._tensors = tensors
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._arrays:
+            self._arrays[name] = numpy_helper.to_array(self._tensors[name])
+        return self._arrays[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tensors
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+
 @dataclass
 class GraphInfo:
     """Static facts about the forward graph: inferred shapes, constant values, opset."""
 
     shapes: dict[str, Shape]
     dtypes: dict[str, int]
-    consts: dict[str, np.ndarray]
+    consts: Mapping[str, np.ndarray]
     opset: int
     folded: dict[str, np.ndarray] = field(default_factory=dict)  # batch-independent, computed
 
@@ -32,17 +55,17 @@ class GraphInfo:
         """Shapes from onnx's inference, completed where it gives up unless ``complete`` is
         False (see shapes.py); ``consts`` are initializers and Constant outputs."""
         inferred = infer(model, complete=complete)
-        g, shapes, dtypes = inferred.graph, inferred.shapes, inferred.dtypes
-        consts = {init.name: numpy_helper.to_array(init) for init in g.initializer}
-        for node in g.node:
+        shapes, dtypes = inferred.shapes, inferred.dtypes
+        tensors = {init.name: init for init in model.graph.initializer}
+        for node in model.graph.node:
             if node.op_type == "Constant" and node.attribute[0].name == "value":
-                consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-        for name, value in consts.items():
-            shapes.setdefault(name, tuple(value.shape))
-            dtypes.setdefault(name, helper.np_dtype_to_tensor_dtype(value.dtype))
+                tensors[node.output[0]] = node.attribute[0].t
+        for name, tensor in tensors.items():
+            shapes.setdefault(name, tuple(int(d) for d in tensor.dims))
+            dtypes.setdefault(name, tensor.data_type)
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-        folded = {k: v for k, v in inferred.values.items() if k not in consts}
-        return cls(shapes, dtypes, consts, opset, folded)
+        folded = {k: v for k, v in inferred.values.items() if k not in tensors}
+        return cls(shapes, dtypes, Constants(tensors), opset, folded)
 
     def shape(self, name: str) -> Shape:
         if name not in self.shapes:
@@ -51,9 +74,10 @@ class GraphInfo:
 
     def static_shape(self, name: str) -> tuple[int, ...]:
         shape = self.shape(name)
-        if not all(isinstance(d, int) for d in shape):
+        dims = tuple(d for d in shape if isinstance(d, int))
+        if len(dims) != len(shape):
             raise GraphError(f"tensor {name!r} needs a static shape here, got {list(shape)}")
-        return tuple(int(d) for d in shape if isinstance(d, int))
+        return dims
 
     def rank(self, name: str) -> int:
         return len(self.shape(name))

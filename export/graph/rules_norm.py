@@ -177,11 +177,15 @@ def _kept(em: Emitter, node: NodeProto, t: str, axes: list[int] | None) -> str:
     return em.op("Unsqueeze", t, em.ints(axes))
 
 
-@vjp_rule("ReduceMax", "ReduceMin")
+@vjp_rule("ReduceMax", "ReduceMin", "GlobalMaxPool")
 def reduce_max_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
-    """dx = dy * [x == y] / #ties, per reduced slice (ties split evenly)."""
+    """dx = dy * [x == y] / #ties, per reduced slice (ties split evenly); GlobalMaxPool reduces
+    the spatial axes."""
     x = node.input[0]
-    axes = reduce_axes(node, em)
+    if node.op_type == "GlobalMaxPool":
+        axes: list[int] | None = list(range(2, em.info.rank(x)))
+    else:
+        axes = reduce_axes(node, em)
     if axes == []:
         return no_grads(node, dys[0])
     hits = em.mask(em.op("Equal", x, _kept(em, node, node.output[0], axes)), x)

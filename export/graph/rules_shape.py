@@ -75,36 +75,64 @@ def _const_ints(em: Emitter, node: NodeProto, index: int, what: str) -> list[int
 
 @vjp_rule("Slice")
 def slice_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
-    """dx = dy padded with zeros back to x's shape (unit steps).
+    """dx = dy spread back over x's shape: zero rows between the picks of a step > 1, then
+    padded with zeros around the slice.
 
     Only the sliced axes need a static size; a dynamic one (the batch) may be sliced from a
-    start to its end.
+    start to its end with unit step. Negative steps are not supported.
     """
     x = node.input[0]
     dims = em.info.shape(x)
+    rank = len(dims)
     starts, ends = _const_ints(em, node, 1, "starts"), _const_ints(em, node, 2, "ends")
     axes, steps = _const_ints(em, node, 3, "axes"), _const_ints(em, node, 4, "steps")
     if starts is None or ends is None:
         raise GraphError(f"Slice node {node.name!r}: starts and ends are required")
     axes = axes if axes is not None else list(range(len(starts)))
-    if steps is not None and any(s != 1 for s in steps):
-        raise UnsupportedOpError(f"Slice node {node.name!r}: only unit steps are supported")
-    pads = [0] * (2 * len(dims))
-    for axis, start, end in zip(axes, starts, ends, strict=True):
-        axis %= len(dims)
+    steps = steps if steps is not None else [1] * len(axes)
+    if any(s < 1 for s in steps):
+        raise UnsupportedOpError(f"Slice node {node.name!r}: only positive steps are supported")
+    pads, dx = [0] * (2 * rank), dys[0]
+    for axis, start, end, step in zip(axes, starts, ends, steps, strict=True):
+        axis %= rank
         size = dims[axis]
         if not isinstance(size, int):
-            if start < 0 or end < 2**31 - 1:
+            if start < 0 or end < 2**31 - 1 or step != 1:
                 raise GraphError(
                     f"Slice node {node.name!r}: axis {axis} has no static size ({size}); only "
-                    "slices from a start to the end are supported there"
+                    "unit-step slices from a start to the end are supported there"
                 )
             pads[axis] = start
             continue
         begin = min(max(start + size if start < 0 else start, 0), size)
-        stop = min(max(end + size if end < 0 else end, 0), size)
-        pads[axis], pads[len(dims) + axis] = begin, size - max(stop, begin)
-    return (em.op("Pad", dys[0], em.ints(pads)),) + (None,) * (len(node.input) - 1)
+        stop = max(min(max(end + size if end < 0 else end, 0), size), begin)
+        picked = -(-(stop - begin) // step)
+        if step > 1 and picked > 0:
+            dx = _interleave(em, dx, axis, rank, picked, step, size - begin)
+            stop = begin + min(picked * step, size - begin)
+        pads[axis], pads[rank + axis] = begin, size - stop
+    return (em.op("Pad", dx, em.ints(pads)),) + (None,) * (len(node.input) - 1)
+
+
+def _interleave(
+    em: Emitter, g: str, axis: int, rank: int, picked: int, step: int, room: int
+) -> str:
+    """``picked`` rows of g along ``axis``, each followed by step - 1 zero rows, cut to ``room``."""
+    lifted = em.op("Unsqueeze", g, em.ints([axis + 1]))
+    pads = [0] * (2 * (rank + 1))
+    pads[rank + 1 + axis + 1] = step - 1
+    shape = em.op("Shape", g)
+    merged = em.op(
+        "Concat",
+        em.op("Slice", shape, em.ints([0]), em.ints([axis])),
+        em.ints([picked * step]),
+        em.op("Slice", shape, em.ints([axis + 1]), em.ints([rank])),
+        axis=0,
+    )  # fmt: skip
+    flat = em.op("Reshape", em.op("Pad", lifted, em.ints(pads)), merged)
+    if picked * step <= room:
+        return flat
+    return em.op("Slice", flat, em.ints([0]), em.ints([room]), em.ints([axis]))
 
 
 @vjp_rule("Pad")
@@ -125,3 +153,24 @@ def pad_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     starts = em.ints(begins)
     piece = em.op("Slice", dys[0], starts, em.op("Add", starts, sizes), em.ints(axes))
     return (piece,) + (None,) * (len(node.input) - 1)
+
+
+@vjp_rule("SpaceToDepth")
+def space_to_depth_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
+    """dx = DepthToSpace(dy) in DCR mode, its inverse permutation."""
+    return (em.op("DepthToSpace", dys[0], blocksize=attr_int(node, "blocksize"), mode="DCR"),)
+
+
+@vjp_rule("DepthToSpace")
+def depth_to_space_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
+    """dx = the inverse permutation: dy viewed as [n, c, h, b, w, b], transposed back to the
+    mode's [n, b, b, c, h, w] (DCR) or [n, c, b, b, h, w] (CRD), reshaped like x."""
+    x, b = node.input[0], attr_int(node, "blocksize")
+    dims = [d for d in em.info.shape(x)[1:] if isinstance(d, int)]
+    if len(dims) != 3:
+        raise GraphError(f"DepthToSpace node {node.name!r}: channels and sizes must be static")
+    channels, h, w = dims
+    view = em.op("Reshape", dys[0], em.ints([0, channels // (b * b), h, b, w, b]))
+    forward = [0, 3, 4, 1, 5, 2] if attr_str(node, "mode", "DCR") == "DCR" else [0, 1, 4, 2, 5, 3]
+    back = em.op("Transpose", view, perm=[int(i) for i in np.argsort(forward)])
+    return (em.op("Reshape", back, em.op("Shape", x)),)

@@ -55,45 +55,60 @@ class Inferred:
 def infer(model: onnx.ModelProto, *, complete: bool = True) -> Inferred:
     """onnx's inference with data propagation, completed by the two batch probes where needed
     (unless ``complete`` is False)."""
-    g = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+    g = onnx.shape_inference.infer_shapes(_weightless(model), data_prop=True).graph
     shapes, dtypes = value_infos(g)
-    values: dict[str, np.ndarray] = {}
+    found = Inferred(g, shapes, dtypes, {})
     if not complete or not _incomplete(g, shapes):
-        return Inferred(g, shapes, dtypes, values)
-    key = _structure(model)
-    if key not in _PROBED:
-        _PROBED.clear()  # one entry: augment asks about the same forward graph several times
-        _PROBED[key] = (_probe(model, 2), _probe(model, 3))
-    probes = _PROBED[key]
-    if probes[0] is None or probes[1] is None:
-        return Inferred(g, shapes, dtypes, values)
-    (at2, v2), (at3, v3) = probes[0], probes[1]
-    for name in {o for n in g.node for o in n.output if o}:
+        return found
+    parts = _parts(model)
+    last = _PROBED.get("last")
+    if last is not None and last[0] <= parts:  # a graph grown from the last one probed
+        grown = _with_probes(found, last[1])
+        if not (_unknown(g, grown.shapes) - last[2]):  # probing again would learn nothing new
+            return grown
+    probes = (_probe(model, 2), _probe(model, 3))
+    probed = {o for n in model.graph.node for o in n.output if o}
+    _PROBED["last"] = (parts, probes, probed)
+    return _with_probes(found, probes)
+
+
+_Probe = tuple[dict[str, Shape], dict[str, np.ndarray]]
+# augment asks about the same forward graph several times as it adds taps and seed inputs
+_PROBED: dict[str, tuple[frozenset[bytes], tuple[_Probe | None, _Probe | None], set[str]]] = {}
+
+
+def _with_probes(found: Inferred, probes: tuple[_Probe | None, _Probe | None]) -> Inferred:
+    """``found`` with the dimensions and values both probes agree on."""
+    shapes, values = dict(found.shapes), {}
+    first, second = probes
+    if first is None or second is None:
+        return found
+    (at2, v2), (at3, v3) = first, second
+    for name in {o for n in found.graph.node for o in n.output if o}:
         merged = _merged(shapes.get(name), at2.get(name), at3.get(name))
         if merged is not None:
             shapes[name] = merged
         if name in v2 and name in v3 and v2[name].shape == v3[name].shape:
             if np.array_equal(v2[name], v3[name]):
                 values[name] = v2[name]
-    return Inferred(g, shapes, dtypes, values)
+    return Inferred(found.graph, shapes, found.dtypes, values)
 
 
-_Probe = tuple[dict[str, Shape], dict[str, np.ndarray]]
-_PROBED: dict[bytes, tuple[_Probe | None, _Probe | None]] = {}
-
-
-def _structure(model: onnx.ModelProto) -> bytes:
-    """A digest of what the probes depend on: nodes, inputs, initializer names and small values."""
-    h = hashlib.sha256()
+def _parts(model: onnx.ModelProto) -> frozenset[bytes]:
+    """Digests of what the probes depend on: each node and input, each initializer's name, type
+    and dims (and value, when small or int64). A graph holding all parts of another extends it."""
     g = model.graph
-    for part in [*g.node, *g.input]:
-        h.update(part.SerializeToString(deterministic=True))
+    found = {
+        hashlib.sha1(p.SerializeToString(deterministic=True)).digest() for p in [*g.node, *g.input]
+    }
     for init in g.initializer:
-        h.update(init.name.encode())
-        h.update(bytes(str(list(init.dims)), "ascii"))
-        if int(np.prod(init.dims)) <= _FOLD_LIMIT:
-            h.update(init.SerializeToString(deterministic=True))
-    return h.digest()
+        if int(np.prod(init.dims)) <= _FOLD_LIMIT or init.data_type == onnx.TensorProto.INT64:
+            found.add(hashlib.sha1(init.SerializeToString(deterministic=True)).digest())
+        else:
+            found.add(
+                hashlib.sha1(f"{init.name}|{init.data_type}|{list(init.dims)}".encode()).digest()
+            )
+    return frozenset(found)
 
 
 def _dim(d: onnx.TensorShapeProto.Dimension) -> Dim:
@@ -108,40 +123,55 @@ def _static(shape: Shape | None) -> bool:
 
 def _incomplete(g: onnx.GraphProto, shapes: dict[str, Shape]) -> bool:
     """Whether a node output lacks a shape or has an unknown dimension past the first."""
-    for node in g.node:
-        for out in node.output:
-            if out and (out not in shapes or not _static(shapes[out][1:])):
-                return True
-    return False
+    return bool(_unknown(g, shapes))
 
 
-def _weightless(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
-    """A copy with the batch fixed, large initializers turned into typed inputs, outputs untyped."""
+def _unknown(g: onnx.GraphProto, shapes: dict[str, Shape]) -> set[str]:
+    """Node outputs without a shape or with an unknown dimension past the first."""
+    return {
+        out
+        for node in g.node
+        for out in node.output
+        if out and (out not in shapes or not _static(shapes[out][1:]))
+    }
+
+
+def _weightless(model: onnx.ModelProto, batch: int | None = None) -> onnx.ModelProto:
+    """The model without its large initializers (typed inputs instead), cheap to infer.
+
+    With ``batch``, every graph input's dynamic first dimension is fixed to it and the outputs
+    are left untyped (the probes); without, value infos and outputs are kept as they are.
+    """
     probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    g = probe.graph
-    del g.value_info[:]
-    inits = {i.name for i in g.initializer}
-    for vi in g.input:
-        dims = vi.type.tensor_type.shape.dim
-        if vi.name not in inits and dims and not dims[0].HasField("dim_value"):
-            dims[0].Clear()
-            dims[0].dim_value = batch
-    for vi in g.output:
-        vi.type.tensor_type.ClearField("shape")
-    kept, inputs = [], {vi.name for vi in g.input}
-    for init in g.initializer:
+    for field_name in ("ir_version", "producer_name", "model_version"):
+        setattr(probe, field_name, getattr(model, field_name))
+    probe.opset_import.extend(model.opset_import)
+    probe.functions.extend(model.functions)
+    src, g = model.graph, probe.graph
+    g.name = src.name
+    g.node.extend(src.node)
+    g.input.extend(src.input)
+    g.output.extend(src.output)
+    if batch is None:
+        g.value_info.extend(src.value_info)
+    declared = {vi.name for vi in g.input}
+    for init in src.initializer:
         size = int(np.prod(init.dims)) if init.dims else 1
         if size <= _FOLD_LIMIT or init.data_type == onnx.TensorProto.INT64:
-            kept.append(init)
-        elif init.name not in inputs:
+            g.initializer.append(init)
+        elif init.name not in declared:
             g.input.append(
                 helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
             )
-        else:
-            pass  # an overridable initializer already declared as an input keeps its declaration
-    del g.initializer[:]
-    g.initializer.extend(kept)
+    if batch is not None:
+        weights = {i.name for i in src.initializer}
+        for vi in g.input:
+            dims = vi.type.tensor_type.shape.dim
+            if vi.name not in weights and dims and not dims[0].HasField("dim_value"):
+                dims[0].Clear()
+                dims[0].dim_value = batch
+        for vi in g.output:
+            vi.type.tensor_type.ClearField("shape")
     return probe
 
 

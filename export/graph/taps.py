@@ -34,14 +34,29 @@ class TapCandidate:
 
 
 def candidate_taps(model: onnx.ModelProto) -> list[TapCandidate]:
-    """Every 4-D float tensor produced by a node, in forward order."""
+    """Every 4-D float tensor produced by a node, and every normalised token sequence that lies
+    on a patch grid (named ``tensor@HxW``, shaped as its [N, C, h, w] view), in forward order."""
     info = GraphInfo.of(model)
+    image = _image_input(model)
     found = []
     for node in model.graph.node:
         for out in node.output:
             shape = info.shapes.get(out)
-            if shape and len(shape) == 4 and info.dtypes.get(out) == onnx.TensorProto.FLOAT:
+            if not shape or info.dtypes.get(out) != onnx.TensorProto.FLOAT:
+                continue
+            if len(shape) == 4:
                 found.append(TapCandidate(out, node.op_type, node.name, shape))
+            elif len(shape) == 3 and node.op_type == "LayerNormalization" and image:
+                try:
+                    grid = token_grid(info, out, None, image)
+                except GraphError:
+                    continue
+                spec = f"{out}@{grid.h}x{grid.w}"
+                found.append(
+                    TapCandidate(
+                        spec, node.op_type, node.name, (shape[0], shape[2], grid.h, grid.w)
+                    )
+                )
     return found
 
 

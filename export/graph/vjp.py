@@ -5,12 +5,13 @@ from __future__ import annotations
 import copy
 import logging
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import onnx
 from onnx import TensorProto, helper
 
 from gradtap.export.graph.emitter import Emitter, GraphInfo
+from gradtap.export.graph.patterns import fuse_erf_gelu
 from gradtap.export.graph.rectifier import PLAIN, Rectifier
 from gradtap.export.graph.rulebase import VjpRule
 from gradtap.export.graph.table import RULES, ZERO_GRAD_OPS, rule_table
@@ -22,7 +23,7 @@ MIN_OPSET = 13
 
 
 def differentiated_nodes(
-    graph: onnx.GraphProto, wrt: set[str], seed_of: str
+    nodes: Sequence[onnx.NodeProto], wrt: set[str], seed_of: str
 ) -> tuple[list[onnx.NodeProto], set[str]]:
     """Nodes on a path from ``wrt`` to ``seed_of``, in forward order, and the tensors they touch.
 
@@ -30,11 +31,11 @@ def differentiated_nodes(
     differentiated when it has an active input and an output that reaches ``seed_of``.
     """
     active = set(wrt)
-    for node in graph.node:  # step 1: forward sweep, what depends on the wrt tensors
+    for node in nodes:  # step 1: forward sweep, what depends on the wrt tensors
         if node.op_type not in ZERO_GRAD_OPS and active.intersection(node.input):
             active.update(o for o in node.output if o)
     needed, chosen = {seed_of}, []
-    for node in reversed(graph.node):  # step 2: backward sweep, what reaches the seed
+    for node in reversed(nodes):  # step 2: backward sweep, what reaches the seed
         if needed.intersection(node.output) and active.intersection(node.input):
             if node.op_type not in ZERO_GRAD_OPS:
                 chosen.append(node)
@@ -43,7 +44,7 @@ def differentiated_nodes(
 
 
 def check_coverage(nodes: list[onnx.NodeProto], rules: Mapping[str, VjpRule]) -> None:
-    """Raise one error naming every op type without a rule and the nodes that use it."""
+    """Raise one error naming every op type without a rule: a count and a few nodes for each."""
     missing: dict[str, list[str]] = defaultdict(list)
     for node in nodes:
         if node.op_type not in rules or node.domain not in ("", "ai.onnx"):
@@ -51,8 +52,11 @@ def check_coverage(nodes: list[onnx.NodeProto], rules: Mapping[str, VjpRule]) ->
                 node.name or node.output[0]
             )
     if missing:
+        shown = 3
         listed = "; ".join(
-            f"{op} (nodes: {', '.join(names)})" for op, names in sorted(missing.items())
+            f"{op}: {len(names)} node{'s' if len(names) > 1 else ''} ({', '.join(names[:shown])}"
+            + (f", +{len(names) - shown} more)" if len(names) > shown else ")")
+            for op, names in sorted(missing.items(), key=lambda kv: (-len(kv[1]), kv[0]))
         )
         raise UnsupportedOpsError(
             f"no backward rule for {len(missing)} op type(s) on the gradient path: {listed}. "
@@ -89,7 +93,8 @@ def add_vjp(
     if info.opset < MIN_OPSET:
         raise GraphError(f"opset {info.opset} is too old; the backward pass needs >= {MIN_OPSET}")
     graph = model.graph
-    nodes, needed = differentiated_nodes(graph, set(wrt), seed_of)
+    fused = fuse_erf_gelu(graph.node, info, {o.name for o in graph.output})
+    nodes, needed = differentiated_nodes(fused, set(wrt), seed_of)
     check_coverage(nodes, RULES if rules is None else rules)  # step 1: all covered, none emitted
 
     em = Emitter(info, wanted=frozenset(needed))

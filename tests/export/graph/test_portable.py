@@ -22,7 +22,7 @@ from onnx import TensorProto
 from gradtap.export.graph.augment import augment
 from gradtap.export.graph.gate import branch_nodes
 from gradtap.runtime import contract as c
-from tests.graphs import controls, session, tiny_cnn
+from tests.graphs import controls, session, tiny_cnn, with_defaults
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def _branch(node: onnx.NodeProto, which: str) -> onnx.GraphProto:
 def test_every_input_is_required_and_has_no_initializer(gated: onnx.ModelProto) -> None:
     assert [i.name for i in gated.graph.input] == list(c.INPUTS)
     assert not {t.name for t in gated.graph.initializer} & set(c.INPUTS)
-    assert set(c.CONTROL_DEFAULTS) == set(c.INPUTS) - {c.INPUT, c.SEED}
+    assert set(c.CONTROL_DEFAULTS) == set(c.INPUTS) - {c.INPUT, c.SEED, c.TAP_SCALE}  # fed ones
 
 
 def test_empty_stand_ins_keep_the_rank_of_what_they_stand_for(gated: onnx.ModelProto) -> None:
@@ -113,6 +113,7 @@ tap = next(o.name for o in s.get_outputs() if o.name.startswith("grad/tap/"))
 f = {"input": np.random.default_rng(0).random(shape["input"], dtype=np.float32),
      "seed": np.zeros(shape["seed"], np.float32), "relu_rule": np.array(0, np.int64),
      "seed_top1": np.array(1, np.float32), "objective": np.array(0, np.int64)}
+f.update({i.name: np.ones((1, i.shape[1]), np.float32) for i in s.get_inputs() if i.name == "tap_scale"})
 s.run(["logits", tap], {**f, "compute": np.array(1, np.int64)})  # Grad-CAM
 s.run(["logits"], {**f, "compute": np.array(0, np.int64)})  # predict
 s.run(None, {**f, "compute": np.array(2, np.int64)})
@@ -180,7 +181,7 @@ def _kernels(model: onnx.ModelProto, level: str, compute: int, folder: Path) -> 
         c.INPUT: rng.random((1, 3, 8, 8), dtype=np.float32),
         c.SEED: np.ones((1, 3), np.float32),
     }
-    s.run(None, {**feeds, **controls(model, compute=compute)})
+    s.run(None, with_defaults(s, {**feeds, **controls(model, compute=compute)}))
     events = json.loads(Path(s.end_profiling()).read_text())
     return [
         e["args"]["op_name"]

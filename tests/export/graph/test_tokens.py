@@ -20,6 +20,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from gradtap.export.graph.augment import augment, save_model
 from gradtap.export.graph.emitter import GraphInfo
+from gradtap.export.graph.taps import candidate_taps
 from gradtap.export.graph.tokens import TokenGrid, expose_tokens, split_spec, token_grid
 from gradtap.runtime import contract as c
 from gradtap.runtime import methods
@@ -166,6 +167,9 @@ def test_a_named_grid_and_tap_give_the_same_view(exported: onnx.ModelProto) -> N
     a = session(default).run([c.tap_grad_output(meta[c.META_DEFAULT_TAP])], feeds)[0]
     b = session(named).run([c.tap_grad_output("tokens")], feeds)[0]
     np.testing.assert_array_equal(a, b)
+    listed = [t for t in candidate_taps(exported) if t.name.endswith("@4x4")]
+    assert len(listed) == 5 and listed[-3].name == f"{tensor}@4x4"  # 2 blocks x 2 norms, final
+    assert listed[-3].shape[1:] == (16, 4, 4)
     with pytest.raises(GraphError, match="do not fill a 5x5 grid"):
         augment(exported, taps={"tokens": f"{tensor}@5x5"})
 
@@ -215,3 +219,41 @@ def test_grids_are_inferred_from_the_image_aspect_ratio() -> None:
     assert split_spec("a/b@7x9") == ("a/b", (7, 9)) and split_spec("a@b") == ("a@b", None)
     with pytest.raises(GraphError, match="fit no patch grid"):
         token_grid(info, "f", None, "q")
+
+
+def torch_rectified_gradient(net: TinyViT, x: np.ndarray, target: int, rule: str) -> np.ndarray:
+    """d logit_target / d x in float64 with each GELU's backward replaced as rectifier.py says:
+    guided: relu(dy) * GELU'(x); deconvnet: relu(dy); plain: unchanged."""
+    double = TinyViT().double()
+    double.load_state_dict(net.state_dict())
+
+    def hook(_m, grad_input, grad_output):  # noqa: ANN001, ANN202
+        dy = grad_output[0]
+        if rule == "guided":
+            return (torch.where(dy > 0, grad_input[0], torch.zeros_like(dy)),)
+        return (torch.clamp(dy, min=0),) if rule == "deconvnet" else None
+
+    for module in double.modules():
+        if isinstance(module, torch.nn.GELU):
+            module.register_full_backward_hook(hook)
+    xt = torch.from_numpy(x).double().requires_grad_()
+    double(xt)[:, target].sum().backward()
+    return xt.grad.numpy()
+
+
+@pytest.mark.parametrize(
+    ("rule", "method"),
+    [("plain", "saliency"), ("guided", "guided_backprop"), ("deconvnet", "deconvnet")],
+)
+def test_gradient_methods_on_the_vit_follow_the_gelu_rule(
+    net: TinyViT, exported: onnx.ModelProto, tmp_path: Path, rule: str, method: str
+) -> None:
+    path = tmp_path / "vit.gradtap.onnx"
+    save_model(augment(exported), path)
+    x = np.random.default_rng(5).random((2, 3, 16, 16), dtype=np.float32)
+    ref = torch_rectified_gradient(net, x, 2, rule)
+    maps = getattr(methods, method)(ExplainSession(path), x, target=2).maps
+    if method == "saliency":
+        ref = np.abs(ref).max(axis=1)  # max |g| over channels
+    assert maps.shape == ref.shape
+    np.testing.assert_allclose(maps, ref, atol=1e-5 * np.abs(ref).max())
