@@ -204,7 +204,11 @@ class ExplainSession:
         if len(x) != 1:
             raise OptionError(f"intervene takes one image, got {len(x)}")
         scale = self._check_tap_scale(tap_scale, len(tap_scale))
-        extra = {c.COMPUTE: np.array(c.COMPUTE_LEVELS["forward"], np.int64)}
+        extra = {
+            name: np.asarray(default, dtype)
+            for name, (dtype, default) in c.CONTROL_DEFAULTS.items()
+        }
+        extra[c.COMPUTE] = np.asarray(c.COMPUTE_LEVELS["forward"], np.int64)
         extra = {k: v for k, v in extra.items() if k in self._feeds}
         seed = np.zeros((1, self.info.num_classes), np.float32)
         parts = [

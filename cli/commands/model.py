@@ -238,6 +238,11 @@ def _read_labels(path: Path | None) -> list[str] | None:
 @click.option(
     "--flat", is_flag=True, help="No If nodes: every call runs the whole backward pass (for tract)."
 )
+@click.option(
+    "--interventions",
+    is_flag=True,
+    help="Add the tap_scale input (channel scales of the default tap) for Score-CAM/Ablation-CAM.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.pass_obj
 def augment(
@@ -255,6 +260,7 @@ def augment(
     keep_head: bool,
     labels: Path | None,
     flat: bool,
+    interventions: bool,
     overwrite: bool,
 ) -> None:
     """Add taps and the backward pass to a forward ONNX classifier (no torch needed).
@@ -294,6 +300,7 @@ def augment(
         "value_range": span,
         "head": "keep" if keep_head else "auto",
         "flat": flat,
+        "interventions": interventions,
     }
     _check_names(model, options["taps"], logits)
     with user_errors(path=source):

@@ -48,6 +48,7 @@ def augment(
     value_range: Sequence[float] | None = None,
     head: str = "auto",
     flat: bool = False,
+    interventions: bool = False,
 ) -> onnx.ModelProto:
     """Add taps, a seed input, a rectifier-rule input and the backward pass to a classifier.
 
@@ -65,6 +66,9 @@ def augment(
             and range come from the model's metadata where it has them.
         head: 'auto' explains the input of a terminal Softmax/Sigmoid (the original output
             stays available as ``probabilities``); 'keep' explains the output as it is.
+        interventions: add the ``tap_scale`` input (channel scales of the default tap, for
+            Score-CAM and Ablation-CAM in batched calls); off by default, since every input is
+            required and embedders would have to feed it.
         flat: no If nodes and no ``compute`` input: every call runs the whole backward pass
             (for runtimes that cannot run If, such as tract); the ``relu_rule`` switch stays.
 
@@ -102,7 +106,7 @@ def augment(
         graph.output.append(helper.make_empty_tensor_value_info(c.tap_output(alias)))
     for alias, why in cam_outputs(model, chosen).items():
         log.info("no CAM weights for tap %r: %s", alias, why)
-    if chosen:  # after the CAM heads are read: the scaling sits between the tap and its readers
+    if interventions and chosen:  # after the CAM heads: the scaling sits between tap and readers
         default = meta.get(c.META_DEFAULT_TAP)
         add_tap_scale(model, chosen[default if default in chosen else next(iter(chosen))])
     wrt = {c.INPUT: c.GRAD_INPUT}

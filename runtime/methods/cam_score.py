@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from gradtap.runtime.errors import OptionError
+from gradtap.runtime.errors import ModelError, OptionError
 from gradtap.runtime.methods.base import Explanation, finish, prepare
 from gradtap.runtime.session import ExplainSession
 from gradtap.runtime.targets import TargetSpec
@@ -109,7 +109,11 @@ def ablationcam(session: ExplainSession, x: Array, target: TargetSpec = None) ->
     acts = run.taps[alias]
     r, k = acts.shape[:2]
     if session.tap_channels != k:
-        raise OptionError(f"model {session.info.name!r} has no tap_scale input for tap {alias!r}")
+        raise ModelError(
+            f"Ablation-CAM needs the tap_scale input for tap {alias!r}, which model "
+            f"{session.info.name!r} lacks: augment it with interventions=True "
+            "(gradtap augment --interventions)"
+        )
     rows = np.arange(r)
     score = run.logits[rows, prep.rows.target]
     ablated = np.empty((r, k), np.float32)

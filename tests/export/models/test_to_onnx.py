@@ -105,7 +105,9 @@ def test_metadata_is_complete_and_parseable(exported) -> None:
     _, spec = build(name)
     meta = read_metadata(path)
     keys = {v for k, v in vars(c).items() if k.startswith("META_") and k != "META_PREFIX"}
-    assert set(meta) == keys - {c.META_AUGMENTED, c.META_PASS_VERSION}
+    # written by augment: its own stamp, and what it took off or prepended to a foreign graph
+    augment_only = {c.META_AUGMENTED, c.META_PASS_VERSION, c.META_HEAD, c.META_PREPROCESSING}
+    assert set(meta) == keys - augment_only
     assert meta[c.META_CONTRACT] == c.CONTRACT_VERSION and meta[c.META_NAME] == name
     assert json.loads(meta[c.META_LABELS]) == list(spec.labels)
     assert json.loads(meta[c.META_INPUT_SIZE]) == list(spec.input_size)

@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 import pytorch_grad_cam as pgc  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
+from gradtap.export.graph.augment import augment, load_model  # noqa: E402
 from gradtap.export.models.to_onnx import model_path  # noqa: E402
 from gradtap.export.models.zoo import build, pixel_space, tap_module  # noqa: E402
 from gradtap.runtime import contract as c  # noqa: E402
@@ -26,6 +27,7 @@ from gradtap.runtime.image.geometry import resize  # noqa: E402
 from gradtap.runtime.methods import cam_score  # noqa: E402
 from gradtap.runtime.present.postprocess import minmax  # noqa: E402
 from gradtap.runtime.session import ExplainSession  # noqa: E402
+from gradtap.runtime.targets import Each  # noqa: E402
 
 TARGETS = [3, 7]
 
@@ -49,7 +51,8 @@ class Pair:
 def pair() -> Pair:
     model, spec = build("smallcnn", "random")
     net = pixel_space(model, spec).eval()
-    session = ExplainSession(model_path("smallcnn", "random", augmented=True), batch_size=32)
+    forward = load_model(model_path("smallcnn", "random"))  # tap_scale only on request
+    session = ExplainSession(augment(forward, interventions=True), batch_size=32)
     h, w = session.info.input_size
     x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
     return Pair(session, net, tap_module(net.model, spec), x)
@@ -102,7 +105,7 @@ def test_intervene_broadcasts_one_image_over_many_scalings(pair: Pair) -> None:
 @pytest.mark.slow
 def test_scorecam(pair: Pair) -> None:
     ref = pair.reference(pgc.ScoreCAM)
-    ours = cam_score.scorecam(pair.session, pair.x, target=TARGETS).maps
+    ours = cam_score.scorecam(pair.session, pair.x, target=Each(TARGETS)).maps
     assert rel_max(as_reference(ours, pair.x.shape[2:]), ref) < 1e-4
 
 
@@ -120,7 +123,7 @@ def test_scorecam_top_n(pair: Pair) -> None:
 
 def test_ablationcam(pair: Pair) -> None:
     ref = pair.reference(pgc.AblationCAM, batch_size=32)
-    ours = cam_score.ablationcam(pair.session, pair.x, target=TARGETS).maps
+    ours = cam_score.ablationcam(pair.session, pair.x, target=Each(TARGETS)).maps
     assert rel_max(as_reference(ours, pair.x.shape[2:]), ref) < 1e-4
 
 

@@ -28,6 +28,7 @@ from gradtap.runtime.image.geometry import resize  # noqa: E402
 from gradtap.runtime.methods import cam_variants as cv  # noqa: E402
 from gradtap.runtime.present.postprocess import minmax  # noqa: E402
 from gradtap.runtime.session import ExplainSession  # noqa: E402
+from gradtap.runtime.targets import Each  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a ResNet-18 augmented with two taps (about a minute)
 
@@ -84,7 +85,7 @@ def rel_max(ours: np.ndarray, ref: np.ndarray) -> float:
 @pytest.mark.parametrize("tap", ["layer4", "layer3"])
 def test_cam_variant(pair: Pair, cam_class: type, method, tap: str) -> None:  # noqa: ANN001
     ref = pair.reference(cam_class, [tap])
-    expl = method(pair.session, pair.x, target=TARGETS, tap=tap)
+    expl = method(pair.session, pair.x, target=Each(TARGETS), tap=tap)
     assert expl.maps.shape[1:] == pair.session.run(pair.x[:1], taps=[tap]).taps[tap].shape[2:]
     assert rel_max(as_reference(expl.maps, (224, 224)), ref) < 1e-4
 
@@ -92,16 +93,16 @@ def test_cam_variant(pair: Pair, cam_class: type, method, tap: str) -> None:  # 
 @pytest.mark.parametrize("tap", ["layer4", "layer3"])
 def test_eigencam(pair: Pair, tap: str) -> None:
     ref = pair.reference(pgc.EigenCAM, [tap])
-    ours = cv.eigencam(pair.session, pair.x, target=TARGETS, tap=tap).maps
+    ours = cv.eigencam(pair.session, pair.x, target=Each(TARGETS), tap=tap).maps
     assert rel_max(as_reference(ours, (224, 224)), ref) < 1e-4
 
 
 def test_layercam_fused_over_two_taps(pair: Pair) -> None:
     ref = pair.reference(pgc.LayerCAM, ["layer3", "layer4"])
-    ours = cv.layercam(pair.session, pair.x, target=TARGETS, taps=["layer3", "layer4"]).maps
+    ours = cv.layercam(pair.session, pair.x, target=Each(TARGETS), taps=["layer3", "layer4"]).maps
     assert ours.shape[1:] == (224, 224)
     assert rel_max(ours[[0, 3]], ref) < 1e-4
-    single = cv.layercam(pair.session, pair.x, target=TARGETS, taps="all").maps
+    single = cv.layercam(pair.session, pair.x, target=Each(TARGETS), taps="all").maps
     np.testing.assert_allclose(single, ours)
 
 
@@ -113,7 +114,11 @@ def test_the_variants_differ_from_gradcam_where_they_should(pair: Pair) -> None:
     """
     size, tap = (224, 224), "layer3"
     grad = pair.reference(pgc.GradCAM, [tap])
-    hires = as_reference(cv.hirescam(pair.session, pair.x, target=TARGETS, tap=tap).maps, size)
-    layer = as_reference(cv.layercam(pair.session, pair.x, target=TARGETS, tap=tap).maps, size)
+    hires = as_reference(
+        cv.hirescam(pair.session, pair.x, target=Each(TARGETS), tap=tap).maps, size
+    )
+    layer = as_reference(
+        cv.layercam(pair.session, pair.x, target=Each(TARGETS), tap=tap).maps, size
+    )
     assert rel_max(hires, grad) > 1e-2
     assert rel_max(layer, hires) > 1e-2

@@ -26,10 +26,13 @@ from gradtap.runtime.errors import OptionError  # noqa: E402
 from gradtap.runtime.methods import perturb  # noqa: E402
 from gradtap.runtime.methods.base import prepare  # noqa: E402
 from gradtap.runtime.session import ExplainSession  # noqa: E402
-from gradtap.runtime.targets import softmax  # noqa: E402
+from gradtap.runtime.targets import Each, softmax  # noqa: E402
 
 TARGETS = [3, 7]
-ROWS = [0, 3]  # our rows for (image 0, target 3) and (image 1, target 7) out of target=TARGETS
+ROWS = [
+    0,
+    3,
+]  # our rows for (image 0, target 3) and (image 1, target 7) out of target=Each(TARGETS)
 SAMPLES = 6
 
 
@@ -92,7 +95,7 @@ def fixed_noise(monkeypatch: pytest.MonkeyPatch, pair: Pair) -> np.ndarray:
 def test_input_x_gradient(pair: Pair) -> None:
     xt = torch.from_numpy(pair.x.copy()).requires_grad_()
     ref = InputXGradient(pair.net).attribute(xt, target=TARGETS).detach().numpy()
-    ours = perturb.input_x_gradient(pair.session, pair.x, target=TARGETS)
+    ours = perturb.input_x_gradient(pair.session, pair.x, target=Each(TARGETS))
     assert rel_max(ours.extras["attributions"][ROWS], ref) < 1e-4
     np.testing.assert_allclose(ours.maps, ours.extras["attributions"].sum(axis=1))
 
@@ -111,7 +114,7 @@ def test_noise_tunnel(
     xt = torch.from_numpy(pair.x.copy()).requires_grad_()
     nt = NoiseTunnel(explainer(pair.net))
     ref = nt.attribute(xt, nt_type=kind, nt_samples=SAMPLES, stdevs=0.1, target=TARGETS)
-    prep = prepare(pair.session, pair.x, TARGETS)
+    prep = prepare(pair.session, pair.x, Each(TARGETS))
     ours = perturb.tunnel_from_noise(pair.session, prep, fixed_noise, base, kind)[ROWS]
     ref = ref.detach().numpy()
     assert agree(ours, ref)
@@ -131,7 +134,7 @@ def test_gradient_shap(pair: Pair, fixed_noise: np.ndarray) -> None:
     points = np.zeros((SAMPLES, 4), np.float32)
     for i, r in enumerate(ROWS):
         drawn[:, r], points[:, r] = pool[index[i]], alpha[i]
-    prep = prepare(pair.session, pair.x, TARGETS)
+    prep = prepare(pair.session, pair.x, Each(TARGETS))
     ours = perturb.shap_from_draws(pair.session, prep, drawn, points, fixed_noise)
     assert agree(ours[ROWS], ref.detach().numpy())
 
@@ -162,10 +165,10 @@ def test_rise_against_the_torch_model_with_the_same_masks(pair: Pair) -> None:
             for i, t in enumerate(TARGETS):
                 ref[i] += probs[i, t] * m
     ref /= len(masks) * 0.5
-    prep = prepare(pair.session, pair.x, TARGETS)
+    prep = prepare(pair.session, pair.x, Each(TARGETS))
     ours = perturb.rise_from_masks(pair.session, prep, masks, 0.5)
     assert rel_max(ours[ROWS], ref) < 1e-4
-    full = perturb.rise(pair.session, pair.x, TARGETS, samples=40, cells=4, seed=5).maps
+    full = perturb.rise(pair.session, pair.x, Each(TARGETS), samples=40, cells=4, seed=5).maps
     np.testing.assert_allclose(full, ours, rtol=1e-5)
 
 
