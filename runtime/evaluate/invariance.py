@@ -25,20 +25,22 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import onnx
-from onnx import numpy_helper
 
 from gradtap.runtime import contract
 from gradtap.runtime.errors import ModelError, OptionError
 from gradtap.runtime.evaluate import metrics
-from gradtap.runtime.evaluate.randomize import _ancestors
 from gradtap.runtime.methods.cam import gradcam_map
 from gradtap.runtime.methods.gradient import saliency_map
 from gradtap.runtime.methods.sampling import quadrature
 from gradtap.runtime.session import ExplainSession
+
+if TYPE_CHECKING:  # onnx costs seconds to import: loaded when a twin is built
+    import onnx
+
 
 Array = npt.NDArray[np.float32]
 GRADIENT_X_INPUT = "gradient_x_input"
@@ -71,6 +73,8 @@ class Absorbed:
 
 def _consumers(graph: onnx.GraphProto, name: str) -> list[onnx.NodeProto]:
     """Forward-pass nodes reading ``name`` (backward nodes may read the input's shape)."""
+    from gradtap.runtime.evaluate.randomize import _ancestors
+
     forward = set(_ancestors(graph, contract.LOGITS))
     return [n for i, n in enumerate(graph.node) if i in forward and name in n.input]
 
@@ -85,19 +89,21 @@ def _shift_vector(shift: float | Sequence[float], channels: int) -> npt.NDArray[
 def _rewrite(graph: onnx.GraphProto, name: str, new: np.ndarray) -> None:
     for k, t in enumerate(graph.initializer):
         if t.name == name:
-            old = numpy_helper.to_array(t)
-            graph.initializer[k].CopyFrom(numpy_helper.from_array(new.astype(old.dtype), name))
+            old = _onnx().numpy_helper.to_array(t)
+            graph.initializer[k].CopyFrom(
+                _onnx().numpy_helper.from_array(new.astype(old.dtype), name)
+            )
             return
     raise ModelError(f"initializer {name!r} not found")
 
 
 def _init(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
     t = next((t for t in graph.initializer if t.name == name), None)
-    return None if t is None else numpy_helper.to_array(t).astype(np.float64)
+    return None if t is None else _onnx().numpy_helper.to_array(t).astype(np.float64)
 
 
 def _zero_pads(node: onnx.NodeProto) -> bool:
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    attrs = {a.name: _onnx().helper.get_attribute_value(a) for a in node.attribute}
     auto = attrs.get("auto_pad", b"NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else auto
     return auto == "VALID" or (auto == "NOTSET" and not any(attrs.get("pads", [])))
@@ -131,7 +137,7 @@ def _absorb(graph: onnx.GraphProto, x: str, c: np.ndarray) -> Absorbed:
         if len(node.input) < 3 or not node.input[2]:  # no bias yet: add a zero one
             bias_name = f"{name}/absorbed_shift"
             graph.initializer.append(
-                numpy_helper.from_array(np.zeros(w.shape[0], np.float32), bias_name)
+                _onnx().numpy_helper.from_array(np.zeros(w.shape[0], np.float32), bias_name)
             )
             del node.input[2:]
             node.input.append(bias_name)
@@ -143,7 +149,7 @@ def _absorb(graph: onnx.GraphProto, x: str, c: np.ndarray) -> Absorbed:
                 f"Conv {name!r} reads the input with zero padding, which a bias cannot shift; "
                 "only in-graph normalisation, Add or an unpadded first layer absorb a shift"
             )
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        attrs = {a.name: _onnx().helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "Gemm" and (attrs.get("transA") or attrs.get("transB") != 1):
             raise ModelError(f"Gemm {name!r}: only transA=0, transB=1 (a linear layer) is handled")
         if node.op_type == "Conv":
@@ -170,7 +176,7 @@ def shifted_twin(
     Returns:
         The rewritten copy (the input model is left untouched) and where the shift went.
     """
-    out = onnx.ModelProto()
+    out = _onnx().ModelProto()
     out.CopyFrom(model)
     inp = next((i for i in out.graph.input if i.name == contract.INPUT), None)
     if inp is None:
@@ -306,3 +312,11 @@ def input_invariance(
         rows.append(InvarianceRow(m, change, rho))
     shift_t = tuple(float(v) for v in c.ravel())
     return InvarianceResult(shift_t, where, logit_diff, tuple(rows))
+
+
+def _onnx():  # noqa: ANN202
+    import onnx
+    import onnx.helper
+    import onnx.numpy_helper
+
+    return onnx

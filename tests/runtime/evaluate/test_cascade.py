@@ -110,7 +110,7 @@ def test_evaluate_reports_the_cascade_in_its_table() -> None:
     row = next(line for line in result.to_markdown().splitlines() if line.startswith("| saliency"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     curve = result.curve("saliency")
-    assert cells[8:11] == [
+    assert cells[9:12] == [  # after the 0 px and the wide pointing games
         f"{curve.spearman[0]:.3f}",
         f"{curve.spearman[-1]:.3f}",
         f"{curve.ssim[-1]:.3f}",
@@ -121,4 +121,4 @@ def test_evaluate_reports_the_cascade_in_its_table() -> None:
     md = replace(result, sanity=(flat, result.sanity[1])).to_markdown()
     assert "image × depth pairs: saliency 4." in md
     row = next(line for line in md.splitlines() if line.startswith("| saliency"))
-    assert row.split("|")[9:11] == [" n/a ", " n/a "]
+    assert row.split("|")[10:12] == [" n/a ", " n/a "]  # sanity ρ columns
