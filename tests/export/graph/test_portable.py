@@ -39,7 +39,7 @@ def _branch(node: onnx.NodeProto, which: str) -> onnx.GraphProto:
 
 
 def test_every_input_is_required_and_has_no_initializer(gated: onnx.ModelProto) -> None:
-    assert [i.name for i in gated.graph.input] == list(c.INPUTS)
+    assert [i.name for i in gated.graph.input] == [n for n in c.INPUTS if n != c.TAP_SCALE]
     assert not {t.name for t in gated.graph.initializer} & set(c.INPUTS)
     assert set(c.CONTROL_DEFAULTS) == set(c.INPUTS) - {c.INPUT, c.SEED, c.TAP_SCALE}  # fed ones
 
@@ -139,7 +139,9 @@ def test_the_flat_variant_has_no_if_and_keeps_every_switch_but_compute() -> None
     flat = augment(model, taps={"features": "features"}, flat=True)
     gated = augment(model, taps={"features": "features"})
     assert "If" not in {n.op_type for n in flat.graph.node}
-    assert [i.name for i in flat.graph.input] == [n for n in c.INPUTS if n != c.COMPUTE]
+    assert [i.name for i in flat.graph.input] == [
+        n for n in c.INPUTS if n not in (c.COMPUTE, c.TAP_SCALE)
+    ]  # tap_scale only with interventions=True
     names = [c.LOGITS, c.GRAD_INPUT, c.tap_grad_output("features")]
     rng = np.random.default_rng(3)
     x = rng.random((2, 3, 8, 8), dtype=np.float32)
