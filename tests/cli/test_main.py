@@ -77,7 +77,7 @@ def test_info_json_reports_the_contract(augmented: Path) -> None:
     data = json.loads(result.output)
     proto = onnx.load(str(augmented))
     assert [o["name"] for o in data["outputs"]] == [o.name for o in proto.graph.output]
-    assert [i["name"] for i in data["inputs"]] == list(c.INPUTS)
+    assert [i["name"] for i in data["inputs"]] == [n for n in c.INPUTS if n != c.TAP_SCALE]
     assert data["augmented"] and data["contract_version"] == c.CONTRACT_VERSION
     assert data["taps"] == {"features": "features"} and data["default_tap"] == "features"
     assert data["labels"] == {"count": 3, "first": LABELS}
