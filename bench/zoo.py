@@ -9,7 +9,11 @@ both with a dynamic batch; each augmented with default options and its input gra
 A row passes when, on at least 2 of the 3 inputs, the ONNX gradient's relative L2 error against
 float64 autograd is within twice torch float32's own error (floored at ``ERROR_FLOOR``, the
 rounding of float32 sums over a few thousand terms): ReLU/max decisions near zero flip between
-float32 implementations, so one input alone is noisy.
+float32 implementations, so one input alone is noisy. Where it is not, the input is nudged by
+float32-rounding-sized noise (``KINK_NUDGE``, ``KINK_DRAWS`` draws) and float64 autograd run
+again: the gradient is a step function there, and an ONNX error within twice float64 autograd's
+own largest jump is one more such step (a ReLU decision taken the other way), not a wrong
+rule; the table counts those inputs.
 
 Each model runs in its own subprocess (a crash or a memory blow-up fails one row, not the run);
 results are cached in ``out/zoo/`` by model and exporter, so an interrupted run resumes and a
@@ -43,7 +47,8 @@ NOTES = (
     "of about 1e-3 on one input, the size of one ReLU decision flipping; their failures at 224 px "
     "are such flips (more units, more near-zero pre-activations), not wrong backward rules."
 )
-KINK_NUDGE = 1e-7  # input noise of float32 rounding size, to show a failure is a kink
+KINK_NUDGE = 1e-7  # input noise of float32 rounding size (pixels in [0, 1]): a kink's test
+KINK_DRAWS = 3
 INPUTS = 3
 TIMEOUT_S = 3600
 TIMM_MODELS = (
@@ -221,11 +226,21 @@ def check(
 
     onnx_err, torch_err = rel(got.astype(np.float64)), rel(g32)
     ok = [o <= 2 * max(t, ERROR_FLOOR) for o, t in zip(onnx_err, torch_err, strict=True)]
-    status = "pass" if sum(ok) >= 2 else "fail"
-    row = {"status": status, "params": params, "onnx_err": onnx_err, "torch32_err": torch_err}
-    if status == "fail":  # how far float64 autograd itself moves under float32-sized noise
-        nudged = x.double() + KINK_NUDGE * torch.randn(x.shape, generator=gen, dtype=torch.float64)
-        moved = rel(torch_grad(lambda t: ref64(convert(t)), nudged, seed.double()).numpy())
+    row = {"params": params, "onnx_err": onnx_err, "torch32_err": torch_err}
+    if not all(ok):  # how far float64 autograd itself jumps under float32-sized input noise
+        jumps = [0.0] * inputs
+        for _ in range(KINK_DRAWS):
+            nudged = x.double() + KINK_NUDGE * torch.randn(
+                x.shape, generator=gen, dtype=torch.float64
+            )
+            moved = rel(torch_grad(lambda t: ref64(convert(t)), nudged, seed.double()).numpy())
+            jumps = [max(j, m) for j, m in zip(jumps, moved, strict=True)]
+        row["float64_jump"] = jumps
+        kinked = [not k and o <= 2 * j for o, j, k in zip(onnx_err, jumps, ok, strict=True)]
+        ok = [k or kk for k, kk in zip(ok, kinked, strict=True)]
+        row["kinked"] = sum(kinked)
+    row["status"] = status = "pass" if sum(ok) >= 2 else "fail"
+    if status == "fail":
         worst = max(onnx_err)
         bad = [
             f"{o:.1e} vs {t:.1e}" for o, t, k in zip(onnx_err, torch_err, ok, strict=True) if not k
@@ -240,12 +255,12 @@ def check(
         fwd = [float(np.linalg.norm(a - s64) / np.linalg.norm(s64)) for a in (scores, s32)]
         row["forward_err"] = {"onnx": fwd[0], "torch32": fwd[1]}
         reason += f"; logits error {fwd[0]:.1e} vs torch float32's {fwd[1]:.1e}"
-        if max(moved) >= worst / 10:
+        if max(row["float64_jump"]) >= worst / 10:
             reason += (
-                f"; float64 autograd itself moves {max(moved):.1e} when the input moves by "
-                f"{KINK_NUDGE:g} (ReLU/max decisions at float32 rounding)"
+                f"; float64 autograd itself jumps {max(row['float64_jump']):.1e} when the input "
+                f"moves by {KINK_NUDGE:g} (ReLU/max decisions at float32 rounding)"
             )
-        row.update(step="gradient", reason=reason, float64_moved=moved)
+        row.update(step="gradient", reason=reason)
     reference.float()
     return row
 
@@ -334,6 +349,12 @@ def write_table(
             if res and status == "pass":
                 worst, own = max(res["onnx_err"]), max(res["torch32_err"])
                 detail = f"error {worst:.1e} (torch float32 {own:.1e})"
+                if res.get("kinked"):
+                    jump = max(res["float64_jump"])
+                    detail += (
+                        f"; {res['kinked']} input(s) within float64 autograd's own jump "
+                        f"({jump:.1e}) under {KINK_NUDGE:g} input noise"
+                    )
             elif res:
                 detail = f"{res.get('step', '?')}: {res.get('reason', '')}".replace("|", "\\|")
             else:
@@ -348,8 +369,12 @@ def write_table(
         "with a dynamic batch (exported at batch 2, run at batch 3), augmented with default "
         "options. The input gradient of `sum(seed * logits)` is compared with torch autograd in "
         "float64 on 3 inputs: a row passes when the ONNX error (relative L2) is within 2x torch "
-        f"float32's own error (floored at {ERROR_FLOOR:g}) on at least 2 of the 3. The detail "
-        "column gives the largest error of the three, or the step that failed and why.",
+        f"float32's own error (floored at {ERROR_FLOOR:g}) on at least 2 of the 3, or, where "
+        "ReLU/max decisions near zero flip, within twice the jump of float64 autograd itself "
+        f"when the input moves by float32-rounding-sized noise ({KINK_NUDGE:g}, {KINK_DRAWS} "
+        "draws): the gradient is a step function there, and one more step is a decision taken "
+        "the other way, not a wrong rule. The detail column gives the largest error of the "
+        "three (and how many inputs were judged by the jump), or the step that failed and why.",
         "",
         NOTES,
         "",

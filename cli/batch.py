@@ -30,7 +30,7 @@ from gradtap.cli.errors import (
 from gradtap.cli.inputs import expand, unique_stems
 from gradtap.cli.outputs import GALLERY, SUMMARY, OutDir, merge_summary
 from gradtap.runtime.image.read import DEFAULT_MAX_PIXELS, default_max_memory, set_max_memory
-from gradtap.runtime.targets import softmax
+from gradtap.runtime.targets import probabilities
 
 Array = npt.NDArray[np.float32]
 OUT_DIR = click.Path(file_okay=False, path_type=Path)
@@ -161,9 +161,12 @@ def model_record(session: Any, path: str | Path) -> dict[str, Any]:
     }
 
 
-def top_k(logits: Array, labels: Sequence[str], k: int = 5) -> list[list[dict[str, Any]]]:
-    """Per row, the ``k`` most probable classes with their probabilities."""
-    probs = softmax(logits)
+def top_k(
+    logits: Array, labels: Sequence[str], k: int = 5, *, head: str | None = None
+) -> list[list[dict[str, Any]]]:
+    """Per row, the ``k`` most probable classes with their probabilities (``head`` as in
+    ``ModelInfo.head``: per-class sigmoids for a multi-label head)."""
+    probs = probabilities(logits, head)
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     return [
         [{"class": int(c), "label": labels[c], "prob": round(float(p[c]), 6)} for c in row]

@@ -28,7 +28,7 @@ from gradtap.runtime.methods.visualize import (
 )
 from gradtap.runtime.present.postprocess import heatmap
 from gradtap.runtime.session import ExplainSession, ModelSource
-from gradtap.runtime.targets import Each, TargetSpec, softmax
+from gradtap.runtime.targets import Each, TargetSpec
 
 Images: TypeAlias = "ImageLike | Sequence[ImageLike]"
 
@@ -178,7 +178,7 @@ class Explainer:
     def predict(self, images: Images, k: int = 5) -> list[list[tuple[str, float]]]:
         """Top-``k`` (label, probability) per image."""
         x, _ = self.inputs(images)
-        probs = softmax(self.session.logits(x))
+        probs = self.info.probabilities(self.session.logits(x))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         return [
             [(self.info.labels[c], float(p[c])) for c in row]

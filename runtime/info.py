@@ -11,6 +11,7 @@ from typing import Any
 
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import ModelError
+from gradtap.runtime.targets import probabilities
 
 # The largest side an input size or resize size may state (nothing allocates from larger).
 MAX_SIDE = 16384
@@ -36,6 +37,8 @@ class ModelInfo:
         default_tap: alias used when a method needs a tap and none is given.
         relu_rules: ReLU backward rules the graph can switch between.
         cam_taps: taps a global-average-pool -> linear head reads (with a ``cam/`` output).
+        head: the op augment took off the logits (``"Softmax"``, or ``"Sigmoid"`` for a
+            multi-label head), ``None`` when the graph ended in plain logits.
         weights: the weights the graph was exported with, if recorded.
         source: where the architecture came from, if recorded.
         metadata: every ``metadata_props`` entry, raw.
@@ -52,6 +55,7 @@ class ModelInfo:
     default_tap: str | None
     relu_rules: tuple[str, ...]
     cam_taps: tuple[str, ...] = ()
+    head: str | None = None
     weights: str | None = None
     source: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -73,6 +77,10 @@ class ModelInfo:
             what = "no default tap" if alias is None else f"unknown tap {alias!r}"
             raise ModelError(f"model {self.name!r} has {what}; taps: {list(self.taps) or 'none'}")
         return alias
+
+    def probabilities(self, logits: Any) -> Any:
+        """[N, classes] probabilities: per-class sigmoids for a Sigmoid head, else a softmax."""
+        return probabilities(logits, self.head)
 
 
 def parse_info(
@@ -119,6 +127,7 @@ def parse_info(
         default_tap=default_tap,
         relu_rules=rules,
         cam_taps=tuple(t for t in taps if c.cam_output(t) in outputs),
+        head=_head(meta, name),
         weights=meta.get(c.META_WEIGHTS),
         source=meta.get(c.META_SOURCE),
         metadata=MappingProxyType(dict(meta)),
@@ -218,6 +227,19 @@ def _normalization(meta: Mapping[str, str], name: str) -> dict[str, tuple[float,
             )
         out[key] = tuple(float(v) for v in values)
     return out
+
+
+def _head(meta: Mapping[str, str], name: str) -> str | None:
+    head = _json(meta, c.META_HEAD, name)
+    if head is None:
+        return None
+    op = head.get("op") if isinstance(head, dict) else None
+    if op not in ("Softmax", "Sigmoid"):
+        raise ModelError(
+            f"model {name!r}: metadata {c.META_HEAD} must name op Softmax or Sigmoid, "
+            f"got {_short(op)}"
+        )
+    return str(op)
 
 
 def _is_int(value: Any) -> bool:

@@ -225,6 +225,19 @@ def softmax(logits: Array) -> Array:
     return (z / z.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
+def sigmoid(logits: Array) -> Array:
+    """Element-wise logistic function, computed stably in float64 and returned as float32."""
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1 / (1 + e), e / (1 + e)).astype(np.float32)
+
+
+def probabilities(logits: Array, head: str | None = None) -> Array:
+    """Class probabilities from logits: independent sigmoids where the graph's head was a
+    ``Sigmoid`` (multi-label), a softmax over the classes otherwise."""
+    return sigmoid(logits) if head == "Sigmoid" else softmax(logits)
+
+
 def ce_seed(logits: Array, label: Sequence[int] | Ints) -> Array:
     """Gradient of the cross-entropy loss with respect to the logits: softmax - onehot(label)."""
     logits = np.asarray(logits)

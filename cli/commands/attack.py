@@ -73,8 +73,8 @@ def _attack(
 def _row(attack: Attack, k: int, session: ExplainSession) -> dict[str, Any]:
     labels = session.info.labels
     before, after = (
-        top_k(attack.logits_before[k : k + 1], labels, 1)[0][0],
-        top_k(attack.logits_after[k : k + 1], labels, 1)[0][0],
+        top_k(attack.logits_before[k : k + 1], labels, 1, head=session.info.head)[0][0],
+        top_k(attack.logits_after[k : k + 1], labels, 1, head=session.info.head)[0][0],
     )
     adv8 = np.rint(attack.x[k : k + 1] * 255) / 255  # what the written 8-bit PNG holds
     after8 = int(session.logits(adv8.astype(np.float32)).argmax())
@@ -220,7 +220,7 @@ def _one(session: ExplainSession, src: Source, s: Settings, out: OutDir, run: Ru
     x, _ = to_input(load_image(src.path, max_pixels=s.max_pixels), session.info)
     run.groups[src.stem] = {
         "source": str(src.path),
-        "predictions": top_k(session.logits(x), session.info.labels)[0],
+        "predictions": top_k(session.logits(x), session.info.labels, head=session.info.head)[0],
     }
     result = _attack(session, x, target, eps, steps, s.step_size)
     row = _row(result, 0, session)

@@ -252,7 +252,9 @@ def _write_chunk(
         bar.update(1)
 
 
-def _record_image(im: Loaded, logits: Array, labels: Sequence[str], out: OutDir, run: Run) -> None:
+def _record_image(
+    im: Loaded, logits: Array, labels: Sequence[str], out: OutDir, run: Run, head: str | None
+) -> None:
     """The image's summary group and its input picture, once, with its first result."""
     stem = im.source.stem
     if stem in run.groups:
@@ -267,7 +269,7 @@ def _record_image(im: Loaded, logits: Array, labels: Sequence[str], out: OutDir,
         "size": list(im.original_size or im.geometry.original_size),
         "display_size": list(im.geometry.original_size),
         "geometry": im.geometry.to_dict(),  # maps a .npy map back onto the photo
-        "predictions": top_k(logits[None], labels)[0],
+        "predictions": top_k(logits[None], labels, head=head)[0],
     }
 
 
@@ -291,7 +293,7 @@ def _write_row(
     title = f"{method}: {caption} - {im.source.stem}"
     pics = pictures(raw, im.image, im.geometry, colour=colour, formats=s.formats, title=title)
     files = {fmt: _name(im.source.stem, method, target, fmt, several) for fmt in s.formats}
-    _record_image(im, expl.logits[r], expl.labels, out, run)
+    _record_image(im, expl.logits[r], expl.labels, out, run, expl.head)
     out.write_all({files[fmt]: _writer(raw if fmt == "npy" else pics[fmt]) for fmt in s.formats})
     run.items.append(
         {

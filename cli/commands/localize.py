@@ -83,7 +83,7 @@ def _one(session: ExplainSession, src: Source, opts: dict[str, Any], out: OutDir
     )
     run.groups[src.stem] = {
         "source": str(src.path),
-        "predictions": top_k(expl.logits[:1], expl.labels)[0],
+        "predictions": top_k(expl.logits[:1], expl.labels, head=expl.head)[0],
     }
     run.items.append(
         {

@@ -192,6 +192,8 @@ def resize_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
         n, m = in_dims[axis], out_dims[axis]
         if n == m and (scales is None or scales[axis] == 1.0):
             continue
+        if axis == 0 and not isinstance(n, int) and not isinstance(m, int):
+            continue  # the dynamic batch (named afresh by onnx's inference): never resized
         if not isinstance(n, int) or not isinstance(m, int):
             raise GraphError(
                 f"Resize node {node.name!r}: axis {axis} needs a static size, {n} -> {m}"

@@ -84,8 +84,9 @@ def _with_probes(found: Inferred, probes: tuple[_Probe | None, _Probe | None]) -
     if first is None or second is None:
         return found
     (at2, v2), (at3, v3) = first, second
+    batch = _batch_symbol(found.graph)
     for name in {o for n in found.graph.node for o in n.output if o}:
-        merged = _merged(shapes.get(name), at2.get(name), at3.get(name))
+        merged = _merged(shapes.get(name), at2.get(name), at3.get(name), batch)
         if merged is not None:
             shapes[name] = merged
         if name in v2 and name in v3 and v2[name].shape == v3[name].shape:
@@ -264,8 +265,24 @@ def _evaluate(
     return result if all(r.size <= _FOLD_LIMIT for r in result) else None
 
 
-def _merged(inferred: Shape | None, at2: Shape | None, at3: Shape | None) -> Shape | None:
-    """A dimension static and equal in both probes is static; one that moved stays dynamic."""
+def _batch_symbol(g: onnx.GraphProto) -> str:
+    """The name of the batch: the first graph input's symbolic first dimension, or ``N``."""
+    for vi in g.input:
+        dims = vi.type.tensor_type.shape.dim
+        if dims and dims[0].dim_param:
+            return dims[0].dim_param
+    return "N"
+
+
+def _merged(
+    inferred: Shape | None, at2: Shape | None, at3: Shape | None, batch: str = "N"
+) -> Shape | None:
+    """A dimension static and equal in both probes is static; one that moved stays dynamic.
+
+    One that is 2 and 3 in the probes is the batch itself, named ``batch`` (onnx's inference
+    gives it a fresh name past each op it cannot see through, so two tensors of one batch would
+    otherwise look unrelated).
+    """
     if at2 is None or at3 is None or len(at2) != len(at3):
         return inferred
     if inferred is not None and len(inferred) != len(at2):
@@ -274,6 +291,8 @@ def _merged(inferred: Shape | None, at2: Shape | None, at3: Shape | None) -> Sha
     for k, (a, b) in enumerate(zip(at2, at3, strict=True)):
         if isinstance(a, int) and a == b:
             dims.append(a)
+        elif (a, b) == (2, 3) and not (inferred is not None and isinstance(inferred[k], int)):
+            dims.append(batch)
         else:
             dims.append(inferred[k] if inferred is not None else None)
     return tuple(dims)

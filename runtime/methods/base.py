@@ -13,7 +13,14 @@ import numpy.typing as npt
 from gradtap.runtime.errors import OptionError
 from gradtap.runtime.image.geometry import Geometry
 from gradtap.runtime.session import ExplainSession
-from gradtap.runtime.targets import Rows, TargetSpec, needs_logits, onehot, resolve, softmax
+from gradtap.runtime.targets import (
+    Rows,
+    TargetSpec,
+    needs_logits,
+    onehot,
+    probabilities,
+    resolve,
+)
 
 Array = npt.NDArray[np.float32]
 
@@ -31,6 +38,8 @@ class Explanation:
         target: [R] the class each row explains.
         logits: [R, classes] the model's logits for the row's image.
         labels: the model's class names.
+        head: the graph's probability head (``ModelInfo.head``): ``"Sigmoid"`` makes
+            :attr:`probs` per-class sigmoids.
         extras: method-specific arrays, e.g. ``completeness_error`` for Integrated Gradients.
         geometries: per input image, how to map maps back onto it (set by :class:`Explainer`).
         images: the original photos, RGB float in [0, 1] (set by :class:`Explainer`), for
@@ -46,6 +55,7 @@ class Explanation:
     target: npt.NDArray[np.int64]
     logits: Array
     labels: tuple[str, ...]
+    head: str | None = None
     extras: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     geometries: tuple[Geometry, ...] | None = None
     images: tuple[np.ndarray, ...] | None = field(default=None, repr=False, compare=False)
@@ -91,8 +101,8 @@ class Explanation:
 
     @property
     def probs(self) -> Array:
-        """[R, classes] softmax probabilities."""
-        return softmax(self.logits)
+        """[R, classes] probabilities (softmax, or sigmoids for a multi-label head)."""
+        return probabilities(self.logits, self.head)
 
     @property
     def predicted(self) -> npt.NDArray[np.int64]:
@@ -202,5 +212,6 @@ def finish(
         target=prep.rows.target,
         logits=np.asarray(row_logits, dtype=np.float32),
         labels=session.info.labels,
+        head=session.info.head,
         extras=MappingProxyType(dict(extras or {})),
     )

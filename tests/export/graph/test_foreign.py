@@ -272,3 +272,33 @@ def test_explainer_runs_on_a_converted_nhwc_softmax_graph() -> None:
     (best, prob), *_ = ex.predict(image, k=1)[0]
     assert best == f"class_{probs.argmax()}" and prob == pytest.approx(probs.max(), rel=1e-5)
     assert ex.info.default_tap == "features" and ex.gradcam(image).maps.shape == (1, 16, 16)
+
+
+def test_a_sigmoid_heads_predictions_are_its_own_probabilities(tmp_path: Path) -> None:
+    """Multi-label: the runtime's probabilities are the graph's own Sigmoid outputs (which do not
+    sum to one), in the Python API and in the CLI's summary, not a softmax of the logits."""
+    from gradtap.export.graph.augment import save_model
+    from gradtap.runtime import Explainer
+    from tests.conftest import invoke
+
+    path = tmp_path / "multilabel.gradtap.onnx"
+    save_model(augment(nhwc_softmax_net(head="Sigmoid")), path)
+    x = RNG.random((8, 8, 3), dtype=np.float32)
+    oracle = session(onnx.load(path)).run([c.PROBABILITIES], {
+        c.INPUT: x.transpose(2, 0, 1)[None], c.SEED: np.ones((1, 5), np.float32),
+    })[0][0]  # fmt: skip
+    assert abs(oracle.sum() - 1) > 0.05  # independent sigmoids
+    predicted = Explainer(path).predict(x, k=5)[0]
+    assert [label for label, _ in predicted] == [f"class_{i}" for i in np.argsort(-oracle)]
+    np.testing.assert_allclose([p for _, p in predicted], np.sort(oracle)[::-1], rtol=1e-5)
+    picture = tmp_path / "x.png"
+    import cv2
+
+    cv2.imwrite(str(picture), np.rint(x[..., ::-1] * 255).astype(np.uint8))
+    result = invoke("explain", picture, "-M", path, "-m", "saliency", "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    (group,) = summary["groups"].values()
+    top = group["predictions"][0]
+    assert top["label"] == f"class_{int(np.argmax(oracle))}"
+    assert top["prob"] == pytest.approx(float(oracle.max()), abs=0.01)  # 8-bit PNG round trip

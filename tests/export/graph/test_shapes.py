@@ -57,7 +57,7 @@ def test_onnx_loses_the_shuffled_shape_and_graph_info_recovers_it() -> None:
     assert not dims or not all(d.HasField("dim_value") for d in dims[1:])  # why shapes.py exists
     info = GraphInfo.of(model)
     assert info.shape("shuffled")[1:] == (6, 4, 4)
-    assert not isinstance(info.shape("shuffled")[0], int)  # the batch stays dynamic
+    assert info.shape("shuffled")[0] == "N"  # the batch stays dynamic, under the input's name
     assert info.shape("grouped")[1:] == (2, 3, 4, 4)
 
 
@@ -81,3 +81,24 @@ def test_slice_with_a_dynamic_batch_matches_finite_differences() -> None:
     for batch in (2, 3):
         x = rng.normal(size=(batch, 6, 5)).astype(np.float32)
         assert_vjp(model, {"x": x}, eps=1.0, rng=rng)
+
+
+def test_resize_to_sizes_read_from_shape_keeps_the_batch() -> None:
+    """HRNet's fuse layers (TorchScript, dynamic batch): Resize to ``sizes`` = the input's own
+    [N, C] from Shape, then the spatial size. onnx names the output's batch afresh; a dynamic
+    first axis on both sides is the batch, which the backward pass leaves alone."""
+    rng = np.random.default_rng(2)
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Shape", ["r"], ["s"]),
+        helper.make_node("Slice", ["s", "zero", "two"], ["nc"]),
+        helper.make_node("Concat", ["nc", "hw"], ["sizes"], axis=0),
+        helper.make_node("Resize", ["r", "", "", "sizes"], ["y"], mode="linear"),
+    ]
+    inits = {"zero": np.asarray([0]), "two": np.asarray([2]), "hw": np.asarray([6, 8])}
+    model = model_of(nodes, ["N", 2, 3, 4], inits)
+    info = GraphInfo.of(model)
+    assert info.shape("y")[1:] == (2, 6, 8) and info.shape("y")[0] != info.shape("r")[0]
+    for batch in (1, 3):
+        x = rng.normal(size=(batch, 2, 3, 4)).astype(np.float32)
+        assert_vjp(model, {"x": x}, eps=1e-2, rng=rng)
