@@ -282,7 +282,8 @@ def test_model_parameter_randomisation_matches_quantus_on_gradtap_maps(case) -> 
             assert ours == pytest.approx(scores[name][i], abs=1e-6), (name, i)
     # Both re-initialisations destroy the maps once every layer is redrawn, by different draws:
     # Quantus' torch default init (Kaiming uniform), gradtap a Gaussian with each tensor's own
-    # mean and std. The fully randomised correlations both fall below 0.3.
+    # mean and std. Fully randomised, both correlations fall below 0.35 (measured: gradtap 0.22
+    # and 0.17, Quantus 0.29 and -0.01 on the two images).
     session = ExplainSession(graph.SerializeToString())
     ref = compute_maps(session, "saliency", x, t, MapSettings())
     gone = ExplainSession(randomize_top(graph, len(layers)).SerializeToString())
@@ -290,5 +291,7 @@ def test_model_parameter_randomisation_matches_quantus_on_gradtap_maps(case) -> 
         metrics.spearman(r, g, absolute=True)
         for r, g in zip(ref, compute_maps(gone, "saliency", x, t, MapSettings()))
     ]
-    assert max(abs(v) for v in ours_all) < 0.3
-    assert max(abs(v) for v in scores[layers[-1]]) < 0.3
+    print("fully randomised rho: gradtap", ours_all, "Quantus", scores[layers[-1]])
+    print("Quantus per layer", {k: np.round(v, 3).tolist() for k, v in scores.items()})
+    assert max(abs(v) for v in ours_all) < 0.35
+    assert max(abs(v) for v in scores[layers[-1]]) < 0.35
