@@ -136,6 +136,17 @@ def test_wide_tolerance_scores_the_dilated_region(linear, data: EvalSet) -> None
     np.testing.assert_allclose(g.pointing, 36 / 256)
 
 
+def test_pointing_games_hit_the_filled_outline_unless_told_not_to(linear, data: EvalSet) -> None:  # noqa: ANN001
+    # R with a 2 x 2 hole: the constant Grad-CAM map ties every pixel, so the pointing game is
+    # the share of pixels the hit mask covers: 36 with the hole filled, 32 without
+    ring = data.masks.copy()
+    ring[:, 6:8, 8:10] = False
+    hollow = EvalSet(data.name, data.images, data.classes, ring, data.boxes, "a square ring")
+    for fill, hits in ((True, 36), (False, 32)):
+        config = EvalConfig(methods=("gradcam",), curve_steps=4, fill_holes=fill, sanity=False)
+        np.testing.assert_allclose(evaluate(linear, hollow, config).score("gradcam").pointing, hits / 256)
+
+
 def test_cam_is_skipped_with_the_reason(result) -> None:  # noqa: ANN001
     assert [s.method for s in result.scores] == ["saliency", "gradcam", RANDOM]
     assert "global-average-pool" in result.skipped["cam"]
