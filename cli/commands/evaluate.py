@@ -93,6 +93,13 @@ class _Reporter:
     help="Tolerance of the second pointing game reported beside it (Zhang et al.'s 15 px).",
 )
 @click.option(
+    "--fill-holes/--exact-holes",
+    default=True,
+    show_default=True,
+    help="Pointing games hit the object's filled outline (a peak in a ring's hole is a hit), "
+    "or only its exact mask.",
+)
+@click.option(
     "--check-images",
     type=click.IntRange(min=0),
     default=8,
@@ -146,6 +153,7 @@ def evaluate_cmd(
     samples: int,
     tolerance: float,
     wide_tolerance: float,
+    fill_holes: bool,
     check_images: int,
     shift: float,
     sanity: bool,
@@ -172,6 +180,7 @@ def evaluate_cmd(
         curve_steps=steps,
         tolerance=tolerance,
         wide_tolerance=wide_tolerance,
+        fill_holes=fill_holes,
         maps=MapSettings(samples=samples),
         sanity=sanity,
         sanity_images=sanity_images,

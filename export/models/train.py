@@ -384,6 +384,17 @@ def load_checkpoint(path: Path) -> tuple[SmallCNN, dict]:
     return model.eval(), ckpt
 
 
+def with_pools(model: SmallCNN, pools: int) -> SmallCNN:
+    """The same weights in a ``SmallCNN`` with ``pools`` max-pools (pooling has no weights;
+    only the layer indices shift), e.g. to fine-tune a finer-tap model from a trained one."""
+    new = SmallCNN(model.fc.out_features, model.features[0].out_channels, pools)
+    old = model.state_dict()
+    if [v.shape for v in old.values()] != [v.shape for v in new.state_dict().values()]:
+        raise OptionError("the two SmallCNN variants have different parameter shapes")
+    new.load_state_dict(dict(zip(new.state_dict(), old.values(), strict=True)), strict=True)
+    return new.train(model.training)
+
+
 def _datasets(
     synthetic_set: bool, folder: Path | None, size: int, n_train: int, n_test: int, holdout: float
 ) -> tuple[Dataset, Dataset]:
@@ -408,9 +419,8 @@ def _datasets(
 @click.option(
     "--pools",
     type=click.IntRange(0, 2),
-    default=2,
-    show_default=True,
-    help="Max-pools (the tap has 1 / 2**pools of the input side).",
+    help="Max-pools (the tap has 1 / 2**pools of the input side) [default: 2, or the --init "
+    "checkpoint's; a different count re-uses its weights, which do not depend on the pools].",
 )
 @click.option("--epochs", default=TrainConfig.epochs, show_default=True)
 @click.option("--batch-size", default=TrainConfig.batch_size, show_default=True)
@@ -446,7 +456,7 @@ def main(
     out: Path,
     size: int,
     width: int,
-    pools: int,
+    pools: int | None,
     epochs: int,
     batch_size: int,
     lr: float,
@@ -481,8 +491,11 @@ def main(
             model, start = load_checkpoint(init_from)
             if list(start["labels"]) != list(train_data.names):
                 raise OptionError(f"{init_from} has classes {start['labels']}, not the data's")
-            width, pools = start["width"], model.pools
+            width = start["width"]
+            if pools is not None and pools != model.pools:
+                model = with_pools(model, pools)
         else:
+            pools = 2 if pools is None else pools
             model = init_weights(SmallCNN(len(train_data.names), width, pools), seed)
         click.echo(f"train {train_data.description}, held out {test_data.description}", err=True)
         history = train(model, train_data, test_data, config, lambda s: click.echo(s.line()))

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gradtap.runtime.errors import OptionError
-from gradtap.runtime.evaluate import peers
+from gradtap.runtime.evaluate import metrics, peers
 from gradtap.runtime.evaluate.fragility import DEFAULT_EPS, FragilityCurve, fragility
 from gradtap.runtime.evaluate.invariance import (
     DEFAULT_SHIFT,
@@ -26,7 +26,9 @@ from gradtap.runtime.session import ExplainSession
 from gradtap.runtime.targets import softmax
 
 Array = npt.NDArray[np.float32]
-PEER_METRICS = ("road", "drop", "increase", "infidelity", "sensitivity")
+PEER_METRICS = ("road", "drop", "increase", "infidelity", "sensitivity", "region")
+REGION_CELLS = 8
+"""Region perturbation: the image is cut into REGION_CELLS x REGION_CELLS patches (8 px at 64 px)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class PeerScores:
     increase: npt.NDArray[np.float64]
     infidelity: npt.NDArray[np.float64]
     sensitivity: npt.NDArray[np.float64]
+    region: npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,11 @@ def _peer_scores(
     config: ChecksConfig,
 ) -> PeerScores:
     std = float(np.mean(session.info.std)) if session.info.std else 1.0
+    patch = max(1, x.shape[-1] // REGION_CELLS)
+
+    def probs(b: Array) -> Array:
+        return softmax(session.logits(np.asarray(b, np.float32)))
+
     rows = []
     for i, (img, m) in enumerate(zip(x, maps, strict=True)):
         t = int(targets[i])
@@ -103,7 +111,10 @@ def _peer_scores(
         drop, inc = peers.confidence_change(prob, img, m)
         infid = peers.infidelity(prob, img, m, seed=i)
         sens = peers.max_sensitivity(explain, img, m, samples=config.sensitivity_samples, seed=i)
-        rows.append((road, drop, inc, infid, sens))
+        region = metrics.deletion(
+            probs, img, peers.region_map(m, patch), t, step=patch * patch, batch_size=64
+        ).auc
+        rows.append((road, drop, inc, infid, sens, region))
     cols = np.array(rows, np.float64).T
     return PeerScores(method, *cols)
 
@@ -156,10 +167,13 @@ def to_markdown(checks: Checks, heading: str = "####") -> str:
             "percentiles 10-90, noisy linear imputation) ↑; average drop (Chattopadhyay et al.: "
             "relative to the original probability) ↓ and increase in confidence ↑ of the image "
             "times the map; infidelity (captum, normalised, Gaussian σ 0.05 per pixel, 16 "
-            "samples) ↓; max-sensitivity (captum, uniform radius 0.02) ↓.",
+            "samples) ↓; max-sensitivity (captum, uniform radius 0.02) ↓; region perturbation "
+            f"(Samek et al., as Quantus: {REGION_CELLS} x {REGION_CELLS} patches deleted to black "
+            "in the order of their summed relevance, AUC of the probability) ↓.",
             "",
-            "| Method | ROAD ↑ | Avg. drop ↓ | Increase ↑ | Infidelity ↓ | Max-sensitivity ↓ |",
-            "|---|---|---|---|---|---|",
+            "| Method | ROAD ↑ | Avg. drop ↓ | Increase ↑ | Infidelity ↓ | Max-sensitivity ↓ "
+            "| Region pert. AUC ↓ |",
+            "|---|---|---|---|---|---|---|",
         ]
         for s in checks.peers:
             vals = [f"{float(np.mean(getattr(s, k))):.3g}" for k in PEER_METRICS]

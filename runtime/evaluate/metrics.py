@@ -88,6 +88,31 @@ def dilate(mask: BoolArray, radius: float) -> BoolArray:
     return out
 
 
+def fill_holes(mask: npt.ArrayLike) -> BoolArray:
+    """The mask with its holes filled: its filled outline (a ring becomes a disc).
+
+    A hole is a background pixel that no 4-connected path of background pixels joins to the
+    image border. The pointing game's hit test on hollow objects uses it, so a map whose peak
+    sits in a ring's hole (the feature that tells a ring from a disc) points at the object.
+    """
+    obj = np.asarray(mask, bool)
+    if obj.ndim != 2:
+        raise OptionError(f"mask must be 2-D [H, W], got shape {obj.shape}")
+    outside = np.zeros_like(obj)
+    outside[[0, -1], :] = ~obj[[0, -1], :]
+    outside[:, [0, -1]] |= ~obj[:, [0, -1]]
+    while True:
+        grown = outside.copy()
+        grown[1:] |= outside[:-1]
+        grown[:-1] |= outside[1:]
+        grown[:, 1:] |= outside[:, :-1]
+        grown[:, :-1] |= outside[:, 1:]
+        grown &= ~obj
+        if (grown == outside).all():
+            return ~outside
+        outside = grown
+
+
 def pointing_game(saliency: npt.ArrayLike, mask: npt.ArrayLike, *, tolerance: float = 0) -> float:
     """Whether the map's maximum falls on the object (within ``tolerance`` pixels).
 

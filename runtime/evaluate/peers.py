@@ -18,6 +18,10 @@
 - **Max-sensitivity** (Yeh et al. 2019), as captum's ``sensitivity_max``: the largest
   ``||map(x + d) - map(x)|| / ||map(x)||`` (Frobenius norms) over uniform perturbations d in
   the L-inf ball of radius ``radius`` (lower is better).
+- **Region perturbation** (Samek et al. 2017, https://arxiv.org/abs/1509.06321), as Quantus'
+  ``RegionPerturbation``: the deletion curve of ``region_map`` (each pixel holds the summed
+  relevance of its square patch), ``patch * patch`` pixels per stage, deletes whole patches in
+  the order of their relevance.
 
 Score functions: ``score_fn(images [N, 3, H, W]) -> [N]`` (the target's probability or logit),
 ``explain_fn(images) -> maps [N, H, W]``; maps are [H, W] at image resolution.
@@ -242,3 +246,22 @@ def max_sensitivity(
     norm = np.linalg.norm(m)
     diffs = np.linalg.norm((maps - m).reshape(len(maps), -1), axis=1)
     return float(diffs.max() / (norm if norm > 0 else 1.0))
+
+
+def region_map(saliency: npt.ArrayLike, patch: int) -> npt.NDArray[np.float64]:
+    """Each pixel replaced by the sum of the map over its ``patch`` x ``patch`` grid cell.
+
+    Deleting the pixels of this map in decreasing order, ``patch * patch`` per stage
+    (``metrics.deletion(..., step=patch * patch)``), removes one whole cell per stage, most
+    relevant first: Samek et al.'s region perturbation on a non-overlapping grid, as Quantus
+    computes it. Cells at the right and bottom edges may be smaller than ``patch``.
+    """
+    m = np.asarray(saliency, np.float64)
+    if m.ndim != 2 or patch < 1:
+        raise OptionError(f"region_map needs a 2-D map and patch >= 1, got {m.shape}, {patch}")
+    h, w = m.shape
+    ch, cw = -(-h // patch), -(-w // patch)
+    padded = np.zeros((ch * patch, cw * patch))
+    padded[:h, :w] = m
+    sums = padded.reshape(ch, patch, cw, patch).sum(axis=(1, 3))
+    return np.repeat(np.repeat(sums, patch, axis=0), patch, axis=1)[:h, :w]

@@ -84,7 +84,7 @@ def settings_text(result: EvalResult) -> str:
         f"Deletion to `{c.substrate}`, insertion from a Gaussian blur (σ = {result.blur_sigma:.2g} "
         f"px), {c.curve_steps} stages of {result.step} pixels, softmax probability of the "
         f"target, trapezoid AUC. Pointing-game tolerance {c.tolerance:g} px, wide "
-        f"{c.wide_tolerance:g} px. SmoothGrad "
+        f"{c.wide_tolerance:g} px, {'holes filled' if c.fill_holes else 'exact mask'}. SmoothGrad "
         f"{c.maps.samples} samples (noise 0.15), Integrated Gradients {c.maps.samples} "
         f"Gauss-Legendre points from black, occlusion window {c.maps.occlusion_window:.3g} and "
         f"stride {c.maps.occlusion_stride:.3g} of the input side. GrabCut seeded from the map "
@@ -194,6 +194,7 @@ def to_dict(result: EvalResult) -> dict[str, Any]:
             "blur_sigma": result.blur_sigma,
             "tolerance": c.tolerance,
             "wide_tolerance": c.wide_tolerance,
+            "fill_holes": c.fill_holes,
             "samples": c.maps.samples,
             "occlusion_window": c.maps.occlusion_window,
             "occlusion_stride": c.maps.occlusion_stride,

@@ -50,6 +50,9 @@ def test_synthetic_run_writes_the_report(models: dict[str, Path], tmp_path: Path
     md = (out / "evaluation.md").read_text("utf-8")
     assert "| gradcam |" in md and "![sanity check cascade](sanity.png)" in md
     assert "Pointing, wide" in md and record["settings"]["wide_tolerance"] == 15.0
+    assert record["settings"]["fill_holes"] is True and "holes filled" in md
+    assert "Region pert. AUC" in md and len(checks_peers := record["checks"]["peers"]) == 2
+    assert all(len(v["region"]) == 1 for v in checks_peers.values())
     assert "### Fragility" in md and "### The peers' metrics" in md
     checks = record["checks"]
     assert checks["images"] == 1 and list(checks["peers"]) == ["saliency", "gradcam"]
@@ -110,3 +113,12 @@ def test_every_registered_method_is_evaluated(models: dict[str, Path], tmp_path:
                  "--out", str(out), "--json")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert set(json.loads(result.stdout)["methods"]) == {*METHODS, "random"}
+
+
+def test_exact_holes_turns_the_filled_outline_off(models: dict[str, Path], tmp_path: Path) -> None:
+    result = run("evaluate", "-M", str(models["shapes"]), "-n", "2", "--steps", "4",
+                 "--no-sanity", "--check-images", "0", "--methods", "gradcam,random",
+                 "--exact-holes", "--out", str(tmp_path / "e"), "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["settings"]["fill_holes"] is False
+    assert "exact mask" in (tmp_path / "e" / "evaluation.md").read_text("utf-8")

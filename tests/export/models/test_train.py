@@ -229,3 +229,16 @@ def test_robust_graph_is_current_and_classifies_without_torch() -> None:
     x = np.ascontiguousarray(split.images.transpose(0, 3, 1, 2), dtype=np.float32)
     accuracy = float(np.mean(ExplainSession(graph).logits(x).argmax(1) == split.labels))
     assert accuracy >= 0.95
+
+
+def test_with_pools_keeps_every_weight_and_changes_only_the_tap_resolution() -> None:
+    model = T.init_weights(SmallCNN(6, width=4), seed=2).eval()
+    fine = T.with_pools(model, 1).eval()
+    assert fine.pools == 1
+    pairs = zip(model.parameters(), fine.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    x = torch.rand(2, 3, 32, 32)
+    assert model.features(x).shape[-1] == 8 and fine.features(x).shape[-1] == 16
+    # the same conv weights on a twice finer grid: a different function (the last block sees
+    # a smaller field), which is why the finer model is fine-tuned after the swap
+    assert not torch.allclose(model(x), fine(x))

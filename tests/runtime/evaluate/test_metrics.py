@@ -71,6 +71,22 @@ def test_dilate_matches_distance_transform(radius: float) -> None:
     np.testing.assert_array_equal(metrics.dilate(mask, radius), oracle)
 
 
+def test_fill_holes_matches_scipy_and_fills_a_ring() -> None:
+    rng = np.random.default_rng(4)
+    for _ in range(5):
+        mask = ndimage.binary_opening(rng.random((40, 36)) > 0.45)
+        # scipy's default structuring element: holes are background not 4-connected to the border
+        np.testing.assert_array_equal(metrics.fill_holes(mask), ndimage.binary_fill_holes(mask))
+    yy, xx = np.mgrid[:21, :21]
+    r = np.hypot(yy - 10, xx - 10)
+    ring = (r <= 8) & (r > 4)
+    np.testing.assert_array_equal(metrics.fill_holes(ring), r <= 8)
+    peak = np.zeros(ring.shape)
+    peak[10, 10] = 1.0  # the centre of the hole
+    assert metrics.pointing_game(peak, ring) == 0.0
+    assert metrics.pointing_game(peak, metrics.fill_holes(ring)) == 1.0
+
+
 def test_energy_pointing_game_hand_values() -> None:
     sal = np.array([[1.0, -5.0, 2.0], [0.0, 3.0, -1.0]])
     mask = np.array([[True, True, False], [False, True, False]])

@@ -136,6 +136,18 @@ def test_wide_tolerance_scores_the_dilated_region(linear, data: EvalSet) -> None
     np.testing.assert_allclose(g.pointing, 36 / 256)
 
 
+def test_pointing_games_hit_the_filled_outline_unless_told_not_to(linear, data: EvalSet) -> None:  # noqa: ANN001
+    # R with a 2 x 2 hole: the constant Grad-CAM map ties every pixel, so the pointing game is
+    # the share of pixels the hit mask covers: 36 with the hole filled, 32 without
+    ring = data.masks.copy()
+    ring[:, 6:8, 8:10] = False
+    hollow = EvalSet(data.name, data.images, data.classes, ring, data.boxes, "a square ring")
+    for fill, hits in ((True, 36), (False, 32)):
+        config = EvalConfig(methods=("gradcam",), curve_steps=4, fill_holes=fill, sanity=False)
+        pointing = evaluate(linear, hollow, config).score("gradcam").pointing
+        np.testing.assert_allclose(pointing, hits / 256)
+
+
 def test_cam_is_skipped_with_the_reason(result) -> None:  # noqa: ANN001
     assert [s.method for s in result.scores] == ["saliency", "gradcam", RANDOM]
     assert "global-average-pool" in result.skipped["cam"]
@@ -196,6 +208,24 @@ def test_trust_checks_of_the_linear_model(result) -> None:  # noqa: ANN001
     assert [s.method for s in checks.peers] == ["saliency", "gradcam"]
     record = result.to_dict()["checks"]
     assert record["invariance"]["methods"]["saliency"]["unchanged"] is True
+
+
+def test_region_perturbation_of_the_checks_is_the_patch_deletion(linear, result) -> None:  # noqa: ANN001
+    # 16 px input, 8 x 8 cells: 2 x 2 patches, one patch (4 pixels) per stage, most relevant
+    # first; the constant Grad-CAM map deletes the patches in raster order
+    from gradtap.runtime.evaluate import metrics, peers
+    from gradtap.runtime.targets import softmax
+
+    x = result.examples.images.transpose(0, 3, 1, 2).astype(np.float32)
+    scores = {s.method: s for s in result.checks.peers}
+    for method in ("saliency", "gradcam"):
+        for i in range(len(x)):
+            m = result.examples.maps[method][i]
+            expected = metrics.deletion(
+                lambda b: softmax(linear.logits(b)), x[i], peers.region_map(m, 2), 0, step=4
+            ).auc
+            assert scores[method].region[i] == pytest.approx(expected, abs=1e-9)
+    assert "| Region pert. AUC ↓ |" in result.to_markdown()
 
 
 @pytest.mark.parametrize(
