@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install -q -e ".[export,dev]"
+	$(BIN)/python -m pip install -q --no-deps quantus==0.6.0  # pyproject: why --no-deps
 	touch $(STAMP)
 
 $(EMBED_STAMP): $(STAMP) Makefile
