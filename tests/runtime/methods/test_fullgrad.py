@@ -12,7 +12,9 @@ channel by about 1e-3 (the input term is one of 21 summed maps; checked below).
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -183,3 +185,29 @@ def test_bias_maps_are_computed_only_with_the_input_gradient() -> None:
     expected = channel_scaled(np.abs(full.grad_input * x)).sum(axis=1)
     expected += sum(np.stack([resize(m, (h, w)) for m in full.outputs[n]]) for n in names)
     np.testing.assert_allclose(fullgrad(session, x, target=[0, 1]).maps, expected, rtol=1e-5)
+
+
+def test_gradtap_augment_fullgrad_adds_the_outputs_and_explain_names_the_fix(
+    tmp_path: Path,
+) -> None:
+    from click.testing import CliRunner
+
+    from gradtap.cli.main import cli
+
+    src, dst, plain = (tmp_path / n for n in ("t.onnx", "t.gradtap.onnx", "p.gradtap.onnx"))
+    onnx.save(tiny_cnn(size=16), str(src))
+    runner = CliRunner()
+    done = runner.invoke(cli, ["augment", str(src), "-o", str(dst), "--fullgrad"])
+    assert done.exit_code == 0, done.output
+    assert len(ExplainSession(dst).bias_outputs) == 2
+    assert runner.invoke(cli, ["augment", str(src), "-o", str(plain)]).exit_code == 0
+    image = tmp_path / "x.png"
+    cv2.imwrite(str(image), np.full((16, 16, 3), 128, np.uint8))
+    out = tmp_path / "out"
+    failed = runner.invoke(cli, ["explain", str(image), "-M", str(plain), "-m", "fullgrad",
+                                 "-o", str(out)])  # fmt: skip
+    assert failed.exit_code != 0
+    assert "gradtap augment --fullgrad" in failed.output and "Traceback" not in failed.output
+    ok = runner.invoke(cli, ["explain", str(image), "-M", str(dst), "-m", "fullgrad",
+                             "-o", str(out)])  # fmt: skip
+    assert ok.exit_code == 0, ok.output
