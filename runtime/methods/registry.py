@@ -149,6 +149,7 @@ if pair.available():  # PAIR saliency's methods over the session (the `pair` ext
         _registry(
             Method("xrai", pair.xrai, "https://arxiv.org/abs/1906.02825"),
             Method("blur_ig", pair.blur_ig, "https://arxiv.org/abs/2004.03383", signed=True),
+            Method("guided_ig", pair.guided_ig, "https://arxiv.org/abs/2106.09788", signed=True),
         )
     )
 
