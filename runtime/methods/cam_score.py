@@ -11,7 +11,8 @@ import numpy as np
 import numpy.typing as npt
 
 from gradtap.runtime.errors import ModelError, OptionError
-from gradtap.runtime.methods.base import Explanation, finish, prepare
+from gradtap.runtime.methods.base import Explanation, finish
+from gradtap.runtime.methods.cam import tap_pass
 from gradtap.runtime.session import ExplainSession
 from gradtap.runtime.targets import TargetSpec
 
@@ -72,9 +73,7 @@ def scorecam(
     alias = session.info.tap(tap)
     if top_n is not None and (not isinstance(top_n, int) or top_n < 1):
         raise OptionError(f"top_n must be an int >= 1, got {top_n!r}")
-    prep = prepare(session, x, target, defer_top1=True)
-    run = session.run(prep.x, None, grad_input=False, taps=[alias], tap_grads=False)
-    prep = prep.settled(run.logits)
+    run, prep = tap_pass(session, x, target, [alias], grads=False)
     acts = run.taps[alias]
     r, k = acts.shape[:2]
     size = prep.x.shape[2:]
@@ -113,9 +112,7 @@ def ablationcam(session: ExplainSession, x: Array, target: TargetSpec = None) ->
         Maps [R, h, w] at the default tap's resolution.
     """
     alias = session.info.tap(None)
-    prep = prepare(session, x, target, defer_top1=True)
-    run = session.run(prep.x, None, grad_input=False, taps=[alias], tap_grads=False)
-    prep = prep.settled(run.logits)
+    run, prep = tap_pass(session, x, target, [alias], grads=False)
     acts = run.taps[alias]
     r, k = acts.shape[:2]
     if session.tap_channels != k:
