@@ -211,3 +211,11 @@ def test_gradtap_augment_fullgrad_adds_the_outputs_and_explain_names_the_fix(
     ok = runner.invoke(cli, ["explain", str(image), "-M", str(dst), "-m", "fullgrad",
                              "-o", str(out)])  # fmt: skip
     assert ok.exit_code == 0, ok.output
+
+
+def test_a_flat_graph_gives_the_same_maps() -> None:
+    gated = ExplainSession(augment(tiny_cnn(), bias_gradients=True))
+    flat = ExplainSession(augment(tiny_cnn(), bias_gradients=True, flat=True))
+    x = np.random.default_rng(3).random((2, 3, *gated.info.input_size), dtype=np.float32)
+    assert flat.bias_outputs == gated.bias_outputs
+    np.testing.assert_allclose(fullgrad(flat, x, 1).maps, fullgrad(gated, x, 1).maps, rtol=1e-6)
