@@ -40,6 +40,8 @@ def meaning(name: str) -> str:
         return f"d sum(seed * logits) / d tap {name[len(c.GRAD_PREFIX + c.TAP_PREFIX) :]!r}"
     if name.startswith(c.TAP_PREFIX):
         return f"feature map of tap {name[len(c.TAP_PREFIX) :]!r}"
+    if name.startswith(c.BIAS_GRAD_PREFIX):
+        return "FullGrad: sum_c minmax(|bias * d sum(seed * logits) / d layer output|)"
     return ""
 
 

@@ -40,6 +40,12 @@ outputs
   ``cam/<alias>``        class weights [classes, C] of a GAP -> linear head after the tap
                          (only for such taps; they depend on the weights alone)
   ``grad/tap/<alias>``   d sum(seed * logits) / d tap, same shape as the tap
+  ``bias_grad/<k>``      float32 [N, h_k, w_k], only in graphs augmented with
+                         ``bias_gradients=True`` (contract 5): FullGrad's bias-gradient map of
+                         the k-th biased layer (Conv with a bias, BatchNormalization; 4-D
+                         output) in forward order, ``sum_c minmax_hw(|b_c * dS/dz_c|)``;
+                         computed with the input gradient (``compute = 2``), empty otherwise.
+                         Metadata ``gradtap.bias_gradients`` maps each output to its node
   ``probabilities``      float32 [N, classes], only when the forward graph ended in a Softmax
                          (or Sigmoid) head: augment explains the head's input as ``logits`` and
                          returns the original output here (metadata ``gradtap.head`` says which)
@@ -47,7 +53,7 @@ outputs
 
 from __future__ import annotations
 
-CONTRACT_VERSION = "4"
+CONTRACT_VERSION = "5"
 
 INPUT = "input"
 SEED = "seed"
@@ -62,6 +68,7 @@ TAP_PREFIX = "tap/"
 GRAD_PREFIX = "grad/"
 CAM_PREFIX = "cam/"
 GRAD_INPUT = GRAD_PREFIX + INPUT
+BIAS_GRAD_PREFIX = "bias_grad/"  # FullGrad's per-layer maps, only with bias_gradients=True
 PROBABILITIES = "probabilities"  # only where augment took a Softmax/Sigmoid head off the logits
 
 RELU_RULES: dict[str, int] = {"plain": 0, "guided": 1, "deconvnet": 2}
@@ -98,6 +105,8 @@ META_HEAD = META_PREFIX + "head"
 # JSON {"layout", "channel_order", "value_range", "mean", "std", "source"}: what the original
 # graph expected, converted to in the graph from the contract's RGB [0, 1] NCHW input
 META_PREPROCESSING = META_PREFIX + "preprocessing"
+# JSON {"bias_grad/<k>": node name}: the biased layers behind FullGrad's outputs (contract 5)
+META_BIAS_GRADIENTS = META_PREFIX + "bias_gradients"
 
 RESIZE_POLICIES = frozenset({"shorter_side_center_crop", "stretch"})
 # The resize filter the runtime applies (gradtap.runtime.image.geometry.resize): OpenCV's
@@ -118,3 +127,8 @@ def cam_output(alias: str) -> str:
 def tap_grad_output(alias: str) -> str:
     """Graph output name of the gradient with respect to a tap."""
     return GRAD_PREFIX + TAP_PREFIX + alias
+
+
+def bias_grad_output(k: int) -> str:
+    """Graph output name of FullGrad's reduced bias-gradient map of the k-th biased layer."""
+    return f"{BIAS_GRAD_PREFIX}{k}"

@@ -48,6 +48,8 @@ class Pass:
         taps: tap alias -> feature map [N, C, h, w], for the taps fetched.
         tap_grads: tap alias -> d sum(seed * logits) / d tap, for the tap gradients fetched.
         constants: output name -> value, for the constant outputs asked for (``cam/<alias>``).
+        outputs: output name -> value, for the other per-row outputs asked for
+            (``bias_grad/<k>``).
     """
 
     logits: Array
@@ -55,6 +57,7 @@ class Pass:
     taps: Mapping[str, Array] = field(default_factory=dict)
     tap_grads: Mapping[str, Array] = field(default_factory=dict)
     constants: Mapping[str, Array] = field(default_factory=dict)
+    outputs: Mapping[str, Array] = field(default_factory=dict)
 
 
 def default_providers() -> list[str]:
@@ -109,6 +112,14 @@ class ExplainSession:
         """Channels C of the default tap's ``tap_scale`` input [N, C]; 0 when it has none."""
         outputs = {o.name: list(o.shape) for o in self._session.get_outputs()}
         self._outputs = frozenset(outputs)
+        numbered = [o for o in outputs if o[len(c.BIAS_GRAD_PREFIX) :].isdigit()]
+        self.bias_outputs: tuple[str, ...] = tuple(
+            sorted(
+                (o for o in numbered if o.startswith(c.BIAS_GRAD_PREFIX)),
+                key=lambda o: int(o[len(c.BIAS_GRAD_PREFIX) :]),
+            )
+        )
+        """FullGrad's ``bias_grad/<k>`` outputs in layer order; empty when the graph has none."""
         self._constants: dict[str, Array] = {}
         meta = self._session.get_modelmeta().custom_metadata_map
         self.info: ModelInfo = parse_info(
@@ -131,6 +142,7 @@ class ExplainSession:
         objective: str = "logits",
         constants: Sequence[str] = (),
         tap_scale: Array | None = None,
+        outputs: Sequence[str] = (),
     ) -> Pass:
         """One fused call: logits, and the gradients of ``sum(seed * logits)`` asked for.
 
@@ -154,6 +166,8 @@ class ExplainSession:
                 the first chunk of the first call that asks, then kept by the session.
             tap_scale: [N, C] channel scales of the default tap's activation (``tap_scale``
                 input); ones when ``None``.
+            outputs: more per-row outputs to fetch (``bias_grad/<k>``); they are computed with
+                the input gradient, so asking for them runs the whole backward pass.
 
         Returns:
             The :class:`Pass`; arrays not asked for are ``None`` / absent.
@@ -170,7 +184,11 @@ class ExplainSession:
         names += [c.tap_grad_output(t) for t in aliases] if tap_grads else []
         if objective not in c.OBJECTIVES:
             raise OptionError(f"objective {objective!r} unknown; valid: {list(c.OBJECTIVES)}")
-        level = "full" if grad_input else ("taps" if aliases and tap_grads else "forward")
+        if unknown := [n for n in outputs if n not in self._outputs]:
+            raise ModelError(f"model {self.info.name!r} has no output {unknown[0]!r}")
+        names += [n for n in outputs if n not in names]
+        full = grad_input or bool(outputs)
+        level = "full" if full else ("taps" if aliases and tap_grads else "forward")
         extra: dict[str, npt.NDArray[Any]] = {
             c.RELU_RULE: np.array(self._rule(relu_rule), dtype=np.int64),
             c.SEED_TOP1: np.array(1.0 if top1 else 0.0, np.float32),
@@ -191,6 +209,7 @@ class ExplainSession:
             grad_input=out.get(c.GRAD_INPUT),
             taps=MappingProxyType({a: out[c.tap_output(a)] for a in aliases}),
             constants=MappingProxyType({n: self._constants[n] for n in constants}),
+            outputs=MappingProxyType({n: out[n] for n in outputs}),
             tap_grads=MappingProxyType(
                 {a: out[c.tap_grad_output(a)] for a in aliases} if tap_grads else {}
             ),

@@ -31,7 +31,13 @@ def tiny_model(
 ) -> onnx.ModelProto:
     """The augmented tiny CNN (conv-relu-pool-conv-relu-GAP-Gemm), tap ``features``."""
     forward = with_meta(tiny_cnn(classes=len(labels), size=size, seed=seed), **meta)
-    return augment(forward, taps={"features": "features"}, labels=list(labels), interventions=True)
+    return augment(
+        forward,
+        taps={"features": "features"},
+        labels=list(labels),
+        interventions=True,
+        bias_gradients=True,
+    )
 
 
 def linear_model(weights: np.ndarray, *, size: int = 6) -> onnx.ModelProto:

@@ -243,6 +243,11 @@ def _read_labels(path: Path | None) -> list[str] | None:
     is_flag=True,
     help="Add the tap_scale input (channel scales of the default tap) for Score-CAM/Ablation-CAM.",
 )
+@click.option(
+    "--fullgrad",
+    is_flag=True,
+    help="Add the bias_grad/<k> outputs (one map per biased layer) that FullGrad reads.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.pass_obj
 def augment(
@@ -261,6 +266,7 @@ def augment(
     labels: Path | None,
     flat: bool,
     interventions: bool,
+    fullgrad: bool,
     overwrite: bool,
 ) -> None:
     """Add taps and the backward pass to a forward ONNX classifier (no torch needed).
@@ -301,6 +307,7 @@ def augment(
         "head": "keep" if keep_head else "auto",
         "flat": flat,
         "interventions": interventions,
+        "bias_gradients": fullgrad,
     }
     _check_names(model, options["taps"], logits)
     with user_errors(path=source):

@@ -16,6 +16,7 @@ import onnx
 from onnx import helper, numpy_helper, version_converter
 
 from gradtap.export.graph import foreign
+from gradtap.export.graph.bias import add_bias_maps, biased_layers, raw_name
 from gradtap.export.graph.emitter import GraphInfo
 from gradtap.export.graph.gate import branch_nodes, gate
 from gradtap.export.graph.head import cam_outputs
@@ -49,6 +50,7 @@ def augment(
     head: str = "auto",
     flat: bool = False,
     interventions: bool = False,
+    bias_gradients: bool = False,
 ) -> onnx.ModelProto:
     """Add taps, a seed input, a rectifier-rule input and the backward pass to a classifier.
 
@@ -69,6 +71,8 @@ def augment(
         interventions: add the ``tap_scale`` input (channel scales of the default tap, for
             Score-CAM and Ablation-CAM in batched calls); off by default, since every input is
             required and embedders would have to feed it.
+        bias_gradients: add the ``bias_grad/<k>`` outputs FullGrad reads, one reduced map per
+            biased layer (see gradtap.export.graph.bias); off by default.
         flat: no If nodes and no ``compute`` input: every call runs the whole backward pass
             (for runtimes that cannot run If, such as tract); the ``relu_rule`` switch stays.
 
@@ -111,8 +115,13 @@ def augment(
         add_tap_scale(model, chosen[default if default in chosen else next(iter(chosen))])
     wrt = {c.INPUT: c.GRAD_INPUT}
     wrt.update({tensor: c.tap_grad_output(alias) for alias, tensor in chosen.items()})
+    layers = biased_layers(model) if bias_gradients else {}
+    for k, tensor in enumerate(layers):
+        wrt.setdefault(tensor, raw_name(k))
     seed = add_seed(model)
     out = add_vjp(model, seed_of=c.LOGITS, seed=seed, wrt=wrt, relu_rule=c.RELU_RULE)
+    if layers:
+        add_bias_maps(out, layers, wrt)
     out = out if flat else gate(out)
     inputs_last(out)
     if found_head is not None:

@@ -54,14 +54,15 @@ def gate(model: onnx.ModelProto) -> onnx.ModelProto:
         o for o in outputs if o == c.LOGITS or o.startswith((c.TAP_PREFIX, c.CAM_PREFIX))
     ]
     tap_grads = [o for o in outputs if o.startswith(c.GRAD_PREFIX + c.TAP_PREFIX)]
+    late = [c.GRAD_INPUT, *(o for o in outputs if o.startswith(c.BIAS_GRAD_PREFIX))]
     info = GraphInfo.of(model, complete=False)
     forward = _needed(nodes, forward_outputs)  # weight transforms go where they are read
-    backward = _needed(nodes, [*tap_grads, c.GRAD_INPUT]) - forward
+    backward = _needed(nodes, [*tap_grads, *late]) - forward
     forward |= _shape_values(nodes, forward, backward, graph)
     backward -= forward
     residual = _residual(nodes, forward, backward, info)
     to_taps = _needed(nodes, tap_grads) - forward - residual
-    rest = _needed(nodes, [c.GRAD_INPUT]) - forward - residual - to_taps
+    rest = _needed(nodes, late) - forward - residual - to_taps
 
     graph.input.append(helper.make_tensor_value_info(c.COMPUTE, TensorProto.INT64, []))
     graph.initializer.extend([
@@ -82,7 +83,7 @@ def gate(model: onnx.ModelProto) -> onnx.ModelProto:
         kept.append(_if("gate/to_taps", [nodes[i] for i in sorted(to_taps)], branch, info))
     kept.extend(residual_ifs["gate/to_input"])
     if rest:
-        kept.append(_if("gate/to_input", [nodes[i] for i in sorted(rest)], [c.GRAD_INPUT], info))
+        kept.append(_if("gate/to_input", [nodes[i] for i in sorted(rest)], late, info))
     used = {x for n in _walk(kept) for x in n.input}
     kept = [n for n in kept if n.output[0] not in _CONDITIONS or n.output[0] in used]
     del graph.node[:]

@@ -64,6 +64,8 @@ def not_applicable(session: ExplainSession, method: str) -> str | None:
             tap = session.info.tap(None)
     except ModelError as err:
         return str(err)
+    if record.needs_bias and not session.bias_outputs:
+        return f"model {session.info.name!r} has no bias_grad outputs (augment --fullgrad)"
     if record.needs_head and tap not in session.info.cam_taps:
         return (
             f"model {session.info.name!r} has no global-average-pool -> linear head after {tap!r}"

@@ -6,7 +6,7 @@ maps at tap resolution (guided Grad-CAM: colour maps at input resolution).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +44,59 @@ def tap_pass(
             prep.x, None, grad_input=False, taps=aliases, tap_grads=False, constants=constants
         )
     return run, prep.settled(run.logits)
+
+
+Formula = Callable[[Array, "Array | None"], Array]  # (taps [R, K, h, w], their gradients) -> maps
+
+
+def tap_method(
+    name: str, formula: Formula, summary: str, *, grads: bool = True, relu_option: bool = True
+) -> Callable[..., Explanation]:
+    """A CAM-family method from its formula: one :func:`tap_pass` on one tap, the formula, a ReLU.
+
+    Args:
+        name: the registry name the Explanation carries.
+        formula: maps [R, h, w] from the tap's activations and gradients (``None`` without
+            ``grads``).
+        summary: the method's docstring line, citing its paper.
+        grads: the formula reads the tap gradient (else the call is forward only).
+        relu_option: the method takes ``relu`` (rectify, default True); else it always does.
+
+    Returns:
+        ``method(session, x, target=None, *, tap=None[, relu=True])`` returning maps [R, h, w]
+        at tap resolution.
+    """
+
+    def compute(session: ExplainSession, x: Array, target: TargetSpec, tap: str | None,
+                relu: bool) -> Explanation:  # fmt: skip
+        alias = session.info.tap(tap)
+        run, prep = tap_pass(session, x, target, [alias], grads=grads)
+        maps = formula(run.taps[alias], run.tap_grads[alias] if grads else None)
+        maps = np.maximum(maps, 0) if relu else maps
+        return finish(name, maps, prep, session, row_logits=run.logits)
+
+    if relu_option:
+
+        def method(
+            session: ExplainSession,
+            x: Array,
+            target: TargetSpec = None,
+            *,
+            tap: str | None = None,
+            relu: bool = True,
+        ) -> Explanation:
+            return compute(session, x, target, tap, relu)
+
+    else:
+
+        def method(  # type: ignore[misc]  # the same method without the relu option
+            session: ExplainSession, x: Array, target: TargetSpec = None, *, tap: str | None = None
+        ) -> Explanation:
+            return compute(session, x, target, tap, True)
+
+    method.__name__ = method.__qualname__ = name.replace("++", "pp")
+    method.__doc__ = f"{summary}\n\nReturns:\n    Maps [R, h, w] at tap resolution.\n"
+    return method
 
 
 def cam(
@@ -99,39 +152,18 @@ def gradcampp_map(acts: Array, grads: Array, *, eps: float = 1e-6) -> Array:
     return np.maximum(np.einsum("rk,rkhw->rhw", weights, acts), 0).astype(np.float32)
 
 
-def gradcam(
-    session: ExplainSession,
-    x: Array,
-    target: TargetSpec = None,
-    *,
-    tap: str | None = None,
-    relu: bool = True,
-) -> Explanation:
-    """Grad-CAM (Selvaraju et al. 2017, https://arxiv.org/abs/1610.02391).
-
-    The backward pass runs only down to the tap.
-
-    Returns:
-        Maps [R, h, w] at tap resolution.
-    """
-    alias = session.info.tap(tap)
-    run, prep = tap_pass(session, x, target, [alias], grads=True)
-    maps = gradcam_map(run.taps[alias], run.tap_grads[alias], relu=relu)
-    return finish("gradcam", maps, prep, session, row_logits=run.logits)
-
-
-def gradcampp(
-    session: ExplainSession, x: Array, target: TargetSpec = None, *, tap: str | None = None
-) -> Explanation:
-    """Grad-CAM++ (Chattopadhay et al. 2018, https://arxiv.org/abs/1710.11063).
-
-    Returns:
-        Maps [R, h, w] at tap resolution.
-    """
-    alias = session.info.tap(tap)
-    run, prep = tap_pass(session, x, target, [alias], grads=True)
-    maps = gradcampp_map(run.taps[alias], run.tap_grads[alias])
-    return finish("gradcam++", maps, prep, session, row_logits=run.logits)
+gradcam = tap_method(
+    "gradcam",
+    lambda acts, grads: gradcam_map(acts, grads, relu=False),  # type: ignore[arg-type]
+    "Grad-CAM (Selvaraju et al. 2017, https://arxiv.org/abs/1610.02391); the backward pass "
+    "runs only down to the tap.",
+)
+gradcampp = tap_method(
+    "gradcam++",
+    gradcampp_map,  # type: ignore[arg-type]
+    "Grad-CAM++ (Chattopadhay et al. 2018, https://arxiv.org/abs/1710.11063).",
+    relu_option=False,
+)
 
 
 def guided_gradcam(

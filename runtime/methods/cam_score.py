@@ -11,7 +11,8 @@ import numpy as np
 import numpy.typing as npt
 
 from gradtap.runtime.errors import ModelError, OptionError
-from gradtap.runtime.methods.base import Explanation, finish, prepare
+from gradtap.runtime.methods.base import Explanation, finish
+from gradtap.runtime.methods.cam import tap_pass
 from gradtap.runtime.session import ExplainSession
 from gradtap.runtime.targets import TargetSpec
 
@@ -34,11 +35,14 @@ def upsample_matrix(n_out: int, n_in: int) -> Array:
 
 def channel_masks(acts: Array, size: tuple[int, int]) -> Array:
     """[K, h, w] channels -> [K, H, W] masks: bilinear upsampling, then min-max to [0, 1]."""
-    up = np.einsum("Hh,khw,Ww->kHW", upsample_matrix(size[0], acts.shape[1]), acts,
-                   upsample_matrix(size[1], acts.shape[2]))  # fmt: skip
+    rows = upsample_matrix(size[0], acts.shape[1])
+    cols = upsample_matrix(size[1], acts.shape[2]).T
+    up = rows @ acts.astype(np.float32) @ cols  # two batched matrix products, [K, H, W]
     lo = up.min(axis=(1, 2), keepdims=True)
     hi = up.max(axis=(1, 2), keepdims=True)
-    return ((up - lo) / (hi - lo + 1e-8)).astype(np.float32)
+    up -= lo
+    up /= hi - lo + 1e-8
+    return up
 
 
 def _softmax(v: Array) -> Array:
@@ -69,24 +73,29 @@ def scorecam(
     alias = session.info.tap(tap)
     if top_n is not None and (not isinstance(top_n, int) or top_n < 1):
         raise OptionError(f"top_n must be an int >= 1, got {top_n!r}")
-    prep = prepare(session, x, target, defer_top1=True)
-    run = session.run(prep.x, None, grad_input=False, taps=[alias], tap_grads=False)
-    prep = prep.settled(run.logits)
+    run, prep = tap_pass(session, x, target, [alias], grads=False)
     acts = run.taps[alias]
     r, k = acts.shape[:2]
     size = prep.x.shape[2:]
     weights = np.zeros((r, k), np.float32)
     per_call = max(1, session.batch_size)
+    blank: Array | None = None  # the logits of a black image: what every all-zero mask gives
     for i in range(r):
         keep = np.arange(k)
         if top_n is not None and top_n < k:
             keep = np.sort(np.argsort(-acts[i].reshape(k, -1).var(axis=1), kind="stable")[:top_n])
         scores = np.empty(len(keep), np.float32)
-        for start in range(0, len(keep), per_call):
-            chunk = keep[start : start + per_call]
-            masks = channel_masks(acts[i, chunk], size)
-            logits = session.logits(prep.x[i][None] * masks[:, None])
-            scores[start : start + len(chunk)] = logits[:, prep.rows.target[i]]
+        zero = ~acts[i, keep].reshape(len(keep), -1).any(axis=1)  # e.g. channels a ReLU shut
+        if zero.any():
+            if blank is None:
+                blank = session.logits(session.trust(np.zeros_like(prep.x[:1])))[0]
+            scores[zero] = blank[prep.rows.target[i]]
+        live = np.flatnonzero(~zero)
+        for start in range(0, len(live), per_call):
+            chunk = live[start : start + per_call]
+            masks = channel_masks(acts[i, keep[chunk]], size)
+            logits = session.logits(session.trust(masks[:, None] * prep.x[i][None]))
+            scores[chunk] = logits[:, prep.rows.target[i]]
         weights[i, keep] = _softmax(scores)
     maps = np.maximum(np.einsum("rk,rkhw->rhw", weights, acts), 0)
     return finish("scorecam", maps, prep, session, row_logits=run.logits)
@@ -103,9 +112,7 @@ def ablationcam(session: ExplainSession, x: Array, target: TargetSpec = None) ->
         Maps [R, h, w] at the default tap's resolution.
     """
     alias = session.info.tap(None)
-    prep = prepare(session, x, target, defer_top1=True)
-    run = session.run(prep.x, None, grad_input=False, taps=[alias], tap_grads=False)
-    prep = prep.settled(run.logits)
+    run, prep = tap_pass(session, x, target, [alias], grads=False)
     acts = run.taps[alias]
     r, k = acts.shape[:2]
     if session.tap_channels != k:

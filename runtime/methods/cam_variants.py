@@ -1,8 +1,9 @@
 """More of the CAM family over the taps of one call: HiResCAM, XGrad-CAM, LayerCAM (one tap or
 fused over several), Eigen-CAM and Eigen-Grad-CAM.
 
-Each map is rectified (``relu``) like Grad-CAM's and returned at tap resolution, unrescaled; a
-LayerCAM fused over several taps is returned at the input resolution (each tap's map is min-max
+Each variant is its formula over the tap's activations and gradients, made a method by
+:func:`~gradtap.runtime.methods.cam.tap_method`. Each map is rectified (``relu``) like
+Grad-CAM's and returned at tap resolution, unrescaled; a LayerCAM fused over several taps is returned at the input resolution (each tap's map is min-max
 scaled, upsampled bilinearly, averaged and scaled again, as in the LayerCAM paper's fusion).
 """
 
@@ -16,7 +17,7 @@ import numpy.typing as npt
 from gradtap.runtime.errors import OptionError
 from gradtap.runtime.image.geometry import resize
 from gradtap.runtime.methods.base import Explanation, finish
-from gradtap.runtime.methods.cam import tap_pass
+from gradtap.runtime.methods.cam import tap_method, tap_pass
 from gradtap.runtime.session import ExplainSession
 from gradtap.runtime.targets import TargetSpec
 
@@ -54,46 +55,27 @@ def first_component(acts: Array) -> Array:
     return np.einsum("rpk,rk->rp", flat, vt[:, 0]).reshape(r, h, w).astype(np.float32)
 
 
-def _rectify(maps: Array, relu: bool) -> Array:
-    return np.maximum(maps, 0) if relu else maps
-
-
-def hirescam(
-    session: ExplainSession,
-    x: Array,
-    target: TargetSpec = None,
-    *,
-    tap: str | None = None,
-    relu: bool = True,
-) -> Explanation:
-    """HiResCAM (Draelos and Carin 2020, https://arxiv.org/abs/2011.08891).
-
-    Returns:
-        Maps [R, h, w] at tap resolution.
-    """
-    alias = session.info.tap(tap)
-    run, prep = tap_pass(session, x, target, [alias], grads=True)
-    maps = _rectify(hirescam_map(run.taps[alias], run.tap_grads[alias]), relu)
-    return finish("hirescam", maps, prep, session, row_logits=run.logits)
-
-
-def xgradcam(
-    session: ExplainSession,
-    x: Array,
-    target: TargetSpec = None,
-    *,
-    tap: str | None = None,
-    relu: bool = True,
-) -> Explanation:
-    """XGrad-CAM (Fu et al. 2020, https://arxiv.org/abs/2008.02312).
-
-    Returns:
-        Maps [R, h, w] at tap resolution.
-    """
-    alias = session.info.tap(tap)
-    run, prep = tap_pass(session, x, target, [alias], grads=True)
-    maps = _rectify(xgradcam_map(run.taps[alias], run.tap_grads[alias]), relu)
-    return finish("xgradcam", maps, prep, session, row_logits=run.logits)
+hirescam = tap_method(
+    "hirescam", hirescam_map, "HiResCAM (Draelos and Carin 2020, https://arxiv.org/abs/2011.08891)."
+)
+xgradcam = tap_method(
+    "xgradcam", xgradcam_map, "XGrad-CAM (Fu et al. 2020, https://arxiv.org/abs/2008.02312)."
+)
+eigencam = tap_method(
+    "eigencam",
+    lambda acts, _: first_component(acts),
+    "Eigen-CAM (Muhammad and Yeasin 2020, https://arxiv.org/abs/2008.00299): the first principal"
+    " component of the tap's activations, rectified; class-agnostic (the target only labels the"
+    " rows). Forward only.",
+    grads=False,
+    relu_option=False,
+)
+eigengradcam = tap_method(
+    "eigengradcam",
+    lambda acts, grads: first_component(acts * grads),
+    "Eigen-Grad-CAM: Eigen-CAM (https://arxiv.org/abs/2008.00299) of ``dS/dA * A``.",
+    relu_option=False,
+)
 
 
 def layercam(
@@ -133,37 +115,6 @@ def layercam(
         size = prep.x.shape[2:]
         maps = scale(np.mean([[resize(m, size) for m in scale(c)] for c in cams], axis=0))
     return finish("layercam", maps, prep, session, row_logits=run.logits)
-
-
-def eigencam(
-    session: ExplainSession, x: Array, target: TargetSpec = None, *, tap: str | None = None
-) -> Explanation:
-    """Eigen-CAM (Muhammad and Yeasin 2020, https://arxiv.org/abs/2008.00299). Forward only.
-
-    The first principal component of the tap's activations, rectified; class-agnostic (the
-    target only labels the rows).
-
-    Returns:
-        Maps [R, h, w] at tap resolution.
-    """
-    alias = session.info.tap(tap)
-    run, prep = tap_pass(session, x, target, [alias], grads=False)
-    maps = np.maximum(first_component(run.taps[alias]), 0)
-    return finish("eigencam", maps, prep, session, row_logits=run.logits)
-
-
-def eigengradcam(
-    session: ExplainSession, x: Array, target: TargetSpec = None, *, tap: str | None = None
-) -> Explanation:
-    """Eigen-Grad-CAM: Eigen-CAM (https://arxiv.org/abs/2008.00299) of ``dS/dA * A``.
-
-    Returns:
-        Maps [R, h, w] at tap resolution.
-    """
-    alias = session.info.tap(tap)
-    run, prep = tap_pass(session, x, target, [alias], grads=True)
-    maps = np.maximum(first_component(run.taps[alias] * run.tap_grads[alias]), 0)
-    return finish("eigengradcam", maps, prep, session, row_logits=run.logits)
 
 
 def scale(maps: Array) -> Array:

@@ -4,14 +4,19 @@
 ``call_model_function`` PAIR's ``saliency.core`` methods take: batches of channels-last images
 in, input gradients, tap values and tap gradients (of the target logit) and the target logit
 out, each from one fused session call. XRAI and Blur IG run on it unchanged and are registered
-as ``xrai`` and ``blur_ig`` when ``saliency`` is installed. PAIR's Guided IG (0.2.1) does not
-run on numpy 2: it calls ``np.quantile(..., interpolation=...)``, a keyword numpy removed.
+as ``xrai`` and ``blur_ig`` when ``saliency`` is installed. PAIR's Guided IG (0.2.1) calls
+``np.quantile(..., interpolation=...)``, a keyword numpy 2 removed (``method=`` since numpy
+1.22); ``guided_ig`` runs it with its module seeing numpy through :class:`_QuantileKeyword`,
+which passes that keyword on under its new name, and nothing else changed.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -131,3 +136,65 @@ def blur_ig(
             im, f, max_sigma=max_sigma, steps=steps, batch_size=batch_size
         ),
     )
+
+
+class _QuantileKeyword:
+    """numpy as PAIR's Guided IG module sees it: ``quantile(interpolation=)`` becomes
+    ``quantile(method=)``; every other name is numpy's own."""
+
+    def __init__(self, numpy: ModuleType) -> None:
+        self._numpy = numpy
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._numpy, name)
+
+    def quantile(self, a: Any, q: Any, *args: Any, interpolation: Any = None, **kw: Any) -> Any:
+        if interpolation is not None:
+            kw.setdefault("method", interpolation)
+        return self._numpy.quantile(a, q, *args, **kw)
+
+
+_SHIM_LOCK = threading.Lock()  # the swap is a module global: one Guided IG at a time
+
+
+@contextmanager
+def numpy2_guided_ig() -> Iterator[None]:
+    """Within the block, PAIR's Guided IG runs on numpy 2 (see :class:`_QuantileKeyword`)."""
+    import saliency.core.guided_ig as module
+
+    with _SHIM_LOCK:
+        real = module.np
+        module.np = _QuantileKeyword(real)
+        try:
+            yield
+        finally:
+            module.np = real
+
+
+def guided_ig(
+    session: ExplainSession,
+    x: Array,
+    target: TargetSpec = None,
+    *,
+    steps: int = 200,
+    fraction: float = 0.25,
+    max_dist: float = 0.02,
+) -> Explanation:
+    """Guided IG (Kapishnikov et al. 2021, https://arxiv.org/abs/2106.09788) by PAIR saliency.
+
+    From a black baseline; each of the ``steps`` session calls moves the ``fraction`` of the
+    pixels with the smallest |gradient|, at most ``max_dist`` (share of the L1 distance) off
+    the straight line (``max_dist = 0`` is Integrated Gradients on the straight line).
+
+    Returns:
+        Maps [R, H, W]: channel sums of the attributions.
+    """
+
+    def mask(sc: Any, im: Array, f: Callable[..., dict[str, Array]]) -> Array:
+        with numpy2_guided_ig():
+            return sc.GuidedIG().GetMask(
+                im, f, x_baseline=np.zeros_like(im), x_steps=steps, fraction=fraction,
+                max_dist=max_dist,
+            )  # fmt: skip
+
+    return _each_row("guided_ig", session, x, target, mask)

@@ -29,6 +29,7 @@ from gradtap.runtime.methods.cam_variants import (
     layercam,
     xgradcam,
 )
+from gradtap.runtime.methods.fullgrad import fullgrad
 from gradtap.runtime.methods.gradient import deconvnet, guided_backprop, saliency
 from gradtap.runtime.methods.perturb import gradient_shap, input_x_gradient, noise_tunnel, rise
 from gradtap.runtime.methods.sampling import integrated_gradients, occlusion, smoothgrad
@@ -53,6 +54,7 @@ class Method:
         needs_head: reads the class weights of a GAP -> linear head after the tap (CAM).
         rectifier: the ``relu_rule`` it runs (``"guided"``, ``"deconvnet"``), or None.
         signed: its maps keep a meaningful sign (shown with a diverging colour map).
+        needs_bias: reads the graph's ``bias_grad/<k>`` outputs (FullGrad).
         options: keyword options the function accepts (derived from its signature).
     """
 
@@ -64,6 +66,7 @@ class Method:
     needs_head: bool = False
     rectifier: str | None = None
     signed: bool = False
+    needs_bias: bool = False
     options: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -139,12 +142,14 @@ METHODS: dict[str, Method] = _registry(
     Method("gradient_shap", gradient_shap, "https://arxiv.org/abs/1705.07874", signed=True),
     Method("noise_tunnel", noise_tunnel, "https://arxiv.org/abs/1810.03307"),
     Method("rise", rise, "https://arxiv.org/abs/1806.07421"),
+    Method("fullgrad", fullgrad, "https://arxiv.org/abs/1905.00780", needs_bias=True),
 )
 if pair.available():  # PAIR saliency's methods over the session (the `pair` extra)
     METHODS.update(
         _registry(
             Method("xrai", pair.xrai, "https://arxiv.org/abs/1906.02825"),
             Method("blur_ig", pair.blur_ig, "https://arxiv.org/abs/2004.03383", signed=True),
+            Method("guided_ig", pair.guided_ig, "https://arxiv.org/abs/2106.09788", signed=True),
         )
     )
 

@@ -104,6 +104,10 @@ def test_intervene_broadcasts_one_image_over_many_scalings(pair: Pair) -> None:
 
 @pytest.mark.slow
 def test_scorecam(pair: Pair) -> None:
+    s = pair.session
+    acts = s.run(pair.x, None, grad_input=False, taps=[s.info.tap(None)], tap_grads=False)
+    flat = acts.taps[s.info.tap(None)][0].reshape(128, -1)
+    assert 0 < (~flat.any(axis=1)).sum() < 128  # all-zero channels: scored by one black image
     ref = pair.reference(pgc.ScoreCAM)
     ours = cam_score.scorecam(pair.session, pair.x, target=Each(TARGETS)).maps
     assert rel_max(as_reference(ours, pair.x.shape[2:]), ref) < 1e-4
