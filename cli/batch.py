@@ -36,12 +36,17 @@ Array = npt.NDArray[np.float32]
 OUT_DIR = click.Path(file_okay=False, path_type=Path)
 
 
-def output_options(default_out: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def output_options(
+    default_out: str, *, out_help: str | None = None, json_help: str | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``--out``, ``--overwrite`` and ``--json``, shared by every command that writes results."""
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         func = click.option(
-            "--json", "as_json", is_flag=True, help="Print a JSON summary of this run on stdout."
+            "--json",
+            "as_json",
+            is_flag=True,
+            help=json_help or "Print a JSON summary of this run on stdout.",
         )(func)
         func = click.option("--overwrite", is_flag=True, help="Replace existing output files.")(
             func
@@ -52,7 +57,7 @@ def output_options(default_out: str) -> Callable[[Callable[..., Any]], Callable[
             type=OUT_DIR,
             default=default_out,
             show_default=True,
-            help="Output folder (summary.json and index.html gallery inside).",
+            help=out_help or "Output folder (summary.json and index.html gallery inside).",
         )(func)
 
     return decorate

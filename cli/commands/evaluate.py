@@ -8,11 +8,11 @@ from pathlib import Path
 
 import click
 
-from gradtap.cli.batch import OUT_DIR
 from gradtap.cli.config import Config
 from gradtap.cli.errors import user_errors
 from gradtap.cli.modelref import model_option, open_session
 from gradtap.cli.outputs import OutDir
+from gradtap.cli.shared import results_options
 from gradtap.runtime.evaluate.checks import ChecksConfig
 from gradtap.runtime.evaluate.data import DATASETS, load_set
 from gradtap.runtime.evaluate.invariance import DEFAULT_SHIFT
@@ -125,17 +125,12 @@ class _Reporter:
 @click.option(
     "--seed", type=click.IntRange(min=0), help="Dataset seed [default: the held-out one]."
 )
-@click.option(
-    "-o",
-    "--out",
-    type=OUT_DIR,
-    default="gradtap-eval",
-    show_default=True,
-    help="Output folder: evaluation.md, evaluation.json and PNG plots.",
+@results_options(
+    "gradtap-eval",
+    images=False,
+    out_help="Output folder: evaluation.md, evaluation.json and PNG plots.",
+    json_help="Print the JSON record on stdout.",
 )
-@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-@click.option("--json", "as_json", is_flag=True, help="Print the JSON record on stdout.")
-@click.pass_obj
 def evaluate_cmd(
     cfg: Config,
     model: str | None,

@@ -16,15 +16,14 @@ from gradtap.cli.batch import (
     Run,
     finish,
     interruptible,
-    max_pixels_option,
     model_record,
-    output_options,
     sources,
 )
 from gradtap.cli.config import Config
 from gradtap.cli.errors import user_errors
-from gradtap.cli.modelref import model_option, open_session, resolve_model
+from gradtap.cli.modelref import open_session, resolve_model
 from gradtap.cli.outputs import OutDir
+from gradtap.cli.shared import image_inputs, results_options
 from gradtap.runtime.image.resample import RESAMPLE_MODES
 from gradtap.runtime.methods.registry import METHODS
 from gradtap.runtime.targets import Each, TargetSpec, class_index, needs_logits, resolve
@@ -163,8 +162,7 @@ def _check_tap(session: Any, tap: str | None) -> None:
 
 
 @click.command()
-@click.argument("images", nargs=-1, metavar="IMAGES...")
-@model_option
+@image_inputs
 @click.option(
     "-m",
     "--method",
@@ -225,9 +223,7 @@ def _check_tap(session: Any, tap: str | None) -> None:
     show_default=True,
     help="Resize filter: area (OpenCV) or torchvision (Resize+CenterCrop as torchvision does it).",
 )
-@max_pixels_option
-@output_options("gradtap-out")
-@click.pass_obj
+@results_options("gradtap-out")
 def explain(
     cfg: Config,
     images: tuple[str, ...],
