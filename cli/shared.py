@@ -47,6 +47,44 @@ def results_options(
     return decorate
 
 
+def engine_options(func: Any) -> Any:
+    """``--engine``, ``--ray-address`` and ``--workers``: where a large batch runs."""
+    func = click.option(
+        "--worker-gpus",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        help="Ray engine: GPUs per actor (e.g. 1 with --provider cuda).",
+    )(func)
+    func = click.option(
+        "--worker-cpus",
+        type=click.FloatRange(min=0.01),
+        default=1.0,
+        show_default=True,
+        help="Ray engine: CPUs per actor, also its onnxruntime threads unless --threads is given.",
+    )(func)
+    func = click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        default=2,
+        show_default=True,
+        help="Ray engine: explaining actors (each holds one model session).",
+    )(func)
+    func = click.option(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="Ray engine: join this cluster (e.g. ray://head:10001 or auto) "
+        "[default: start a local Ray instance].",
+    )(func)
+    return click.option(
+        "--engine",
+        type=click.Choice(["local", "ray"]),
+        default="local",
+        show_default=True,
+        help="local: this process; ray: Ray Data over a local instance or a cluster "
+        "(pip install 'gradtap[ray]').",
+    )(func)
+
+
 def class_option(value: str | None, labels: Sequence[str]) -> int | None:
     """A ``-t/--target CLASS`` value (index or name) to a class index; a usage error if unknown."""
     from gradtap.runtime.targets import class_index

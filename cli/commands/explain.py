@@ -23,7 +23,7 @@ from gradtap.cli.config import Config
 from gradtap.cli.errors import user_errors
 from gradtap.cli.modelref import open_session, resolve_model
 from gradtap.cli.outputs import OutDir
-from gradtap.cli.shared import image_inputs, results_options
+from gradtap.cli.shared import engine_options, image_inputs, results_options
 from gradtap.runtime.image.resample import RESAMPLE_MODES
 from gradtap.runtime.methods.registry import METHODS
 from gradtap.runtime.targets import Each, TargetSpec, class_index, needs_logits, resolve
@@ -111,44 +111,6 @@ def listed(images: Sequence[str]) -> list[str]:
             raise click.BadParameter(f"{arg}: {err.strerror}", param_hint="IMAGES") from None
         found += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     return found
-
-
-def engine_options(func: Any) -> Any:
-    """``--engine``, ``--ray-address`` and ``--workers``: where a large batch runs."""
-    func = click.option(
-        "--worker-gpus",
-        type=click.FloatRange(min=0),
-        default=0.0,
-        help="Ray engine: GPUs per actor (e.g. 1 with --provider cuda).",
-    )(func)
-    func = click.option(
-        "--worker-cpus",
-        type=click.FloatRange(min=0.01),
-        default=1.0,
-        show_default=True,
-        help="Ray engine: CPUs per actor, also its onnxruntime threads unless --threads is given.",
-    )(func)
-    func = click.option(
-        "--workers",
-        type=click.IntRange(min=1),
-        default=2,
-        show_default=True,
-        help="Ray engine: explaining actors (each holds one model session).",
-    )(func)
-    func = click.option(
-        "--ray-address",
-        metavar="ADDRESS",
-        help="Ray engine: join this cluster (e.g. ray://head:10001 or auto) "
-        "[default: start a local Ray instance].",
-    )(func)
-    return click.option(
-        "--engine",
-        type=click.Choice(["local", "ray"]),
-        default="local",
-        show_default=True,
-        help="local: this process; ray: Ray Data over a local instance or a cluster "
-        "(pip install 'gradtap[ray]').",
-    )(func)
 
 
 def _check_tap(session: Any, tap: str | None) -> None:
