@@ -155,7 +155,11 @@ def _check_tap(session: Any, tap: str | None) -> None:
     "--format", "formats", default=DEFAULT_FORMATS, help="Outputs: overlay, heatmap, npy, panel."
 )
 @click.option(
-    "-b", "--batch-size", type=click.IntRange(min=1), default=8, help="Images per onnxruntime call."
+    "-b",
+    "--batch-size",
+    type=click.IntRange(min=1),
+    help="Images per onnxruntime call [default: as many as the model's memory per row fits in "
+    "--max-memory, at most 32].",
 )
 @click.option(
     "--max-side",
@@ -195,7 +199,7 @@ def explain(
     tap: str | None,
     settings: tuple[str, ...],
     formats: str,
-    batch_size: int,
+    batch_size: int | None,
     max_side: int,
     recursive: bool,
     resample: str,
@@ -229,11 +233,18 @@ def explain(
     if tap is not None:
         options["tap"] = tap
     path = resolve_model(model)
+    chunking = {"batch_size": batch_size, "chosen": "-b"}
+    if batch_size is None:  # from the model's memory per row and the budget
+        from gradtap.cli.chunking import auto_chunk
+
+        batch_size, per_row = auto_chunk(path)
+        chunking = {"batch_size": batch_size, "chosen": "memory", "row_bytes": per_row}
     session = open_session(cfg, str(path), batch_size=batch_size)
     _check_tap(session, tap)
     target = parse_target(targets, session.info.labels)
     run = Run("explain", model=model_record(session, path))
     run.options = {"methods": list(chosen), "target": target, "formats": list(fmt), "set": options}
+    run.options["chunks"] = chunking
     outdir = OutDir(out, overwrite=overwrite or resume)
     with user_errors("--out"):
         outdir.check_writable()
