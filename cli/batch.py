@@ -246,7 +246,7 @@ def finish(cfg: Config, out: OutDir, run: Run, *, as_json: bool) -> None:
     if pending and not run.interrupted:  # arrived while the record was written: it is whole
         run.interrupted, run.exit_on_interrupt = True, 128 + pending[0]
     if as_json:
-        click.echo(json.dumps(record, indent=2, ensure_ascii=False))
+        click.echo(json.dumps(record, indent=2, ensure_ascii=False, default=_materialise))
     n = len(run.items)
     if run.interrupted:
         where = f"{out.root} (summary.json)" if kept else str(out.root)
@@ -277,11 +277,16 @@ def _record(out: OutDir, record: dict[str, Any]) -> bool:
             click.echo(f"gradtap: error: cannot write the gallery: {one_line(err)}", err=True)
 
     try:
-        merge_summary(out.root, record, then=gallery)
+        merge_summary(out.root, record, then=gallery, result=False)
     except OSError as err:
         click.echo(f"gradtap: error: cannot record this run: {one_line(err)}", err=True)
         return False
     return True
+
+
+def _materialise(value: Any) -> Any:
+    """Spooled items and groups (cli/spool.py) as a JSON list and object, for --json."""
+    return dict(value.items()) if hasattr(value, "items") else list(value)
 
 
 def interruptible(run: Run, work: Callable[[], None]) -> None:

@@ -24,6 +24,7 @@ from gradtap.cli.errors import user_errors
 from gradtap.cli.modelref import open_session, resolve_model
 from gradtap.cli.outputs import OutDir
 from gradtap.cli.shared import engine_options, image_inputs, results_options
+from gradtap.cli.spool import Spool
 from gradtap.runtime.image.resample import RESAMPLE_MODES
 from gradtap.runtime.methods.registry import METHODS
 from gradtap.runtime.targets import Each, TargetSpec, class_index, needs_logits, resolve
@@ -243,6 +244,9 @@ def explain(
     _check_tap(session, tap)
     target = parse_target(targets, session.info.labels)
     run = Run("explain", model=model_record(session, path))
+    spool = Spool()  # the items and groups of a job of any size live on disk, not here
+    click.get_current_context().call_on_close(spool.close)
+    run.items, run.groups = spool.items, spool.groups  # type: ignore[assignment]
     run.options = {"methods": list(chosen), "target": target, "formats": list(fmt), "set": options}
     run.options["chunks"] = chunking
     outdir = OutDir(out, overwrite=overwrite or resume)
