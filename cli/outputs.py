@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
@@ -35,6 +35,13 @@ class UnwritableError(OSError):
 def write_text(dst: Path, text: str) -> None:
     """Write UTF-8 ``text`` to ``dst`` atomically."""
     write_bytes(dst, text.encode("utf-8"))
+
+
+def write_chunks(dst: Path, chunks: Iterable[str]) -> None:
+    """Write UTF-8 text given piece by piece to ``dst`` atomically (never whole in memory)."""
+    with atomic_path(dst) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for chunk in chunks:
+            f.write(chunk)
 
 
 def write_json(dst: Path, obj: Any) -> None:
@@ -275,8 +282,7 @@ def _merge(
         keys = run["items"].keys() if hasattr(run.get("items"), "keys") else (
             i["key"] for i in run.get("items", [])
         )  # fmt: skip
-        with atomic_path(root / SUMMARY) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            _write_summary(f, summary["runs"], record, keys, merged)
+        write_chunks(root / SUMMARY, _summary_text(summary["runs"], record, keys, merged))
         if then is not None:
             then({"schema": SCHEMA, "runs": [*summary["runs"], record],
                   "groups": merged.groups, "items": merged.items})  # fmt: skip
@@ -284,19 +290,19 @@ def _merge(
         merged.close()
 
 
-def _write_summary(f: Any, runs: Sequence[Any], record: Any, keys: Any, merged: Any) -> None:
-    """summary.json, one run, group or item a line, this run's item keys streamed."""
+def _summary_text(runs: Sequence[Any], record: Any, keys: Any, merged: Any) -> Iterator[str]:
+    """summary.json piece by piece: one run, group or item a line, this run's keys streamed."""
     dump = partial(json.dumps, ensure_ascii=False)
-    f.write(f'{{\n"schema": {SCHEMA},\n"runs": [\n')
+    yield (f'{{\n"schema": {SCHEMA},\n"runs": [\n')
     for r in runs:
-        f.write(dump(r) + ",\n")
-    f.write(dump(record)[:-1] + (', "items": [' if record else '"items": ['))
+        yield (dump(r) + ",\n")
+    yield (dump(record)[:-1] + (', "items": [' if record else '"items": ['))
     for n, key in enumerate(keys):
-        f.write(("," if n else "") + dump(key))
-    f.write(']}\n],\n"groups": {')
+        yield (("," if n else "") + dump(key))
+    yield (']}\n],\n"groups": {')
     for n, (name, info) in enumerate(merged.groups.items()):
-        f.write(("," if n else "") + f"\n{dump(name)}: {dump(info)}")
-    f.write('\n},\n"items": [')
+        yield (("," if n else "") + f"\n{dump(name)}: {dump(info)}")
+    yield ('\n},\n"items": [')
     for n, item in enumerate(merged.items):
-        f.write(("," if n else "") + "\n" + dump(item))
-    f.write("\n]\n}\n")
+        yield (("," if n else "") + "\n" + dump(item))
+    yield ("\n]\n}\n")
