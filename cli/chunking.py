@@ -20,6 +20,8 @@ from gradtap.runtime.image.read import max_memory
 MAX_AUTO = 32
 """The largest chunk chosen: beyond it onnxruntime's CPU kernels gain nothing per image."""
 CACHE_FILE = "row-bytes.json"
+FALLBACK = 8
+"""The chunk when the graph cannot be estimated."""
 OVERHEAD = 2.0
 """What a row really adds over the estimate: the input batch, the fetched maps and
 onnxruntime's arena rounding (measured: 1.3-1.6x the estimate for the tiny CNN at 256 px,
@@ -88,5 +90,10 @@ def choose_chunk(per_row: int, budget: int | None = None, largest: int = MAX_AUT
 
 def auto_chunk(path: str | Path, budget: int | None = None) -> tuple[int, int]:
     """The chunk size for the model at ``path`` and its estimated bytes per row."""
-    per_row = cached_row_bytes(path)
+    try:
+        per_row = cached_row_bytes(path)
+    except Exception:  # noqa: BLE001 - an estimate that fails must not fail the job
+        # (not an ONNX file, a graph shape inference rejects): the session reports a bad file
+        # as one line, and a good one runs at the default chunk
+        return FALLBACK, 0
     return choose_chunk(per_row, budget), per_row

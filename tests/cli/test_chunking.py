@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from gradtap.cli.chunking import OVERHEAD, cached_row_bytes, choose_chunk, row_bytes
+from gradtap.cli.chunking import cached_row_bytes, choose_chunk, row_bytes
 from tests.runtime_graphs import tiny_model
 
 MiB = 1 << 20
@@ -52,6 +52,19 @@ def test_the_estimate_is_cached_per_file(models: dict[int, Path], tmp_path: Path
     assert list(cache.values()) == [row_bytes(models[64])]
     (tmp_path / "row-bytes.json").write_text(json.dumps({k: 7 for k in cache}))
     assert cached_row_bytes(models[64], tmp_path) == 7  # read back, not computed again
+
+
+def test_a_file_that_cannot_be_estimated_falls_back_and_fails_as_one_line(tmp_path: Path) -> None:
+    from gradtap.cli.chunking import FALLBACK, auto_chunk
+    from tests.conftest import invoke
+
+    bad = tmp_path / "bad.gradtap.onnx"
+    bad.write_bytes(b"not an onnx file")
+    assert auto_chunk(bad) == (FALLBACK, 0)
+    (tmp_path / "p.png").write_bytes(b"")
+    result = invoke("explain", tmp_path / "p.png", "-M", bad, "-o", tmp_path / "o")
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert result.output.count("\n") <= 2, result.output
 
 
 PROBE = """
