@@ -36,12 +36,17 @@ Array = npt.NDArray[np.float32]
 OUT_DIR = click.Path(file_okay=False, path_type=Path)
 
 
-def output_options(default_out: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def output_options(
+    default_out: str, *, out_help: str | None = None, json_help: str | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``--out``, ``--overwrite`` and ``--json``, shared by every command that writes results."""
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         func = click.option(
-            "--json", "as_json", is_flag=True, help="Print a JSON summary of this run on stdout."
+            "--json",
+            "as_json",
+            is_flag=True,
+            help=json_help or "Print a JSON summary of this run on stdout.",
         )(func)
         func = click.option("--overwrite", is_flag=True, help="Replace existing output files.")(
             func
@@ -52,7 +57,7 @@ def output_options(default_out: str) -> Callable[[Callable[..., Any]], Callable[
             type=OUT_DIR,
             default=default_out,
             show_default=True,
-            help="Output folder (summary.json and index.html gallery inside).",
+            help=out_help or "Output folder (summary.json and index.html gallery inside).",
         )(func)
 
     return decorate
@@ -244,7 +249,7 @@ def finish(cfg: Config, out: OutDir, run: Run, *, as_json: bool) -> None:
     if pending and not run.interrupted:  # arrived while the record was written: it is whole
         run.interrupted, run.exit_on_interrupt = True, 128 + pending[0]
     if as_json:
-        click.echo(json.dumps(record, indent=2, ensure_ascii=False))
+        click.echo(json.dumps(record, indent=2, ensure_ascii=False, default=_materialise))
     n = len(run.items)
     if run.interrupted:
         where = f"{out.root} (summary.json)" if kept else str(out.root)
@@ -275,11 +280,16 @@ def _record(out: OutDir, record: dict[str, Any]) -> bool:
             click.echo(f"gradtap: error: cannot write the gallery: {one_line(err)}", err=True)
 
     try:
-        merge_summary(out.root, record, then=gallery)
+        merge_summary(out.root, record, then=gallery, result=False)
     except OSError as err:
         click.echo(f"gradtap: error: cannot record this run: {one_line(err)}", err=True)
         return False
     return True
+
+
+def _materialise(value: Any) -> Any:
+    """Spooled items and groups (cli/spool.py) as a JSON list and object, for --json."""
+    return dict(value.items()) if hasattr(value, "items") else list(value)
 
 
 def interruptible(run: Run, work: Callable[[], None]) -> None:

@@ -16,6 +16,8 @@ from gradtap.cli.outputs import GALLERY, write_text
 
 # The grid shows the overlay (the input has its own column); the panel repeats the input.
 PICTURE_ORDER = ("overlay", "image", "heatmap", "panel")
+GALLERY_LIMIT = 1000
+"""Images on the page at most: a larger job's page shows the first ones (summary.json has all)."""
 _STYLE = """
 * { box-sizing: border-box; }
 body { font-family: system-ui, "DejaVu Sans", sans-serif; margin: 1em; background: #fafafa;
@@ -73,21 +75,53 @@ def render(root: Path, summary: Mapping[str, Any]) -> str:
     parts.append(f"<style>{_STYLE}</style></head><body>")
     parts.append("<h1>gradtap results</h1>")
     parts += _models(summary.get("runs", []))
-    items = summary.get("items", [])
-    groups = summary.get("groups", {})
-    order = [g for g in _group_order(items, groups) if any(i["group"] == g for i in items)]
+    groups, items, more = _shown(summary.get("groups", {}), summary.get("items", []))
+    shown = {g for i in items for g in [i["group"]]}
+    order = [g for g in _group_order(items, groups) if g in shown]
     columns = list(dict.fromkeys(_column(i) for i in items))
+    if more:
+        parts.append(
+            f'<p class="meta">the first {len(order)} of {len(order) + more} images; '
+            "every result is in summary.json</p>"
+        )
     parts += _contents(order, groups)
     parts.append('<div class="scroll"><table class="grid">')
     head = "".join(f'<th scope="col">{esc(c)}</th>' for c in columns)
     parts.append(f'<thead><tr><th scope="col" class="image">image</th>{head}</tr></thead><tbody>')
+    by_group: dict[str, list[Mapping[str, Any]]] = {}
+    for it in items:
+        by_group.setdefault(it["group"], []).append(it)
     for i, group in enumerate(order):
-        mine = [it for it in items if it["group"] == group]
+        mine = by_group.get(group, [])
         parts.append(_row(root, group, f"g{i}", groups.get(group, {}), mine, columns))
     parts.append("</tbody></table></div>")
     parts += _failures(summary.get("runs", []))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _shown(
+    groups: Mapping[str, Any], items: Iterable[Mapping[str, Any]], limit: int = GALLERY_LIMIT
+) -> tuple[dict[str, Any], list[Mapping[str, Any]], int]:
+    """The groups and items the page shows: those of the first ``limit`` images with results,
+    and how many more images the summary has.
+
+    One pass over the items, holding only the shown ones, so a summary of any size (streamed
+    from :func:`gradtap.cli.outputs.merge_summary`) makes a page of bounded size.
+    """
+    keep: dict[str, Any] = {}
+    kept: list[Mapping[str, Any]] = []
+    for item in items:
+        g = item["group"]
+        if g not in keep:
+            if len(keep) >= limit:
+                continue
+            keep[g] = groups.get(g, {})
+        kept.append(item)
+    if len(groups) <= limit:  # the groups' own order, as always
+        order = {name: k for k, name in enumerate(groups)}
+        return {g: keep[g] for g in sorted(keep, key=lambda g: order.get(g, len(order)))}, kept, 0
+    return keep, kept, max(0, len(groups) - len(keep))
 
 
 def _column(item: Mapping[str, Any]) -> str:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import errno
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,13 @@ class UnwritableError(OSError):
 def write_text(dst: Path, text: str) -> None:
     """Write UTF-8 ``text`` to ``dst`` atomically."""
     write_bytes(dst, text.encode("utf-8"))
+
+
+def write_chunks(dst: Path, chunks: Iterable[str]) -> None:
+    """Write UTF-8 text given piece by piece to ``dst`` atomically (never whole in memory)."""
+    with atomic_path(dst) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for chunk in chunks:
+            f.write(chunk)
 
 
 def write_json(dst: Path, obj: Any) -> None:
@@ -228,36 +236,73 @@ def merge_summary(
     root: Path,
     run: Mapping[str, Any],
     *,
-    then: Callable[[dict[str, Any]], Any] | None = None,
-) -> dict[str, Any]:
+    then: Callable[[Mapping[str, Any]], Any] | None = None,
+    result: bool = True,
+) -> dict[str, Any] | None:
     """Add one run to the folder's summary.json; items replace earlier items for the same key.
+
+    The merge goes through a temporary database and summary.json is written item by item
+    (:func:`_merge`), so a run's items and groups may be spooled ones
+    (:class:`~gradtap.cli.spool.ItemLog`, :class:`~gradtap.cli.spool.GroupLog`) and are never
+    all in memory; the earlier runs of the folder are read whole.
 
     Args:
         root: the output folder.
         run: ``{"command", "model", ..., "groups": {...}, "items": [...], "failures": [...]}``.
         then: called with the merged summary while the folder is still locked (the gallery is
-            rebuilt there, so a concurrent run cannot overwrite it with an older summary).
+            rebuilt there, so a concurrent run cannot overwrite it with an older summary); its
+            ``groups`` and ``items`` are streamed views, valid during the call.
+        result: return the merged summary, read back (False: return None, hold nothing).
 
     Returns:
-        The merged summary, also written to ``root/summary.json``.
+        The merged summary, also written to ``root/summary.json`` (None with ``result=False``).
     """
     with summary_lock(root):
-        summary = _merge(root, run)
-        if then is not None:
-            then(summary)
-        return summary
+        _merge(root, run, then)
+        return load_summary(root) if result else None
 
 
-def _merge(root: Path, run: Mapping[str, Any]) -> dict[str, Any]:
+def _merge(
+    root: Path, run: Mapping[str, Any], then: Callable[[Mapping[str, Any]], Any] | None
+) -> None:
+    from gradtap.cli.spool import Spool
+
     summary = load_summary(root)
-    items = {item["key"]: item for item in summary["items"]}
-    for item in run.get("items", []):
-        items[item["key"]] = item
-    summary["items"] = list(items.values())
-    for name, info in run.get("groups", {}).items():
-        summary["groups"][name] = {**summary["groups"].get(name, {}), **info}
-    record = {k: v for k, v in run.items() if k not in ("items", "groups")}
-    record["items"] = [item["key"] for item in run.get("items", [])]
-    summary["runs"].append(record)
-    write_json(root / SUMMARY, summary)
-    return summary
+    merged = Spool(unique_keys=True)
+    try:
+        for item in summary.pop("items"):
+            merged.items.put(item)
+        for item in run.get("items", []):
+            merged.items.put(item)
+        for name, info in summary.pop("groups").items():
+            merged.groups[name] = info
+        for name, info in run.get("groups", {}).items():
+            merged.groups[name] = {**merged.groups.get(name, {}), **info}
+        record = {k: v for k, v in run.items() if k not in ("items", "groups")}
+        keys = run["items"].keys() if hasattr(run.get("items"), "keys") else (
+            i["key"] for i in run.get("items", [])
+        )  # fmt: skip
+        write_chunks(root / SUMMARY, _summary_text(summary["runs"], record, keys, merged))
+        if then is not None:
+            then({"schema": SCHEMA, "runs": [*summary["runs"], record],
+                  "groups": merged.groups, "items": merged.items})  # fmt: skip
+    finally:
+        merged.close()
+
+
+def _summary_text(runs: Sequence[Any], record: Any, keys: Any, merged: Any) -> Iterator[str]:
+    """summary.json piece by piece: one run, group or item a line, this run's keys streamed."""
+    dump = partial(json.dumps, ensure_ascii=False)
+    yield (f'{{\n"schema": {SCHEMA},\n"runs": [\n')
+    for r in runs:
+        yield (dump(r) + ",\n")
+    yield (dump(record)[:-1] + (', "items": [' if record else '"items": ['))
+    for n, key in enumerate(keys):
+        yield (("," if n else "") + dump(key))
+    yield (']}\n],\n"groups": {')
+    for n, (name, info) in enumerate(merged.groups.items()):
+        yield (("," if n else "") + f"\n{dump(name)}: {dump(info)}")
+    yield ('\n},\n"items": [')
+    for n, item in enumerate(merged.items):
+        yield (("," if n else "") + "\n" + dump(item))
+    yield ("\n]\n}\n")

@@ -9,31 +9,17 @@ from typing import Any
 import click
 import numpy as np
 
-from gradtap.cli.batch import (
-    FiniteRange,
-    Progress,
-    Run,
-    Source,
-    attempt,
-    finish,
-    interruptible,
-    max_pixels_option,
-    model_record,
-    output_options,
-    sources,
-    top_k,
-)
+from gradtap.cli.batch import FiniteRange, Run, Source, finish, model_record, sources, top_k
 from gradtap.cli.config import Config
-from gradtap.cli.errors import user_errors
-from gradtap.cli.modelref import model_option, open_session, resolve_model
+from gradtap.cli.modelref import open_session, resolve_model
 from gradtap.cli.outputs import OutDir, save_npy
+from gradtap.cli.shared import class_option, each_image, image_inputs, results_options, writable
 from gradtap.runtime.image.geometry import to_input
 from gradtap.runtime.image.read import load_image
 from gradtap.runtime.methods.adversarial import Attack, fgsm, fool
 from gradtap.runtime.present.overlay import panel, write_image
 from gradtap.runtime.present.pictures import perturbation_picture
 from gradtap.runtime.session import ExplainSession
-from gradtap.runtime.targets import class_index
 
 FGSM_EPS = 0.01
 UNIT = FiniteRange(min=0.0, max=1.0, min_open=True)
@@ -127,8 +113,7 @@ def _write(
 
 
 @click.command()
-@click.argument("images", nargs=-1, metavar="IMAGES...")
-@model_option
+@image_inputs
 @click.option(
     "--eps",
     type=UNIT,
@@ -155,9 +140,7 @@ def _write(
     default=1 / 255,
     help="Step of the iterative attack, in [0, 1] pixel units.",
 )
-@max_pixels_option
-@output_options("gradtap-out")
-@click.pass_obj
+@results_options("gradtap-out")
 def attack(
     cfg: Config,
     images: tuple[str, ...],
@@ -185,32 +168,15 @@ def attack(
         raise click.UsageError("--steps > 1 (iterative fooling) needs -t/--target")
     path = resolve_model(model)
     session = open_session(cfg, str(path))
-    target = None
-    if target_class is not None:
-        with user_errors("--target"):
-            target = class_index(
-                int(target_class) if target_class.isdigit() else target_class, session.info.labels
-            )
+    target = class_option(target_class, session.info.labels)
     run = Run("attack", model=model_record(session, path))
     run.options = {"eps": eps, "target_class": target, "steps": steps, "step_size": step_size}
-    outdir = OutDir(out, overwrite=overwrite)
-    with user_errors("--out"):
-        outdir.check_writable()
+    outdir = writable(out, overwrite=overwrite)
     files = sources(images, run, cfg)
     settings = Settings(_tag(target, steps), target, eps, steps, step_size, max_pixels)
-    bar = Progress(cfg, len(files), "attacking")
-
-    def work() -> None:
-        for src in files:
-            attempt(
-                run, src.path, lambda s=src: _one(session, s, settings, outdir, run), what="attack"
-            )
-            bar.update()
-
-    try:
-        interruptible(run, work)
-    finally:
-        bar.close()
+    each_image(
+        cfg, run, files, "attacking", "attack", lambda s: _one(session, s, settings, outdir, run)
+    )
     finish(cfg, outdir, run, as_json=as_json)
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import click
 
-from gradtap.cli.batch import OUT_DIR
 from gradtap.cli.config import Config
 from gradtap.cli.errors import user_errors
 from gradtap.cli.modelref import model_option, open_session
 from gradtap.cli.outputs import OutDir
+from gradtap.cli.shared import engine_options, results_options
 from gradtap.runtime.evaluate.checks import ChecksConfig
 from gradtap.runtime.evaluate.data import DATASETS, load_set
 from gradtap.runtime.evaluate.invariance import DEFAULT_SHIFT
@@ -132,17 +132,13 @@ class _Reporter:
 @click.option(
     "--seed", type=click.IntRange(min=0), help="Dataset seed [default: the held-out one]."
 )
-@click.option(
-    "-o",
-    "--out",
-    type=OUT_DIR,
-    default="gradtap-eval",
-    show_default=True,
-    help="Output folder: evaluation.md, evaluation.json and PNG plots.",
+@engine_options
+@results_options(
+    "gradtap-eval",
+    images=False,
+    out_help="Output folder: evaluation.md, evaluation.json and PNG plots.",
+    json_help="Print the JSON record on stdout.",
 )
-@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-@click.option("--json", "as_json", is_flag=True, help="Print the JSON record on stdout.")
-@click.pass_obj
 def evaluate_cmd(
     cfg: Config,
     model: str | None,
@@ -160,6 +156,11 @@ def evaluate_cmd(
     sanity_images: int,
     sanity_steps: int,
     seed: int | None,
+    engine: str,
+    ray_address: str | None,
+    workers: int,
+    worker_cpus: float,
+    worker_gpus: float,
     out: Path,
     overwrite: bool,
     as_json: bool,
@@ -193,7 +194,13 @@ def evaluate_cmd(
         outdir.check_writable()
     session = open_session(cfg, model, batch_size=EVAL_BATCH)
     with user_errors("--dataset"):
-        data = load_set(dataset, session.info, n_images, seed=seed)
+        data = load_set(dataset, session.info, 1 if engine == "ray" else n_images, seed=seed)
+    if engine == "ray":
+        from gradtap.cli.engines.ray_evaluate import evaluate_on_ray
+
+        evaluate_on_ray(cfg, session, model, dataset, n_images, seed, config, outdir, as_json,
+                        (ray_address, workers, worker_cpus, worker_gpus))  # fmt: skip
+        return
     cfg.note(f"evaluate: {session.info.name} on {data.name}, {len(data)} images")
     with user_errors():
         result = evaluate(session, data, config, progress=_Reporter(cfg))

@@ -16,15 +16,15 @@ from gradtap.cli.batch import (
     Run,
     finish,
     interruptible,
-    max_pixels_option,
     model_record,
-    output_options,
     sources,
 )
 from gradtap.cli.config import Config
 from gradtap.cli.errors import user_errors
-from gradtap.cli.modelref import model_option, open_session, resolve_model
+from gradtap.cli.modelref import open_session, resolve_model
 from gradtap.cli.outputs import OutDir
+from gradtap.cli.shared import engine_options, image_inputs, results_options
+from gradtap.cli.spool import Spool
 from gradtap.runtime.image.resample import RESAMPLE_MODES
 from gradtap.runtime.methods.registry import METHODS
 from gradtap.runtime.targets import Each, TargetSpec, class_index, needs_logits, resolve
@@ -114,44 +114,6 @@ def listed(images: Sequence[str]) -> list[str]:
     return found
 
 
-def engine_options(func: Any) -> Any:
-    """``--engine``, ``--ray-address`` and ``--workers``: where a large batch runs."""
-    func = click.option(
-        "--worker-gpus",
-        type=click.FloatRange(min=0),
-        default=0.0,
-        help="Ray engine: GPUs per actor (e.g. 1 with --provider cuda).",
-    )(func)
-    func = click.option(
-        "--worker-cpus",
-        type=click.FloatRange(min=0.01),
-        default=1.0,
-        show_default=True,
-        help="Ray engine: CPUs per actor, also its onnxruntime threads unless --threads is given.",
-    )(func)
-    func = click.option(
-        "--workers",
-        type=click.IntRange(min=1),
-        default=2,
-        show_default=True,
-        help="Ray engine: explaining actors (each holds one model session).",
-    )(func)
-    func = click.option(
-        "--ray-address",
-        metavar="ADDRESS",
-        help="Ray engine: join this cluster (e.g. ray://head:10001 or auto) "
-        "[default: start a local Ray instance].",
-    )(func)
-    return click.option(
-        "--engine",
-        type=click.Choice(["local", "ray"]),
-        default="local",
-        show_default=True,
-        help="local: this process; ray: Ray Data over a local instance or a cluster "
-        "(pip install 'gradtap[ray]').",
-    )(func)
-
-
 def _check_tap(session: Any, tap: str | None) -> None:
     from gradtap.runtime.errors import ModelError
 
@@ -163,8 +125,7 @@ def _check_tap(session: Any, tap: str | None) -> None:
 
 
 @click.command()
-@click.argument("images", nargs=-1, metavar="IMAGES...")
-@model_option
+@image_inputs
 @click.option(
     "-m",
     "--method",
@@ -195,7 +156,11 @@ def _check_tap(session: Any, tap: str | None) -> None:
     "--format", "formats", default=DEFAULT_FORMATS, help="Outputs: overlay, heatmap, npy, panel."
 )
 @click.option(
-    "-b", "--batch-size", type=click.IntRange(min=1), default=8, help="Images per onnxruntime call."
+    "-b",
+    "--batch-size",
+    type=click.IntRange(min=1),
+    help="Images per onnxruntime call [default: as many as the model's memory per row fits in "
+    "--max-memory, at most 32].",
 )
 @click.option(
     "--max-side",
@@ -225,9 +190,7 @@ def _check_tap(session: Any, tap: str | None) -> None:
     show_default=True,
     help="Resize filter: area (OpenCV) or torchvision (Resize+CenterCrop as torchvision does it).",
 )
-@max_pixels_option
-@output_options("gradtap-out")
-@click.pass_obj
+@results_options("gradtap-out")
 def explain(
     cfg: Config,
     images: tuple[str, ...],
@@ -237,7 +200,7 @@ def explain(
     tap: str | None,
     settings: tuple[str, ...],
     formats: str,
-    batch_size: int,
+    batch_size: int | None,
     max_side: int,
     recursive: bool,
     resample: str,
@@ -271,11 +234,21 @@ def explain(
     if tap is not None:
         options["tap"] = tap
     path = resolve_model(model)
+    chunking = {"batch_size": batch_size, "chosen": "-b"}
+    if batch_size is None:  # from the model's memory per row and the budget
+        from gradtap.cli.chunking import auto_chunk
+
+        batch_size, per_row = auto_chunk(path)
+        chunking = {"batch_size": batch_size, "chosen": "memory", "row_bytes": per_row}
     session = open_session(cfg, str(path), batch_size=batch_size)
     _check_tap(session, tap)
     target = parse_target(targets, session.info.labels)
     run = Run("explain", model=model_record(session, path))
+    spool = Spool()  # the items and groups of a job of any size live on disk, not here
+    click.get_current_context().call_on_close(spool.close)
+    run.items, run.groups = spool.items, spool.groups  # type: ignore[assignment]
     run.options = {"methods": list(chosen), "target": target, "formats": list(fmt), "set": options}
+    run.options["chunks"] = chunking
     outdir = OutDir(out, overwrite=overwrite or resume)
     with user_errors("--out"):
         outdir.check_writable()

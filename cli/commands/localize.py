@@ -7,23 +7,11 @@ from typing import Any
 
 import click
 
-from gradtap.cli.batch import (
-    Progress,
-    Run,
-    Source,
-    attempt,
-    finish,
-    interruptible,
-    max_pixels_option,
-    model_record,
-    output_options,
-    sources,
-    top_k,
-)
+from gradtap.cli.batch import Run, Source, finish, model_record, sources, top_k
 from gradtap.cli.config import Config
-from gradtap.cli.errors import user_errors
-from gradtap.cli.modelref import model_option, open_session, resolve_model
+from gradtap.cli.modelref import open_session, resolve_model
 from gradtap.cli.outputs import OutDir
+from gradtap.cli.shared import class_option, each_image, image_inputs, results_options, writable
 from gradtap.runtime.image.geometry import to_input
 from gradtap.runtime.image.read import load_image
 from gradtap.runtime.methods.localize import grabcut
@@ -32,7 +20,6 @@ from gradtap.runtime.present.overlay import colorize, panel, write_image
 from gradtap.runtime.present.pictures import draw_box, for_display
 from gradtap.runtime.present.postprocess import heatmap
 from gradtap.runtime.session import ExplainSession
-from gradtap.runtime.targets import class_index
 
 TAG = "localize"
 
@@ -103,8 +90,7 @@ def _one(session: ExplainSession, src: Source, opts: dict[str, Any], out: OutDir
 
 
 @click.command()
-@click.argument("images", nargs=-1, metavar="IMAGES...")
-@model_option
+@image_inputs
 @click.option(
     "-t",
     "--target",
@@ -134,9 +120,7 @@ def _one(session: ExplainSession, src: Source, opts: dict[str, Any], out: OutDir
 @click.option(
     "--max-side", type=click.IntRange(min=16), default=512, help="Longest side GrabCut works at."
 )
-@max_pixels_option
-@output_options("gradtap-out")
-@click.pass_obj
+@results_options("gradtap-out")
 def localize(
     cfg: Config,
     images: tuple[str, ...],
@@ -166,10 +150,7 @@ def localize(
         raise click.BadParameter("must be below --fg-quantile", param_hint="--bg-quantile")
     path = resolve_model(model)
     session = open_session(cfg, str(path))
-    cls = None
-    if target is not None:
-        with user_errors("--target"):
-            cls = class_index(int(target) if target.isdigit() else target, session.info.labels)
+    cls = class_option(target, session.info.labels)
     run = Run("localize", model=model_record(session, path))
     opts = {
         "target": cls,
@@ -181,19 +162,7 @@ def localize(
         "max_pixels": max_pixels,
     }
     run.options = dict(opts)
-    outdir = OutDir(out, overwrite=overwrite)
-    with user_errors("--out"):
-        outdir.check_writable()
+    outdir = writable(out, overwrite=overwrite)
     files = sources(images, run, cfg)
-    bar = Progress(cfg, len(files), "localizing")
-
-    def work() -> None:
-        for src in files:
-            attempt(run, src.path, lambda s=src: _one(session, s, opts, outdir, run), what=TAG)
-            bar.update()
-
-    try:
-        interruptible(run, work)
-    finally:
-        bar.close()
+    each_image(cfg, run, files, "localizing", TAG, lambda s: _one(session, s, opts, outdir, run))
     finish(cfg, outdir, run, as_json=as_json)

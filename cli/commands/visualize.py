@@ -12,15 +12,14 @@ from gradtap.cli.batch import (
     Progress,
     Run,
     finish,
-    max_pixels_option,
     model_record,
-    output_options,
 )
 from gradtap.cli.config import Config
 from gradtap.cli.errors import user_errors
 from gradtap.cli.inputs import slug
 from gradtap.cli.modelref import model_option, open_session, resolve_model
 from gradtap.cli.outputs import OutDir
+from gradtap.cli.shared import results_options
 from gradtap.runtime.methods.visualize import INITS, AscentConfig, Visualization
 from gradtap.runtime.present.overlay import panel, write_image
 from gradtap.runtime.targets import class_index
@@ -132,9 +131,7 @@ def _items(vis: Visualization, out: OutDir, names: list[str]) -> list[dict[str, 
     "--init", "init", default="mean", metavar="mean|zeros|noise|IMAGE", help="Start image."
 )
 @click.option("--seed", type=int, default=0, help="Random seed for jitter and noise.")
-@max_pixels_option
-@output_options("gradtap-out")
-@click.pass_obj
+@results_options("gradtap-out")
 def visualize(
     cfg: Config,
     model: str | None,

@@ -80,8 +80,11 @@ def _square_size(info: ModelInfo) -> int:
     return h
 
 
-def synthetic_set(info: ModelInfo, n: int, *, seed: int = synthetic.TEST_SEED) -> EvalSet:
-    """``n`` synthetic shapes (default: the held-out split) at the model's input size.
+def synthetic_set(
+    info: ModelInfo, n: int, *, seed: int = synthetic.TEST_SEED, start: int = 0
+) -> EvalSet:
+    """``n`` synthetic shapes (default: the held-out split) at the model's input size, from
+    sample ``start`` on (a shard of a larger set: the same images as its slice).
 
     Raises:
         ModelError: the model's labels do not name every synthetic class.
@@ -93,7 +96,7 @@ def synthetic_set(info: ModelInfo, n: int, *, seed: int = synthetic.TEST_SEED) -
             f"model {info.name!r} has no labels {missing}; the synthetic set needs a model "
             f"trained on it (labels {list(synthetic.CLASS_NAMES)}), got {list(info.labels[:8])}"
         )
-    split = synthetic.make_split(n, seed, _square_size(info))
+    split = synthetic.make_split(n, seed, _square_size(info), start=start)
     to_model = [info.labels.index(name) for name in synthetic.CLASS_NAMES]
     return EvalSet(
         name=f"synthetic(seed={seed})",
@@ -105,8 +108,9 @@ def synthetic_set(info: ModelInfo, n: int, *, seed: int = synthetic.TEST_SEED) -
     )
 
 
-def composite_set(info: ModelInfo, n: int, *, seed: int = 0) -> EvalSet:
-    """``n`` real-photo composites at the model's input size, for ImageNet-1k classifiers.
+def composite_set(info: ModelInfo, n: int, *, seed: int = 0, start: int = 0) -> EvalSet:
+    """``n`` real-photo composites at the model's input size, for ImageNet-1k classifiers,
+    from composite ``start`` on.
 
     Raises:
         ModelError: the model does not have the 1000 ImageNet-1k classes.
@@ -118,7 +122,9 @@ def composite_set(info: ModelInfo, n: int, *, seed: int = 0) -> EvalSet:
             f"ImageNet-1k classifier ({IMAGENET_CLASSES} classes)"
         )
     size = _square_size(info)
-    items = [composites.make_composite(i, size=(size, size), seed=seed) for i in range(n)]
+    items = [
+        composites.make_composite(i, size=(size, size), seed=seed) for i in range(start, start + n)
+    ]
     return EvalSet(
         name=f"composites(seed={seed})",
         images=np.stack([c.image for c in items]),
@@ -129,12 +135,15 @@ def composite_set(info: ModelInfo, n: int, *, seed: int = 0) -> EvalSet:
     )
 
 
-def load_set(name: str, info: ModelInfo, n: int, *, seed: int | None = None) -> EvalSet:
-    """The evaluation set ``name`` (one of ``DATASETS``) for a model."""
+def load_set(
+    name: str, info: ModelInfo, n: int, *, seed: int | None = None, start: int = 0
+) -> EvalSet:
+    """The evaluation set ``name`` (one of ``DATASETS``) for a model (images ``start`` on)."""
     if name == "synthetic":
-        return synthetic_set(info, n, seed=synthetic.TEST_SEED if seed is None else seed)
+        seed = synthetic.TEST_SEED if seed is None else seed
+        return synthetic_set(info, n, seed=seed, start=start)
     if name == "composites":
-        return composite_set(info, n, seed=0 if seed is None else seed)
+        return composite_set(info, n, seed=0 if seed is None else seed, start=start)
     raise OptionError(f"unknown dataset {name!r}; valid: {list(DATASETS)}")
 
 

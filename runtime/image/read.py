@@ -97,6 +97,11 @@ def default_max_memory() -> int:
 _MAX_MEMORY = [default_max_memory()]
 
 
+def max_memory() -> int:
+    """The process-wide memory limit now (the CLI's ``--max-memory``, else the default)."""
+    return _MAX_MEMORY[0]
+
+
 def set_max_memory(limit: int) -> None:
     """Change the process-wide decoding memory limit (the CLI's ``--max-memory``)."""
     if limit < 1:

@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -171,16 +172,16 @@ def test_a_full_disk_while_writing_the_summary_is_one_line(
 ) -> None:
     from gradtap.cli import outputs
 
-    real = outputs.write_bytes
+    real = outputs.write_chunks
 
-    def write_bytes(dst: Path, data: bytes) -> None:
+    def write_chunks(dst: Path, chunks: Iterable[str]) -> None:  # summary.json is streamed
         if Path(dst).name == "summary.json":
             with atomic.atomic_path(Path(dst)) as tmp:
-                tmp.write_bytes(data[:10])
+                tmp.write_text(next(iter(chunks)))
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real(dst, data)
+        real(dst, chunks)
 
-    monkeypatch.setattr(outputs, "write_bytes", write_bytes)
+    monkeypatch.setattr(outputs, "write_chunks", write_chunks)
     out = tmp_path / "out"
     result = invoke("explain", photos[0], "-M", model, "-o", out)
     assert result.exit_code == 1
