@@ -20,6 +20,7 @@ from gradtap.export.graph.emitter import GraphInfo
 from gradtap.export.graph.gate import branch_nodes, gate
 from gradtap.export.graph.head import cam_outputs
 from gradtap.export.graph.interventions import add_tap_scale, inputs_last
+from gradtap.export.graph.lrp import add_lrp
 from gradtap.export.graph.seed import add_seed
 from gradtap.export.graph.taps import alias_for, candidate_taps
 from gradtap.export.graph.tokens import expose_token_taps, split_spec
@@ -113,11 +114,13 @@ def augment(
     wrt.update({tensor: c.tap_grad_output(alias) for alias, tensor in chosen.items()})
     seed = add_seed(model)
     out = add_vjp(model, seed_of=c.LOGITS, seed=seed, wrt=wrt, relu_rule=c.RELU_RULE)
+    relevance = add_lrp(out, wrt=wrt, seed=seed, relu_rule=c.RELU_RULE)
     out = out if flat else gate(out)
     inputs_last(out)
     if found_head is not None:
         foreign.add_probabilities(out, found_head)
     _stamp(out, meta, chosen, labels)
+    _set_meta(out, c.META_RELU_RULES, json.dumps(c.BACKWARD_RULES if relevance else c.RELU_RULES))
     del out.graph.value_info[:]
     out = onnx.shape_inference.infer_shapes(out, check_type=True, strict_mode=True)
     if not flat:
