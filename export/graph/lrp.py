@@ -90,15 +90,32 @@ class _Walk:
         names = list(c.LRP_RULES)
         self.codes = [c.LRP_RULES[n] for n in names]
         self.tables = [np.asarray([COMPOSITES[n][k] for n in names], np.int64) for k in range(3)]
-        with em.scoped("select"):
-            lowest = em.const(np.asarray(min(self.codes), np.int64))
-            index = em.op("Sub", relu_rule, lowest)
-            index = em.op("Max", em.op("Min", index, em.const(len(names) - 1)), em.const(0))
-            self.index = em.op("Unsqueeze", index, em.ints([0]))
-            on = em.op("GreaterOrEqual", relu_rule, lowest)
-            self.on = em.op("Unsqueeze", em.op("Cast", on, to=TensorProto.INT64), em.ints([0]))
-            self.bounds = None if bounds is None else tuple(self._const(b) for b in bounds)
-        self.head = len(em.nodes)  # the selector nodes, which the row slices read
+        self.relu_rule, self.lowest = relu_rule, min(self.codes)
+        self.bounds = None if bounds is None else tuple(self._const(b) for b in bounds)
+
+    def on(self) -> str:
+        """int64 [1]: 1 in LRP calls, else 0. Emitted where it is read, like ``index``: a
+        scalar computed in one gated branch and read in another would have to cross an If."""
+        em = self.em
+        on = em.op("GreaterOrEqual", self.relu_rule, em.const(np.asarray(self.lowest, np.int64)))
+        return em.op("Unsqueeze", em.op("Cast", on, to=TensorProto.INT64), em.ints([0]))
+
+    def row_range(self) -> list[str]:
+        """Slice starts, ends, axes (int32) keeping all rows in LRP calls, none otherwise: int32,
+        as the gate lets only bool and int32 summaries, never int64 shape vectors, leave its Ifs
+        (the ends are computed in one, read in another)."""
+        em, i32 = self.em, np.int32
+        on = em.op("GreaterOrEqual", self.relu_rule, em.const(np.asarray(self.lowest, np.int64)))
+        on = em.op("Unsqueeze", em.op("Cast", on, to=TensorProto.INT32), em.ints([0]))
+        end = em.op("Mul", on, em.const(np.asarray([2**30], i32), dtype=i32))
+        return [em.const(np.asarray([0], i32), dtype=i32), end, em.const(np.asarray([0], i32), dtype=i32)]
+
+    def index(self) -> str:
+        """int64 [1]: the composite's position in ``LRP_RULES`` (clamped)."""
+        em = self.em
+        index = em.op("Sub", self.relu_rule, em.const(np.asarray(self.lowest, np.int64)))
+        index = em.op("Max", em.op("Min", index, em.const(len(self.codes) - 1)), em.const(0))
+        return em.op("Unsqueeze", index, em.ints([0]))
 
     def _const(self, value: np.ndarray) -> str:
         name = self.em.const(value, dtype=np.float32)
@@ -113,10 +130,11 @@ class _Walk:
         return self.em.op("Expand", bound, self.em.ints([1, *dims]))
 
     def rows(self, t: str, flag: str) -> str:
-        """``t`` cut to its first ``len(t) * flag`` rows (flag an int64 [1] of 0 or 1)."""
+        """``t`` with all its rows where ``flag`` (int64 [1]) is 1, none where 0: a Slice whose
+        end (flag * 2^62) is clamped to the size, so no Shape of a backward tensor is needed."""
         em = self.em
-        n = em.op("Mul", em.op("Slice", em.op("Shape", t), em.ints([0]), em.ints([1])), flag)
-        return em.op("Slice", t, em.ints([0]), n, em.ints([0]))
+        end = em.op("Mul", flag, em.ints([2**62]))
+        return em.op("Slice", t, em.ints([0]), end, em.ints([0]))
 
     def linear(self, node: NodeProto, dys: Grads) -> Grads:
         em, lin = self.em, lr.Linear.of(node, self.em)
@@ -129,7 +147,7 @@ class _Walk:
             raise UnsupportedOpError(f"{node.op_type} node {node.name!r}: no input bounds for zB")
         if len(candidates) == 1:
             return (self._rule(candidates[0], lin, x, z, r), *rest)
-        chosen = em.op("Gather", em.const(table), self.index)
+        chosen = em.op("Gather", em.const(table), self.index())
         parts = []
         for rule in candidates:
             flag = em.op("Cast", em.op("Equal", chosen, em.const([rule])), to=TensorProto.INT64)
@@ -245,8 +263,9 @@ def _walk(
     relu_rule: str,
 ) -> tuple[Emitter, dict[str, str]]:
     """Emit the relevance walk; return its emitter and wrt tensor -> relevance tensor."""
+    order = [t for n in nodes for t in (*n.input, *n.output) if t]  # deterministic names
     active = needed | {o for n in nodes for o in n.output if o}
-    rename = {t: _stash_name(t) for t in active if info.const(t) is None}
+    rename = {t: _stash_name(t) for t in dict.fromkeys(order) if t in active and info.const(t) is None}
     for t, s in rename.items():
         shape = info.shape(t)
         info.shapes[s] = (f"{PREFIX}rows", *shape[1:]) if shape else shape
@@ -269,7 +288,7 @@ def _walk(
 
     contributions: dict[str, list[str]] = defaultdict(list)
     with em.scoped("seed"):
-        contributions[rename[c.LOGITS]].append(walk.rows(seed, walk.on))
+        contributions[rename[c.LOGITS]].append(walk.rows(seed, walk.on()))
     totals: dict[str, str | None] = {}
 
     def total(name: str) -> str | None:
@@ -301,19 +320,30 @@ def _walk(
 
 
 def _emit_stashes(em: Emitter, walk: _Walk, rename: Mapping[str, str]) -> None:
-    """The row-sliced copies of the forward tensors the walk reads, after the selector nodes."""
-    read = {x for n in em.nodes for x in n.input}
-    head, body = em.nodes[: walk.head], em.nodes[walk.head :]
-    em.nodes = []
+    """The row-sliced copies of the forward tensors the walk reads, first in its node list.
+
+    A rule's ``Shape`` of such a copy becomes the forward tensor's shape with its first entry
+    times the LRP flag: the Shape then reads a forward tensor and runs outside the gated
+    branches, as the gate wants of every shape vector (gate.py).
+    """
+    source = {s: t for t, s in rename.items()}
+    body, em.nodes = em.nodes, []
     with em.scoped("rows"):
+        read = {x for n in body for x in n.input}
         for t, s in rename.items():
-            if s not in read:
+            if s in read:
+                em.nodes.append(helper.make_node("Slice", [t, *walk.row_range()], [s], name=s))
+    with em.scoped("shape"):
+        for node in body:
+            if node.op_type != "Shape" or node.input[0] not in source or node.attribute:
+                em.nodes.append(node)
                 continue
-            n = em.op("Mul", em.op("Slice", em.op("Shape", t), em.ints([0]), em.ints([1])), walk.on)
+            t = source[node.input[0]]
+            ones = em.ints([1] * (len(em.info.shape(t)) - 1))
+            scale = em.op("Concat", walk.on(), ones, axis=0)
             em.nodes.append(
-                helper.make_node("Slice", [t, em.ints([0]), n, em.ints([0])], [s], name=f"{s}/Slice")
+                helper.make_node("Mul", [em.op("Shape", t), scale], list(node.output), name=node.name)
             )
-    em.nodes = head + em.nodes + body
 
 
 def _join(
@@ -327,18 +357,23 @@ def _join(
     graph = model.graph
     producer = {n.output[0]: n for n in graph.node if n.op_type == "Identity" and n.output}
     with em.scoped("join"):
-        lowest = em.const(np.asarray(min(c.LRP_RULES.values()), np.int64))
-        off = em.op("Less", relu_rule, lowest)
-        flag = em.op("Unsqueeze", em.op("Cast", off, to=TensorProto.INT64), em.ints([0]))
         for x, out in wrt.items():
             ident = producer[out]
-            n = em.op("Mul", em.op("Slice", em.op("Shape", ident.input[0]), em.ints([0]), em.ints([1])), flag)
-            plain = em.op("Slice", ident.input[0], em.ints([0]), n, em.ints([0]))
+            lowest = em.const(np.asarray(min(c.LRP_RULES.values()), np.int64))
+            off = em.op("Less", relu_rule, lowest)
+            flag = em.op("Unsqueeze", em.op("Cast", off, to=TensorProto.INT64), em.ints([0]))
+            end = em.op("Mul", flag, em.ints([2**62]))
+            plain = em.op("Slice", ident.input[0], em.ints([0]), end, em.ints([0]))
             ident.input[0] = em.op("Concat", plain, outs[x], axis=0)
+    wanted, kept = {producer[out].input[0] for out in wrt.values()}, []
+    for node in reversed(em.nodes):  # only what the outputs read (rules emit spare constants)
+        if wanted.intersection(node.output):
+            kept.append(node)
+            wanted.update(node.input)
     at = next(i for i, n in enumerate(graph.node) if n.output and n.output[0] in wrt.values())
-    for k, node in enumerate(em.nodes):
+    for k, node in enumerate(reversed(kept)):
         graph.node.insert(at + k, node)
-    graph.initializer.extend(em.initializers)
+    graph.initializer.extend(i for i in em.initializers if i.name in wanted)
 
 
 def _box_bounds(
