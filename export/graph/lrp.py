@@ -108,7 +108,11 @@ class _Walk:
         on = em.op("GreaterOrEqual", self.relu_rule, em.const(np.asarray(self.lowest, np.int64)))
         on = em.op("Unsqueeze", em.op("Cast", on, to=TensorProto.INT32), em.ints([0]))
         end = em.op("Mul", on, em.const(np.asarray([2**30], i32), dtype=i32))
-        return [em.const(np.asarray([0], i32), dtype=i32), end, em.const(np.asarray([0], i32), dtype=i32)]
+        return [
+            em.const(np.asarray([0], i32), dtype=i32),
+            end,
+            em.const(np.asarray([0], i32), dtype=i32),
+        ]
 
     def index(self) -> str:
         """int64 [1]: the composite's position in ``LRP_RULES`` (clamped)."""
@@ -211,14 +215,10 @@ def _norm(node: NodeProto, dys: Grads, em: Emitter, plain: Callable[..., Grads])
     """x_i * vjp_i(R / stab(y)): the output's relevance split by the inputs' contributions."""
     s = em.op("Div", dys[0], lr.stabilise(em, node.output[0]))
     grads = plain(node, (s,), em)
-    return tuple(
-        None if g is None else em.op("Mul", node.input[i], g) for i, g in enumerate(grads)
-    )
+    return tuple(None if g is None else em.op("Mul", node.input[i], g) for i, g in enumerate(grads))
 
 
-def add_lrp(
-    model: onnx.ModelProto, *, wrt: Mapping[str, str], seed: str, relu_rule: str
-) -> bool:
+def add_lrp(model: onnx.ModelProto, *, wrt: Mapping[str, str], seed: str, relu_rule: str) -> bool:
     """Add the relevance walk to a graph that has the gradient walk (in place).
 
     Args:
@@ -265,7 +265,9 @@ def _walk(
     """Emit the relevance walk; return its emitter and wrt tensor -> relevance tensor."""
     order = [t for n in nodes for t in (*n.input, *n.output) if t]  # deterministic names
     active = needed | {o for n in nodes for o in n.output if o}
-    rename = {t: _stash_name(t) for t in dict.fromkeys(order) if t in active and info.const(t) is None}
+    rename = {
+        t: _stash_name(t) for t in dict.fromkeys(order) if t in active and info.const(t) is None
+    }
     for t, s in rename.items():
         shape = info.shape(t)
         info.shapes[s] = (f"{PREFIX}rows", *shape[1:]) if shape else shape
@@ -278,12 +280,17 @@ def _walk(
     first = linear[0]
     bounds = _box_bounds(model, info, first.input[0])
     walk = _Walk(em, relu_rule, rename[first.output[0]], bounds)
+    alias = {  # weights behind Identity nodes (torch's exporter shares them so) are constants
+        n.output[0]: n.input[0]
+        for n in model.graph.node
+        if n.op_type == "Identity" and n.input and n.input[0] in info.consts
+    }
     copies = []
     for node in nodes:
         copy = NodeProto()
         copy.CopyFrom(node)
-        for names in (copy.input, copy.output):
-            names[:] = [rename.get(x, x) for x in names]
+        copy.input[:] = [rename.get(x, alias.get(x, x)) for x in copy.input]
+        copy.output[:] = [rename.get(x, x) for x in copy.output]
         copies.append(copy)
 
     contributions: dict[str, list[str]] = defaultdict(list)
@@ -342,7 +349,9 @@ def _emit_stashes(em: Emitter, walk: _Walk, rename: Mapping[str, str]) -> None:
             ones = em.ints([1] * (len(em.info.shape(t)) - 1))
             scale = em.op("Concat", walk.on(), ones, axis=0)
             em.nodes.append(
-                helper.make_node("Mul", [em.op("Shape", t), scale], list(node.output), name=node.name)
+                helper.make_node(
+                    "Mul", [em.op("Shape", t), scale], list(node.output), name=node.name
+                )
             )
 
 

@@ -18,9 +18,8 @@ transposed layer) and multiplied by the modified inputs:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import numpy as np
 from onnx import NodeProto, helper
 
 from gradtap.export.graph.emitter import Emitter
@@ -43,27 +42,67 @@ def stabilise(em: Emitter, z: str) -> str:
     )  # fmt: skip
 
 
-@dataclass(frozen=True)
+POS, NEG, ONES = "pos", "neg", "ones"
+
+
+@dataclass
 class Linear:
-    """A linear node with constant weights: ``node`` (inputs renamed to the walk's tensors)."""
+    """A linear node with constant weights (``node``: inputs renamed to the walk's tensors).
+
+    The modified weights are computed in the graph from the node's own initializers (runtimes
+    fold them at load time), not stored: the file stays small, and a copy whose weights are
+    rewritten in place (model randomisation) explains with the new weights.
+    """
 
     node: NodeProto
-    weight: np.ndarray
-    bias: np.ndarray | None
+    weight: str
+    bias: str | None
+    em: Emitter
+    _made: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, node: NodeProto, em: Emitter) -> Linear:
-        w = em.info.const(node.input[1])
-        bias = em.info.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        if w is None or (len(node.input) > 2 and node.input[2] and bias is None):
-            raise UnsupportedOpError(f"{node.op_type} node {node.name!r}: LRP needs constant weights")
+        w, b = node.input[1], node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if em.info.const(w) is None or (b is not None and em.info.const(b) is None):
+            raise UnsupportedOpError(
+                f"{node.op_type} node {node.name!r}: LRP needs constant weights"
+            )
+        lin = cls(node, w, b, em)
         if node.op_type == "Gemm":  # alpha and beta folded into the weights
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             if attrs.get("transA", 0):
                 raise UnsupportedOpError(f"Gemm node {node.name!r}: LRP with transA")
-            w = w * np.float32(attrs.get("alpha", 1.0))
-            bias = None if bias is None else bias * np.float32(attrs.get("beta", 1.0))
-        return cls(node, np.asarray(w, np.float32), None if bias is None else np.asarray(bias))
+            lin.weight = lin._scaled(w, float(attrs.get("alpha", 1.0)))
+            lin.bias = None if b is None else lin._scaled(b, float(attrs.get("beta", 1.0)))
+        return lin
+
+    def _scaled(self, t: str, factor: float) -> str:
+        return (
+            t if factor == 1.0 else self._shaped(self.em.op("Mul", t, self.em.scalar(factor, t)), t)
+        )
+
+    def _shaped(self, name: str, like: str) -> str:
+        self.em.info.shapes[name] = self.em.info.shape(like)
+        self.em.info.dtypes[name] = self.em.info.dtypes.get(like, 1)
+        return name
+
+    def part(self, t: str, kind: str) -> str:
+        """The positive or negative part of weight/bias ``t``, or ones like it (made once)."""
+        if (t, kind) not in self._made:
+            em, zero = self.em, self.em.scalar(0.0, t)
+            made = {
+                POS: lambda: em.op("Max", t, zero),
+                NEG: lambda: em.op("Min", t, zero),
+                ONES: lambda: em.op("Add", em.op("Mul", t, zero), em.scalar(1.0, t)),
+            }[kind]()
+            self._made[(t, kind)] = self._shaped(made, t)
+        return self._made[(t, kind)]
+
+    def w(self, kind: str | None) -> str:
+        return self.weight if kind is None else self.part(self.weight, kind)
+
+    def b(self, kind: str | None) -> str | None:
+        return self.bias if self.bias is None or kind is None else self.part(self.bias, kind)
 
     def _attrs(self) -> dict[str, object]:
         skip = {"alpha", "beta"}
@@ -71,41 +110,28 @@ class Linear:
             a.name: helper.get_attribute_value(a) for a in self.node.attribute if a.name not in skip
         }
 
-    def _const(self, em: Emitter, value: np.ndarray) -> str:
-        name = em.const(np.ascontiguousarray(value, np.float32), dtype=np.float32)
-        em.info.shapes[name] = tuple(value.shape)
-        em.info.dtypes[name] = 1
-        return name
-
-    def forward(self, em: Emitter, x: str, w: np.ndarray, b: np.ndarray | None) -> str:
+    def forward(self, x: str, w: str, b: str | None) -> str:
         """The layer on ``x`` with weight ``w`` and bias ``b`` (None: no bias)."""
-        inputs = [x, self._const(em, w)]
+        em = self.em
         if self.node.op_type == "MatMul":
-            out = em.op("MatMul", *inputs)
-            return out if b is None else em.op("Add", out, self._const(em, b))
-        if b is not None:
-            inputs.append(self._const(em, b))
-        return em.op(self.node.op_type, *inputs, **self._attrs())
+            out = em.op("MatMul", x, w)
+            return out if b is None else em.op("Add", out, b)
+        return em.op(self.node.op_type, x, w, *([b] if b is not None else []), **self._attrs())
 
-    def back(self, em: Emitter, s: str, w: np.ndarray) -> str:
+    def back(self, s: str, w: str) -> str:
         """The plain transposed layer with weight ``w`` applied to ``s``."""
         copy = helper.make_node(
-            self.node.op_type, [self.node.input[0], self._const(em, w)], list(self.node.output),
+            self.node.op_type, [self.node.input[0], w], list(self.node.output),
             name=self.node.name, **self._attrs(),
         )  # fmt: skip
         rule = {"Conv": conv_vjp, "Gemm": gemm_vjp, "MatMul": matmul_vjp}[self.node.op_type]
-        return rule(copy, (s,), em)[0]
-
-    def bias_part(self, sign: int) -> np.ndarray | None:
-        if self.bias is None:
-            return None
-        return np.maximum(self.bias, 0) if sign > 0 else np.minimum(self.bias, 0)
+        return rule(copy, (s,), self.em)[0]
 
 
 def epsilon(lin: Linear, em: Emitter, x: str, z: str, r: str) -> str:
     """x * W^T (R / stab(z))."""
     s = em.op("Div", r, stabilise(em, z))
-    return em.op("Mul", x, lin.back(em, s, lin.weight))
+    return em.op("Mul", x, lin.back(s, lin.w(None)))
 
 
 def _split(em: Emitter, x: str) -> tuple[str, str]:
@@ -113,59 +139,55 @@ def _split(em: Emitter, x: str) -> tuple[str, str]:
     return em.op("Max", x, zero), em.op("Min", x, zero)
 
 
-def _signed_sum(lin: Linear, em: Emitter, xp: str, xn: str, first: int) -> tuple[str, str]:
-    """(W_a x+ + b_a + W_b x-) and its stabilised reciprocal factor, a = sign ``first``."""
-    wp, wn = np.maximum(lin.weight, 0), np.minimum(lin.weight, 0)
-    wa, wb = (wp, wn) if first > 0 else (wn, wp)
+def _flip(kind: str) -> str:
+    return NEG if kind == POS else POS
+
+
+def _signed_sum(lin: Linear, em: Emitter, xp: str, xn: str, first: str) -> str:
+    """stab(W_a x+ + b_a + W_b x-), a = ``first`` (POS or NEG), b the other part."""
+    second = _flip(first)
     z = em.op(
-        "Add", lin.forward(em, xp, wa, lin.bias_part(first)), lin.forward(em, xn, wb, None)
+        "Add", lin.forward(xp, lin.w(first), lin.b(first)), lin.forward(xn, lin.w(second), None)
     )
-    return z, stabilise(em, z)
+    return stabilise(em, z)
 
 
-def _signed_back(lin: Linear, em: Emitter, xp: str, xn: str, s: str, first: int) -> str:
-    wp, wn = np.maximum(lin.weight, 0), np.minimum(lin.weight, 0)
-    wa, wb = (wp, wn) if first > 0 else (wn, wp)
-    return em.op(
-        "Add", em.op("Mul", xp, lin.back(em, s, wa)), em.op("Mul", xn, lin.back(em, s, wb))
-    )
+def _signed_back(lin: Linear, em: Emitter, xp: str, xn: str, s: str, first: str) -> str:
+    """x+ * W_a^T s + x- * W_b^T s."""
+    positive = em.op("Mul", xp, lin.back(s, lin.w(first)))
+    return em.op("Add", positive, em.op("Mul", xn, lin.back(s, lin.w(_flip(first)))))
 
 
 def zplus(lin: Linear, em: Emitter, x: str, z: str, r: str) -> str:
     """x+ * W+^T s + x- * W-^T s, s = R / stab(W+ x+ + W- x- + b+)."""
     xp, xn = _split(em, x)
-    _, denom = _signed_sum(lin, em, xp, xn, +1)
-    return _signed_back(lin, em, xp, xn, em.op("Div", r, denom), +1)
+    return _signed_back(lin, em, xp, xn, em.op("Div", r, _signed_sum(lin, em, xp, xn, POS)), POS)
 
 
 def alpha2beta1(lin: Linear, em: Emitter, x: str, z: str, r: str) -> str:
     """2 * (positive part, as z+) - 1 * (negative part: W- x+ + W+ x- + b-)."""
     xp, xn = _split(em, x)
-    _, pos = _signed_sum(lin, em, xp, xn, +1)
-    _, neg = _signed_sum(lin, em, xp, xn, -1)
-    rp = _signed_back(lin, em, xp, xn, em.op("Div", r, pos), +1)
-    rn = _signed_back(lin, em, xp, xn, em.op("Div", r, neg), -1)
+    rp = _signed_back(lin, em, xp, xn, em.op("Div", r, _signed_sum(lin, em, xp, xn, POS)), POS)
+    rn = _signed_back(lin, em, xp, xn, em.op("Div", r, _signed_sum(lin, em, xp, xn, NEG)), NEG)
     return em.op("Sub", em.op("Mul", rp, em.scalar(2.0, x)), rn)
 
 
 def flat(lin: Linear, em: Emitter, x: str, z: str, r: str) -> str:
     """1^T (R / stab(1 * 1)): inputs and weights ones, no bias."""
     ones = em.op("Add", em.op("Mul", x, em.scalar(0.0, x)), em.scalar(1.0, x))  # no Shape
-    w = np.ones_like(lin.weight)
-    s = em.op("Div", r, stabilise(em, lin.forward(em, ones, w, None)))
-    return lin.back(em, s, w)
+    w = lin.w(ONES)
+    return lin.back(em.op("Div", r, stabilise(em, lin.forward(ones, w, None))), w)
 
 
 def zbox(lin: Linear, em: Emitter, x: str, z: str, r: str, low: str, high: str) -> str:
     """x * W^T s - l * W+^T s - h * W-^T s, s = R / stab(W x - W+ l - W- h)."""
-    wp, wn = np.maximum(lin.weight, 0), np.minimum(lin.weight, 0)
-    lz, hz = lin.forward(em, low, wp, None), lin.forward(em, high, wn, None)
-    zb = em.op("Sub", em.op("Sub", lin.forward(em, x, lin.weight, None), lz), hz)
+    w, wp, wn = lin.w(None), lin.w(POS), lin.w(NEG)
+    lz, hz = lin.forward(low, wp, None), lin.forward(high, wn, None)
+    zb = em.op("Sub", em.op("Sub", lin.forward(x, w, None), lz), hz)
     s = em.op("Div", r, stabilise(em, zb))
-    kept = em.op("Mul", x, lin.back(em, s, lin.weight))
-    lows = em.op("Mul", low, lin.back(em, s, wp))
-    highs = em.op("Mul", high, lin.back(em, s, wn))
-    return em.op("Sub", em.op("Sub", kept, lows), highs)
+    kept = em.op("Mul", x, lin.back(s, w))
+    lows = em.op("Mul", low, lin.back(s, wp))
+    return em.op("Sub", em.op("Sub", kept, lows), em.op("Mul", high, lin.back(s, wn)))
 
 
 RULES = (epsilon, zplus, alpha2beta1, flat)
