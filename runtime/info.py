@@ -257,5 +257,9 @@ def _backward_rules(meta: Mapping[str, str]) -> tuple[str, ...]:
         listed = json.loads(meta.get(c.META_RELU_RULES, "{}"))
     except ValueError:
         listed = {}
-    known = tuple(k for k in listed if c.BACKWARD_RULES.get(k) == listed[k]) if isinstance(listed, dict) else ()
+    known = (
+        tuple(k for k in listed if c.BACKWARD_RULES.get(k) == listed[k])
+        if isinstance(listed, dict)
+        else ()
+    )
     return tuple(dict.fromkeys((*c.RELU_RULES, *known)))

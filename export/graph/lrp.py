@@ -420,7 +420,7 @@ def _box_bounds(
         try:
             run = ReferenceEvaluator(sub_model)
             arrays = [
-                np.asarray(run.run(None, {c.INPUT: np.full([1, *dims], v, np.float32)})[0])
+                np.asarray(list(run.run(None, {c.INPUT: np.full([1, *dims], v, np.float32)}))[0])
                 for v in (0.0, 1.0)
             ]
         except Exception as err:  # the reference runtime raises its own types

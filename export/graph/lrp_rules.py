@@ -19,6 +19,7 @@ transposed layer) and multiplied by the modified inputs:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from onnx import NodeProto, helper
 
@@ -104,7 +105,7 @@ class Linear:
     def b(self, kind: str | None) -> str | None:
         return self.bias if self.bias is None or kind is None else self.part(self.bias, kind)
 
-    def _attrs(self) -> dict[str, object]:
+    def _attrs(self) -> dict[str, Any]:
         skip = {"alpha", "beta"}
         return {
             a.name: helper.get_attribute_value(a) for a in self.node.attribute if a.name not in skip

@@ -7,12 +7,12 @@ h2 = 0.5*0.5 - 1*0.2 + 1*0.8 = 0.85 (both pass the ReLU); logit 0 = 2*h1 + 1*h2 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-
-from pathlib import Path
 
 from gradtap.export.graph.augment import augment
 from gradtap.runtime import contract as c
