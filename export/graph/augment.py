@@ -114,7 +114,9 @@ def augment(
     wrt.update({tensor: c.tap_grad_output(alias) for alias, tensor in chosen.items()})
     seed = add_seed(model)
     out = add_vjp(model, seed_of=c.LOGITS, seed=seed, wrt=wrt, relu_rule=c.RELU_RULE)
-    relevance = add_lrp(out, wrt=wrt, seed=seed, relu_rule=c.RELU_RULE)
+    # the flat variant is for runtimes that fix shapes before running (tract), which cannot
+    # follow the relevance walk's rows (sized at run time): it keeps codes 0-2 only
+    relevance = not flat and add_lrp(out, wrt=wrt, seed=seed, relu_rule=c.RELU_RULE)
     out = out if flat else gate(out)
     inputs_last(out)
     if found_head is not None:

@@ -196,7 +196,8 @@ def _rule_for(node: NodeProto, em: Emitter, walk: _Walk) -> Callable[[Grads], Gr
 
 def _max_pool(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     """The max-pool gradient (winner takes all) with explicit reshape sizes: onnxruntime cannot
-    infer a -1 of an empty tensor, which is what the walk runs on in gradient calls."""
+    infer a -1 of an empty tensor, which is what the walk runs on in gradient calls; the zeros
+    are x * 0, not a ConstantOfShape of a computed shape (which tract cannot translate)."""
     x, y = node.input[0], node.output[0]
     (_, chans, *inner), (_, _, *outer) = em.info.shape(x), em.info.shape(y)
     if not all(isinstance(d, int) for d in (chans, *inner, *outer)) or len(node.output) < 2:
@@ -205,10 +206,10 @@ def _max_pool(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     index = em.op("Cast", em.op("Mod", node.output[1], em.ints([plane])), to=TensorProto.INT32)
     flat = em.ints([0, chans, pooled])
     summed = em.op(
-        "ScatterElements", em.op("Reshape", em.zeros_like(x), em.ints([0, chans, plane])),
+        "ScatterElements", em.op("Reshape", em.op("Mul", x, em.scalar(0.0, x)), em.ints([0, chans, plane])),
         em.op("Reshape", index, flat), em.op("Reshape", dys[0], flat), axis=2, reduction="add",
     )  # fmt: skip
-    return (em.op("Reshape", summed, em.op("Shape", x)),)
+    return (em.op("Reshape", summed, em.ints([0, chans, *inner])),)
 
 
 def _norm(node: NodeProto, dys: Grads, em: Emitter, plain: Callable[..., Grads]) -> Grads:
@@ -340,19 +341,43 @@ def _emit_stashes(em: Emitter, walk: _Walk, rename: Mapping[str, str]) -> None:
         for t, s in rename.items():
             if s in read:
                 em.nodes.append(helper.make_node("Slice", [t, *walk.row_range()], [s], name=s))
+    readers: dict[str, list[NodeProto]] = defaultdict(list)
+    for node in body:
+        for x in node.input:
+            readers[x].append(node)
     with em.scoped("shape"):
         for node in body:
             if node.op_type != "Shape" or node.input[0] not in source or node.attribute:
                 em.nodes.append(node)
                 continue
-            t = source[node.input[0]]
-            ones = em.ints([1] * (len(em.info.shape(t)) - 1))
-            scale = em.op("Concat", walk.on(), ones, axis=0)
-            em.nodes.append(
-                helper.make_node(
-                    "Mul", [em.op("Shape", t), scale], list(node.output), name=node.name
-                )
-            )
+            em.nodes.extend(_stash_shape(em, walk, source[node.input[0]], node, readers))
+
+
+def _stash_shape(
+    em: Emitter, walk: _Walk, t: str, node: NodeProto, readers: Mapping[str, list[NodeProto]]
+) -> list[NodeProto]:
+    """Nodes computing ``node`` (a Shape of the row-sliced copy of ``t``) without a Shape of it.
+
+    Read only as a Reshape's shape or an Expand's, with the other dimensions static: a constant
+    whose first entry is 0 (Reshape: copy the batch) or 1 (Expand: broadcast it), which runtimes
+    that propagate shapes before running (tract) follow. Otherwise ``t``'s shape with its first
+    entry times the LRP flag.
+    """
+    rest = em.info.shape(t)[1:]
+    uses = readers.get(node.output[0], [])
+    kinds = {(r.op_type, list(r.input).index(node.output[0])) for r in uses}
+    if all(isinstance(d, int) for d in rest) and len(kinds) == 1:
+        first = {("Reshape", 1): 0, ("Expand", 1): 1}.get(next(iter(kinds)))
+        if first is not None:
+            value = em.ints([first, *rest])
+            return [helper.make_node("Identity", [value], list(node.output), name=node.name)]
+    before = len(em.nodes)
+    ones = em.ints([1] * len(rest))
+    scale = em.op("Concat", walk.on(), ones, axis=0)
+    shape = em.op("Shape", t)
+    made, em.nodes[before:] = em.nodes[before:], []
+    mul = helper.make_node("Mul", [shape, scale], list(node.output), name=node.name)
+    return [*made, mul]
 
 
 def _join(

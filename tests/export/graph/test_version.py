@@ -11,7 +11,7 @@ from tests.graphs import tiny_cnn
 GOLDEN = {
     "4.3": "98ee48ced92587c2",
     "4.4": "8662d7a860292d5e",  # 4.4: tap_scale only on request
-    "4.5": "54e523082186fe85",  # 4.5: the LRP walk (relu_rule codes 3-11)
+    "4.5": "70db055bfa9d4d12",  # 4.5: the LRP walk (relu_rule codes 3-11)
 }
 
 
