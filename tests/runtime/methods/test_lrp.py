@@ -99,3 +99,25 @@ def test_bad_rule_and_a_graph_without_the_walk(mlp_session) -> None:
             prop.value = '{"plain": 0, "guided": 1, "deconvnet": 2}'
     with pytest.raises(ModelError, match="no LRP walk"):
         METHODS["lrp"](ExplainSession(model), X, 0)
+
+
+def test_the_command_line_option_reaches_the_method(tmp_path: Path) -> None:
+    """``gradtap explain -m lrp --lrp-rule epsilon`` writes the method's map for that composite."""
+    import cv2  # noqa: PLC0415
+
+    from tests.conftest import invoke  # noqa: PLC0415
+
+    model = tmp_path / "mlp.gradtap.onnx"
+    onnx.save(augment(mlp(), taps={}), str(model))
+    photo = tmp_path / "pixel.png"
+    cv2.imwrite(str(photo), np.full((1, 1, 3), 128, np.uint8))
+    out = tmp_path / "out"
+    args = ["explain", photo, "-M", model, "-m", "lrp", "-t", "0", "--format", "npy", "-o", out]
+    for rule in ("epsilon", "flat"):
+        result = invoke(*args, "--lrp-rule", rule, "--overwrite")
+        assert result.exit_code == 0, result.output
+        x = np.full((1, 3, 1, 1), 128 / 255, np.float32)
+        expected = METHODS["lrp"](ExplainSession(model), x, 0, lrp_rule=rule).maps[0]
+        np.testing.assert_allclose(np.load(out / "pixel" / "lrp.npy"), expected, rtol=1e-5)
+    bad = invoke(*args, "--lrp-rule", "gamma")
+    assert bad.exit_code == 2 and "gamma" in bad.output
