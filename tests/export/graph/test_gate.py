@@ -124,7 +124,9 @@ def test_onnxruntime_computes_each_residual_before_the_next_layer(tmp_path: Path
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
     ]
     convs = [
-        i for i, (name, op) in enumerate(ran) if "Conv" in op and not name.startswith(("grad", "lrp"))
+        i
+        for i, (name, op) in enumerate(ran)
+        if "Conv" in op and not name.startswith(("grad", "lrp"))
     ]
     assert len(convs) == 2  # the forward pass's two convolutions (fused or not)
     assert [name for name, _ in ran].index(relu1.name) < convs[1]
