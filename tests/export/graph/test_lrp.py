@@ -225,3 +225,29 @@ def test_batchnorm_folded_by_the_export_equals_zennits_merge() -> None:
         )
         relevance, target = ours(graph, x, rule)
         assert_close(relevance, theirs(net, merged, x, target))
+
+
+def test_codes_0_to_2_give_bit_for_bit_what_the_graph_without_the_walk_gives(smallcnn) -> None:
+    """The walk joins the gradient walk's result by a Slice and a Concat: copies, same bits."""
+    from unittest import mock
+
+    from gradtap.export.graph import augment as augment_module
+
+    net, with_walk = smallcnn
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        net, (torch.rand(1, 3, 32, 32),), buffer, input_names=[c.INPUT],
+        output_names=[c.LOGITS], dynamic_axes={c.INPUT: {0: "batch"}, c.LOGITS: {0: "batch"}},
+        opset_version=17, dynamo=False,
+    )  # fmt: skip
+    with mock.patch.object(augment_module, "add_lrp", return_value=False):
+        without = augment(onnx.load_from_string(buffer.getvalue()), taps={}, mean=MEAN, std=STD)
+    x = np.random.default_rng(7).random((3, 3, 32, 32), dtype=np.float32)
+    seed = np.random.default_rng(8).normal(size=(3, 10)).astype(np.float32)
+    for code in c.RELU_RULES.values():
+        feeds = {c.INPUT: x, c.SEED: seed}
+        a, b = (
+            session(g).run([c.LOGITS, c.GRAD_INPUT], {**feeds, **controls(g, relu_rule=code)})
+            for g in (with_walk, without)
+        )
+        np.testing.assert_array_equal(a[1], b[1])
