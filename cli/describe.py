@@ -15,7 +15,9 @@ _MEANING = {
     c.INPUT: "RGB pixels in [0, 1], NCHW; normalisation happens inside the graph",
     c.SEED: "cotangent on the logits: the graph differentiates sum(seed * logits)",
     c.RELU_RULE: "rectifier backward rule (int64 scalar; 0 for plain gradients): "
-    + ", ".join(f"{v} {k}" for k, v in c.RELU_RULES.items()),
+    + ", ".join(f"{v} {k}" for k, v in c.RELU_RULES.items())
+    + "; LRP composites where gradtap.relu_rules lists them: "
+    + ", ".join(f"{v} {k}" for k, v in c.LRP_RULES.items()),
     c.SEED_TOP1: "float32 scalar (0 for none): added to the seed on each row's predicted class",
     c.OBJECTIVE: "int64 scalar (0 for the logits): "
     + ", ".join(f"{v} {k}" for k, v in c.OBJECTIVES.items())

@@ -8,7 +8,9 @@ inputs
                   ``sum(seed * logits)``.
   ``relu_rule``   int64 scalar (0 for plain gradients): how rectifiers (Relu, and Clip with
                   min 0 such as ReLU6) pass gradients back: 0 plain gradient, 1 guided backprop,
-                  2 deconvnet.
+                  2 deconvnet. Codes 3 and up (contract 5, ``LRP_RULES``) switch the whole
+                  backward pass to layer-wise relevance propagation: ``grad/input`` and
+                  ``grad/tap/<alias>`` are then relevances, see ``gradtap.export.graph.lrp``.
   ``seed_top1``   float32 scalar (0 for none): added to the seed on each row's
                   top-1 class, so ``seed = 0, seed_top1 = 1`` explains the predicted class in
                   one call, without a forward pass first to find it.
@@ -72,6 +74,15 @@ BIAS_GRAD_PREFIX = "bias_grad/"  # FullGrad's per-layer maps, only with bias_gra
 PROBABILITIES = "probabilities"  # only where augment took a Softmax/Sigmoid head off the logits
 
 RELU_RULES: dict[str, int] = {"plain": 0, "guided": 1, "deconvnet": 2}
+# relu_rule codes of the LRP composites (contract 5): the rule of the first linear layer, of the
+# other convolutions, and of the other dense layers (Gemm, MatMul) is in export/graph/lrp.py
+LRP_RULES: dict[str, int] = {
+    "lrp_epsilon": 3, "lrp_zplus": 4, "lrp_alpha2beta1": 5, "lrp_alpha1beta0": 6, "lrp_flat": 7,
+    "lrp_epsilon_plus": 8, "lrp_epsilon_alpha2beta1": 9, "lrp_epsilon_plus_flat": 10,
+    "lrp_epsilon_plus_box": 11,
+}  # fmt: skip
+LRP_EPSILON = 1e-6  # the epsilon of the epsilon rule and every rule's stabiliser (zennit's default)
+BACKWARD_RULES: dict[str, int] = {**RELU_RULES, **LRP_RULES}  # every relu_rule code, by name
 OBJECTIVES: dict[str, int] = {"logits": 0, "cross_entropy": 1}
 COMPUTE_LEVELS: dict[str, int] = {"forward": 0, "taps": 1, "full": 2}
 # control input -> (ONNX element type name, the value that asks for a plain full pass)
@@ -96,7 +107,7 @@ META_COLOR_ORDER = META_PREFIX + "color_order"  # "RGB"
 META_VALUE_RANGE = META_PREFIX + "value_range"  # JSON [0, 1]
 META_DEFAULT_TAP = META_PREFIX + "default_tap"  # alias of the default tap
 META_TAPS = META_PREFIX + "taps"  # JSON {alias: tensor name in the forward graph}
-META_RELU_RULES = META_PREFIX + "relu_rules"  # JSON RELU_RULES
+META_RELU_RULES = META_PREFIX + "relu_rules"  # JSON BACKWARD_RULES (RELU_RULES in contract 4)
 META_AUGMENTED = META_PREFIX + "augmented"  # "1" once the backward pass is in the graph
 META_PASS_VERSION = META_PREFIX + "pass_version"  # hash of the augmentation pass that wrote it
 # JSON {"op": "Softmax", "axis": -1, "output": ..., "scores": ..., "probabilities": ...}: the head

@@ -175,6 +175,10 @@ class Explainer:
         """Occlusion; options ``window``, ``stride``, ``baseline``."""
         return self.explain("occlusion", images, target, **options)
 
+    def lrp(self, images: Images, target: TargetSpec = None, **options: Any) -> Explanation:
+        """LRP, computed by the graph; option ``lrp_rule`` (the composite, README "LRP")."""
+        return self.explain("lrp", images, target, **options)
+
     def predict(self, images: Images, k: int = 5) -> list[list[tuple[str, float]]]:
         """Top-``k`` (label, probability) per image."""
         x, _ = self.inputs(images)

@@ -114,7 +114,7 @@ def parse_info(
     default_tap = meta.get(c.META_DEFAULT_TAP) or None
     if default_tap is not None and default_tap not in taps:
         raise ModelError(f"model {name!r}: default tap {default_tap!r} is not among taps {taps}")
-    rules = tuple(c.RELU_RULES) if c.RELU_RULE in inputs else ("plain",)
+    rules = _backward_rules(meta) if c.RELU_RULE in inputs else ("plain",)
     return ModelInfo(
         name=name,
         labels=labels,
@@ -270,3 +270,18 @@ def _resize(
             f"the input size {max(input_size)} to {MAX_SIDE}"
         )
     return policy, size
+
+
+def _backward_rules(meta: Mapping[str, str]) -> tuple[str, ...]:
+    """The relu_rule codes the graph lists (contract 5 adds the LRP ones), by name; a graph
+    without the list (or an unreadable one) has the three rectifier rules."""
+    try:
+        listed = json.loads(meta.get(c.META_RELU_RULES, "{}"))
+    except ValueError:
+        listed = {}
+    known = (
+        tuple(k for k in listed if c.BACKWARD_RULES.get(k) == listed[k])
+        if isinstance(listed, dict)
+        else ()
+    )
+    return tuple(dict.fromkeys((*c.RELU_RULES, *known)))

@@ -153,7 +153,8 @@ class ExplainSession:
         Args:
             x: images [N, 3, H, W] float32 (RGB pixels in [0, 1]; normalisation is in-graph).
             seed: cotangent on the logits [N, classes]; zeros when ``None``.
-            relu_rule: ``"plain"``, ``"guided"`` or ``"deconvnet"``.
+            relu_rule: ``"plain"``, ``"guided"``, ``"deconvnet"`` or an LRP composite
+                (``contract.LRP_RULES``; ``grad_input`` and tap gradients are then relevances).
             grad_input: fetch ``grad/input``.
             taps: aliases of the taps whose feature maps to fetch.
             tap_grads: also fetch the gradient with respect to each tap in ``taps``.
@@ -308,7 +309,7 @@ class ExplainSession:
                 f"relu_rule {relu_rule!r} not available in model {self.info.name!r}; "
                 f"valid: {list(self.info.relu_rules)}"
             )
-        return c.RELU_RULES[relu_rule]
+        return c.BACKWARD_RULES[relu_rule]
 
     def _run_chunked(
         self,

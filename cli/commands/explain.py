@@ -26,6 +26,7 @@ from gradtap.cli.outputs import OutDir
 from gradtap.cli.shared import engine_options, image_inputs, results_options
 from gradtap.cli.spool import Spool
 from gradtap.runtime.image.resample import RESAMPLE_MODES
+from gradtap.runtime.methods.lrp import LRP_COMPOSITES
 from gradtap.runtime.methods.registry import METHODS
 from gradtap.runtime.targets import Each, TargetSpec, class_index, needs_logits, resolve
 
@@ -146,6 +147,11 @@ def _check_tap(session: Any, tap: str | None) -> None:
 )
 @click.option("--tap", help="Tap alias for the CAM family [default: the model's default tap].")
 @click.option(
+    "--lrp-rule",
+    type=click.Choice(LRP_COMPOSITES),
+    help="LRP composite for -m lrp (the same as --set lrp_rule=...) [default: epsilon_plus].",
+)
+@click.option(
     "--set",
     "settings",
     multiple=True,
@@ -198,6 +204,7 @@ def explain(
     methods: tuple[str, ...],
     targets: tuple[str, ...],
     tap: str | None,
+    lrp_rule: str | None,
     settings: tuple[str, ...],
     formats: str,
     batch_size: int | None,
@@ -233,6 +240,8 @@ def explain(
     options = parse_options(settings, chosen)
     if tap is not None:
         options["tap"] = tap
+    if lrp_rule is not None:
+        options["lrp_rule"] = lrp_rule
     path = resolve_model(model)
     chunking = {"batch_size": batch_size, "chosen": "-b"}
     if batch_size is None:  # from the model's memory per row and the budget

@@ -21,6 +21,7 @@ from gradtap.export.graph.emitter import GraphInfo
 from gradtap.export.graph.gate import branch_nodes, gate
 from gradtap.export.graph.head import cam_outputs
 from gradtap.export.graph.interventions import add_tap_scale, inputs_last
+from gradtap.export.graph.lrp import add_lrp
 from gradtap.export.graph.seed import add_seed
 from gradtap.export.graph.taps import alias_for, candidate_taps
 from gradtap.export.graph.tokens import expose_token_taps, split_spec
@@ -120,6 +121,11 @@ def augment(
         wrt.setdefault(tensor, raw_name(k))
     seed = add_seed(model)
     out = add_vjp(model, seed_of=c.LOGITS, seed=seed, wrt=wrt, relu_rule=c.RELU_RULE)
+    # the flat variant is for runtimes that fix shapes before running (tract), which cannot
+    # follow the relevance walk's rows (sized at run time): it keeps codes 0-2 only; FullGrad's
+    # layer gradients are gradients only (empty in relevance calls)
+    lrp_wrt = {t: name for t, name in wrt.items() if t not in layers}
+    relevance = not flat and add_lrp(out, wrt=lrp_wrt, seed=seed, relu_rule=c.RELU_RULE)
     if layers:
         add_bias_maps(out, layers, wrt)
     out = out if flat else gate(out)
@@ -127,6 +133,7 @@ def augment(
     if found_head is not None:
         foreign.add_probabilities(out, found_head)
     _stamp(out, meta, chosen, labels)
+    _set_meta(out, c.META_RELU_RULES, json.dumps(c.BACKWARD_RULES if relevance else c.RELU_RULES))
     del out.graph.value_info[:]
     out = onnx.shape_inference.infer_shapes(out, check_type=True, strict_mode=True)
     if not flat:

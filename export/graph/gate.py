@@ -189,6 +189,10 @@ def _walk(nodes: Iterable[onnx.NodeProto]) -> Iterable[onnx.NodeProto]:
 # a copy whose weights are rewritten in place (model-randomisation checks) would go stale.
 
 
+# The LRP walk's copies of activations, cut to no rows in gradient calls (lrp.py): computed in
+# the forward pass like the summaries below, so the activations die there in gradient calls.
+LRP_ROWS = "lrp/rows/"
+
 # Ops whose output is no bigger than their inputs and cheap to compute: worth computing in the
 # forward pass so that the backward pass reads them instead of the activations.
 _COMPACTING = frozenset({
@@ -205,9 +209,14 @@ def _residual(
     found: set[int] = set()
     for i in sorted(backward):
         node = nodes[i]
+        inputs = [x for x in node.input if x]
+        if node.output[0].startswith(LRP_ROWS):  # the LRP walk's row slices (lrp.py)
+            if all(x in produced or x in info.consts or x == c.RELU_RULE for x in inputs):
+                found.add(i)
+                produced.update(node.output)
+            continue
         if node.op_type not in _COMPACTING or not _shrinks(node, info):
             continue
-        inputs = [x for x in node.input if x]
         if all(x in produced or x in info.consts for x in inputs) and any(
             x in produced and x not in info.consts for x in inputs
         ):

@@ -31,6 +31,7 @@ from gradtap.runtime.methods.cam_variants import (
 )
 from gradtap.runtime.methods.fullgrad import fullgrad
 from gradtap.runtime.methods.gradient import deconvnet, guided_backprop, saliency
+from gradtap.runtime.methods.lrp import lrp
 from gradtap.runtime.methods.perturb import gradient_shap, input_x_gradient, noise_tunnel, rise
 from gradtap.runtime.methods.sampling import integrated_gradients, occlusion, smoothgrad
 from gradtap.runtime.session import ExplainSession
@@ -143,6 +144,13 @@ METHODS: dict[str, Method] = _registry(
     Method("noise_tunnel", noise_tunnel, "https://arxiv.org/abs/1810.03307"),
     Method("rise", rise, "https://arxiv.org/abs/1806.07421"),
     Method("fullgrad", fullgrad, "https://arxiv.org/abs/1905.00780", needs_bias=True),
+    Method(
+        "lrp",
+        lrp,
+        "https://doi.org/10.1371/journal.pone.0130140",
+        rectifier="lrp_epsilon_plus",  # the default composite: graphs without LRP are skipped
+        signed=True,
+    ),
 )
 if pair.available():  # PAIR saliency's methods over the session (the `pair` extra)
     METHODS.update(

@@ -43,7 +43,7 @@ def test_info_from_metadata(sess: ExplainSession) -> None:
     assert info.input_size == (16, 16)
     assert (info.resize_policy, info.resize_size) == ("shorter_side_center_crop", 20)
     assert info.taps == ("features",) and info.default_tap == "features"
-    assert info.relu_rules == ("plain", "guided", "deconvnet")
+    assert info.relu_rules == tuple(c.BACKWARD_RULES)  # the rectifier rules, then the LRP ones
     assert info.mean == (0.0, 0.0, 0.0) and info.std == (1.0, 1.0, 1.0)
     assert info.tap(None) == "features"
     with pytest.raises(ModelError, match=r"unknown tap 'layer4'; taps: \['features'\]"):

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from gradtap.export.graph.augment import augment
-from gradtap.export.graph.gate import branch_nodes, gate, ungate
+from gradtap.export.graph.gate import LRP_ROWS, branch_nodes, gate, ungate
 from gradtap.runtime import contract as c
 from tests.graphs import controls, session, tiny_cnn, with_defaults
 
@@ -82,12 +82,24 @@ def test_the_backward_pass_reads_compact_residuals_not_activations(
     in small If nodes of their own, so the activations they summarise die there."""
     read = {x for n in gates(gated) for m in body(n).node for x in m.input}
     assert not read & {"c1", "r1", "c2", "features"}  # conv and ReLU outputs
-    inner = [m for n in residuals(gated) for m in body(n).node]
+    every = [m for n in residuals(gated) for m in body(n).node]
+    inner = [m for m in every if not m.output[0].startswith("lrp/")]  # the LRP walk: below
     assert {m.op_type for m in inner} <= {"Greater", "Mod", "Cast", "Shape", "Size"}
-    kinds = {o.type.tensor_type.elem_type for n in residuals(gated) for o in body(n).output}
+    # the LRP walk's copies of activations: Slices to no rows in gradient calls (lrp.py)
+    rows = [m for m in every if m.output[0].startswith(LRP_ROWS)]
+    assert {m.op_type for m in rows} <= {"GreaterOrEqual", "Cast", "Unsqueeze", "Mul", "Slice"}
+    assert {"c1", "c2"} <= {m.input[0] for m in rows if m.op_type == "Slice"}
+    kinds = {
+        o.type.tensor_type.elem_type
+        for n in residuals(gated)
+        for o in body(n).output
+        if not o.name.startswith(LRP_ROWS)
+    }
     assert {TensorProto.BOOL, TensorProto.INT32} <= kinds
     producer = {o: m for m in inner for o in m.output}
     for o in (o for n in residuals(gated) for o in body(n).output):
+        if o.name.startswith(LRP_ROWS):
+            continue
         if o.type.tensor_type.elem_type == TensorProto.FLOAT:  # only element counts, cast
             assert producer[o.name].op_type == "Cast"
             assert producer[producer[o.name].input[0]].op_type in ("Size", "Shape")
@@ -111,7 +123,11 @@ def test_onnxruntime_computes_each_residual_before_the_next_layer(tmp_path: Path
         for e in events
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
     ]
-    convs = [i for i, (name, op) in enumerate(ran) if "Conv" in op and not name.startswith("grad")]
+    convs = [
+        i
+        for i, (name, op) in enumerate(ran)
+        if "Conv" in op and not name.startswith(("grad", "lrp"))
+    ]
     assert len(convs) == 2  # the forward pass's two convolutions (fused or not)
     assert [name for name, _ in ran].index(relu1.name) < convs[1]
 

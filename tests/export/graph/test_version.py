@@ -8,7 +8,11 @@ from tests.graphs import tiny_cnn
 
 # PASS_VERSION -> digest of augment(tiny_cnn()). When the pass emits something else, bump
 # PASS_VERSION, record the new digest here and regenerate the shipped graph (`make models`).
-GOLDEN = {"4.3": "98ee48ced92587c2", "4.4": "8662d7a860292d5e"}  # 4.4: tap_scale only on request
+GOLDEN = {
+    "4.3": "98ee48ced92587c2",
+    "4.4": "8662d7a860292d5e",  # 4.4: tap_scale only on request
+    "4.5": "70db055bfa9d4d12",  # 4.5: the LRP walk (relu_rule codes 3-11)
+}
 
 
 def test_the_canonical_graph_matches_the_digest_recorded_for_this_version() -> None:

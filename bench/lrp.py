@@ -1,0 +1,67 @@
+"""What the LRP walk costs gradient calls, and what an LRP call costs.
+
+``python bench/lrp.py [--models smallcnn,resnet18] [--batch 4] [--repeat 10] [--threads 2]``
+
+Each model is augmented twice from the same forward graph: as shipped (gradient and relevance
+walks, switched by ``relu_rule``) and without the relevance walk. Prints the median seconds of a
+plain full call (logits and input gradient) on both, their ratio (the walk's overhead on gradient
+calls, where it runs on empty tensors), and an ``lrp_epsilon_plus`` call on the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from unittest import mock
+
+if not __package__:  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from gradtap.export.graph import augment as augment_module  # noqa: E402
+from gradtap.export.models.to_onnx import export_forward  # noqa: E402
+from gradtap.runtime.session import ExplainSession  # noqa: E402
+
+
+def _median_call(session: ExplainSession, x: np.ndarray, rule: str, repeat: int) -> float:
+    seed = np.zeros((len(x), session.info.num_classes), np.float32)
+    seed[:, 0] = 1
+    session.run(x, seed, relu_rule=rule)  # warm-up
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        session.run(x, seed, relu_rule=rule)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="smallcnn,resnet18")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    print("model | plain s (with LRP walk) | plain s (without) | ratio | lrp_epsilon_plus s")
+    for name in args.models.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            forward = Path(tmp) / "forward.onnx"
+            export_forward(name, forward)
+            model = augment_module.load_model(forward)
+            with_walk = augment_module.augment(model)
+            with mock.patch.object(augment_module, "add_lrp", return_value=False):
+                without = augment_module.augment(model)
+        sessions = [ExplainSession(m, threads=args.threads) for m in (with_walk, without)]
+        h, w = sessions[0].info.input_size
+        x = np.random.default_rng(0).random((args.batch, 3, h, w), dtype=np.float32)
+        plain = [_median_call(s, x, "plain", args.repeat) for s in sessions]
+        lrp = _median_call(sessions[0], x, "lrp_epsilon_plus", args.repeat)
+        print(f"{name} | {plain[0]:.4f} | {plain[1]:.4f} | {plain[0] / plain[1]:.3f} | {lrp:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""LRP rules of the linear layers (Conv, Gemm, MatMul with a constant weight), in ONNX ops.
+
+Every rule has the form of zennit's BasicHook (Anders et al., https://arxiv.org/abs/2106.13200):
+the layer is re-run forward with modified inputs and weights, the relevance R of its output is
+divided by the stabilised modified output, sent back through the modified weights (the plain
+transposed layer) and multiplied by the modified inputs:
+
+- epsilon: ``x * W^T (R / stab(z))`` with the layer's own output z;
+- z+ (= alpha1beta0): ``z+ = W+ x+ + W- x- + b+``; ``x+ * W+^T s + x- * W-^T s``, s = R / stab(z+);
+- alpha2beta1: ``2 (x+ W+^T s+ + x- W-^T s+) - (x+ W-^T s- + x- W+^T s-)``, with
+  ``z- = W- x+ + W+ x- + b-``;
+- flat: ``1^T (R / stab(1 * 1))``: relevance spread evenly over the receptive field;
+- zB (box): ``z = W x - W+ l - W- h`` (biases cancel), ``x W^T s - l W+^T s - h W- ^T s`` with the
+  lowest and highest inputs l, h the graph's preprocessing gives pixels 0 and 1.
+
+``stab(z) = z + eps * sign(z)`` (+eps at 0), eps = ``contract.LRP_EPSILON``, as zennit's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from onnx import NodeProto, helper
+
+from gradtap.export.graph.emitter import Emitter
+from gradtap.export.graph.rules import gemm_vjp, matmul_vjp
+from gradtap.export.graph.rules_conv import conv_vjp
+from gradtap.runtime import contract as c
+from gradtap.runtime.errors import UnsupportedOpError
+
+EPSILON, ZPLUS, ALPHA2BETA1, FLAT, ZBOX = range(5)
+RULE_NAMES = ("epsilon", "zplus", "alpha2beta1", "flat", "zbox")
+LINEAR_OPS = frozenset({"Conv", "Gemm", "MatMul"})
+
+
+def stabilise(em: Emitter, z: str) -> str:
+    """z + eps where z >= 0, z - eps elsewhere."""
+    eps = em.scalar(c.LRP_EPSILON, z)
+    return em.op(
+        "Where", em.op("GreaterOrEqual", z, em.scalar(0.0, z)), em.op("Add", z, eps),
+        em.op("Sub", z, eps),
+    )  # fmt: skip
+
+
+POS, NEG, ONES = "pos", "neg", "ones"
+
+
+@dataclass
+class Linear:
+    """A linear node with constant weights (``node``: inputs renamed to the walk's tensors).
+
+    The modified weights are computed in the graph from the node's own initializers (runtimes
+    fold them at load time), not stored: the file stays small, and a copy whose weights are
+    rewritten in place (model randomisation) explains with the new weights.
+    """
+
+    node: NodeProto
+    weight: str
+    bias: str | None
+    em: Emitter
+    _made: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, node: NodeProto, em: Emitter) -> Linear:
+        w, b = node.input[1], node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if em.info.const(w) is None or (b is not None and em.info.const(b) is None):
+            raise UnsupportedOpError(
+                f"{node.op_type} node {node.name!r}: LRP needs constant weights"
+            )
+        lin = cls(node, w, b, em)
+        if node.op_type == "Gemm":  # alpha and beta folded into the weights
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            if attrs.get("transA", 0):
+                raise UnsupportedOpError(f"Gemm node {node.name!r}: LRP with transA")
+            lin.weight = lin._scaled(w, float(attrs.get("alpha", 1.0)))
+            lin.bias = None if b is None else lin._scaled(b, float(attrs.get("beta", 1.0)))
+        return lin
+
+    def _scaled(self, t: str, factor: float) -> str:
+        return (
+            t if factor == 1.0 else self._shaped(self.em.op("Mul", t, self.em.scalar(factor, t)), t)
+        )
+
+    def _shaped(self, name: str, like: str) -> str:
+        self.em.info.shapes[name] = self.em.info.shape(like)
+        self.em.info.dtypes[name] = self.em.info.dtypes.get(like, 1)
+        return name
+
+    def part(self, t: str, kind: str) -> str:
+        """The positive or negative part of weight/bias ``t``, or ones like it (made once)."""
+        if (t, kind) not in self._made:
+            em, zero = self.em, self.em.scalar(0.0, t)
+            made = {
+                POS: lambda: em.op("Max", t, zero),
+                NEG: lambda: em.op("Min", t, zero),
+                ONES: lambda: em.op("Add", em.op("Mul", t, zero), em.scalar(1.0, t)),
+            }[kind]()
+            self._made[(t, kind)] = self._shaped(made, t)
+        return self._made[(t, kind)]
+
+    def w(self, kind: str | None) -> str:
+        return self.weight if kind is None else self.part(self.weight, kind)
+
+    def b(self, kind: str | None) -> str | None:
+        return self.bias if self.bias is None or kind is None else self.part(self.bias, kind)
+
+    def _attrs(self) -> dict[str, Any]:
+        skip = {"alpha", "beta"}
+        return {
+            a.name: helper.get_attribute_value(a) for a in self.node.attribute if a.name not in skip
+        }
+
+    def forward(self, x: str, w: str, b: str | None) -> str:
+        """The layer on ``x`` with weight ``w`` and bias ``b`` (None: no bias)."""
+        em = self.em
+        if self.node.op_type == "MatMul":
+            out = em.op("MatMul", x, w)
+            return out if b is None else em.op("Add", out, b)
+        return em.op(self.node.op_type, x, w, *([b] if b is not None else []), **self._attrs())
+
+    def back(self, s: str, w: str) -> str:
+        """The plain transposed layer with weight ``w`` applied to ``s``."""
+        copy = helper.make_node(
+            self.node.op_type, [self.node.input[0], w], list(self.node.output),
+            name=self.node.name, **self._attrs(),
+        )  # fmt: skip
+        rule = {"Conv": conv_vjp, "Gemm": gemm_vjp, "MatMul": matmul_vjp}[self.node.op_type]
+        return rule(copy, (s,), self.em)[0]
+
+
+def epsilon(lin: Linear, em: Emitter, x: str, z: str, r: str) -> str:
+    """x * W^T (R / stab(z))."""
+    s = em.op("Div", r, stabilise(em, z))
+    return em.op("Mul", x, lin.back(s, lin.w(None)))
+
+
+def _split(em: Emitter, x: str) -> tuple[str, str]:
+    zero = em.scalar(0.0, x)
+    return em.op("Max", x, zero), em.op("Min", x, zero)
+
+
+def _flip(kind: str) -> str:
+    return NEG if kind == POS else POS
+
+
+def _signed_sum(lin: Linear, em: Emitter, xp: str, xn: str, first: str) -> str:
+    """stab(W_a x+ + b_a + W_b x-), a = ``first`` (POS or NEG), b the other part."""
+    second = _flip(first)
+    z = em.op(
+        "Add", lin.forward(xp, lin.w(first), lin.b(first)), lin.forward(xn, lin.w(second), None)
+    )
+    return stabilise(em, z)
+
+
+def _signed_back(lin: Linear, em: Emitter, xp: str, xn: str, s: str, first: str) -> str:
+    """x+ * W_a^T s + x- * W_b^T s."""
+    positive = em.op("Mul", xp, lin.back(s, lin.w(first)))
+    return em.op("Add", positive, em.op("Mul", xn, lin.back(s, lin.w(_flip(first)))))
+
+
+def zplus(lin: Linear, em: Emitter, x: str, z: str, r: str) -> str:
+    """x+ * W+^T s + x- * W-^T s, s = R / stab(W+ x+ + W- x- + b+)."""
+    xp, xn = _split(em, x)
+    return _signed_back(lin, em, xp, xn, em.op("Div", r, _signed_sum(lin, em, xp, xn, POS)), POS)
+
+
+def alpha2beta1(lin: Linear, em: Emitter, x: str, z: str, r: str) -> str:
+    """2 * (positive part, as z+) - 1 * (negative part: W- x+ + W+ x- + b-)."""
+    xp, xn = _split(em, x)
+    rp = _signed_back(lin, em, xp, xn, em.op("Div", r, _signed_sum(lin, em, xp, xn, POS)), POS)
+    rn = _signed_back(lin, em, xp, xn, em.op("Div", r, _signed_sum(lin, em, xp, xn, NEG)), NEG)
+    return em.op("Sub", em.op("Mul", rp, em.scalar(2.0, x)), rn)
+
+
+def flat(lin: Linear, em: Emitter, x: str, z: str, r: str) -> str:
+    """1^T (R / stab(1 * 1)): inputs and weights ones, no bias."""
+    ones = em.op("Add", em.op("Mul", x, em.scalar(0.0, x)), em.scalar(1.0, x))  # no Shape
+    w = lin.w(ONES)
+    return lin.back(em.op("Div", r, stabilise(em, lin.forward(ones, w, None))), w)
+
+
+def zbox(lin: Linear, em: Emitter, x: str, z: str, r: str, low: str, high: str) -> str:
+    """x * W^T s - l * W+^T s - h * W-^T s, s = R / stab(W x - W+ l - W- h)."""
+    w, wp, wn = lin.w(None), lin.w(POS), lin.w(NEG)
+    lz, hz = lin.forward(low, wp, None), lin.forward(high, wn, None)
+    zb = em.op("Sub", em.op("Sub", lin.forward(x, w, None), lz), hz)
+    s = em.op("Div", r, stabilise(em, zb))
+    kept = em.op("Mul", x, lin.back(s, w))
+    lows = em.op("Mul", low, lin.back(s, wp))
+    return em.op("Sub", em.op("Sub", kept, lows), em.op("Mul", high, lin.back(s, wn)))
+
+
+RULES = (epsilon, zplus, alpha2beta1, flat)
