@@ -126,7 +126,6 @@ def class_visualization(
         logits=np.stack(logits_hist, axis=1).astype(np.float32),
         probs=np.stack(probs_hist, axis=1).astype(np.float32),
         labels=session.info.labels,
-        head=session.info.head,
     )
 
 

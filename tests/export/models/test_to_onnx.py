@@ -105,8 +105,10 @@ def test_metadata_is_complete_and_parseable(exported) -> None:
     _, spec = build(name)
     meta = read_metadata(path)
     keys = {v for k, v in vars(c).items() if k.startswith("META_") and k != "META_PREFIX"}
-    # written by augment: its own stamp, and what it took off or prepended to a foreign graph
-    augment_only = {c.META_AUGMENTED, c.META_PASS_VERSION, c.META_HEAD, c.META_PREPROCESSING}
+    # written by augment: its own stamp, what it took off or prepended to a foreign graph, and
+    # the FullGrad layers only on request
+    augment_only = {c.META_AUGMENTED, c.META_PASS_VERSION, c.META_HEAD, c.META_PREPROCESSING,
+                    c.META_BIAS_GRADIENTS}  # fmt: skip
     assert set(meta) == keys - augment_only
     assert meta[c.META_CONTRACT] == c.CONTRACT_VERSION and meta[c.META_NAME] == name
     assert json.loads(meta[c.META_LABELS]) == list(spec.labels)
