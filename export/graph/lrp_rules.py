@@ -215,7 +215,8 @@ def gamma(lin: Linear, em: Emitter, x: str, z: str, r: str) -> str:
     sp = em.op("Where", em.op("Greater", z, zero), em.op("Div", r, stabilise(em, zp)), zero)
     sn = em.op("Where", em.op("Less", z, zero), em.op("Div", r, stabilise(em, zn)), zero)
     positive = em.op("Mul", xp, em.op("Add", lin.back(sp, wp), lin.back(sn, wn)))
-    return em.op("Add", positive, em.op("Mul", xn, em.op("Add", lin.back(sp, wn), lin.back(sn, wp))))
+    negative = em.op("Mul", xn, em.op("Add", lin.back(sp, wn), lin.back(sn, wp)))
+    return em.op("Add", positive, negative)
 
 
 RULES = {EPSILON: epsilon, ZPLUS: zplus, ALPHA2BETA1: alpha2beta1, FLAT: flat, GAMMA: gamma}
