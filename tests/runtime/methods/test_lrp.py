@@ -127,7 +127,7 @@ def test_the_command_line_option_reaches_the_method(tmp_path: Path) -> None:
     cv2.imwrite(str(photo), np.full((1, 1, 3), 128, np.uint8))
     out = tmp_path / "out"
     args = ["explain", photo, "-M", model, "-m", "lrp", "-t", "0", "--format", "npy", "-o", out]
-    for rule in ("epsilon", "flat"):
+    for rule in ("epsilon", "flat", "gamma"):
         result = invoke(*args, "--lrp-rule", rule, "--overwrite")
         assert result.exit_code == 0, result.output
         x = np.full((1, 3, 1, 1), 128 / 255, np.float32)
