@@ -3,9 +3,9 @@
 Each relu_rule LRP code is compared with the zennit composite it stands for (a LayerMapComposite
 with the rule on every convolution and dense layer, or zennit's own EpsilonPlus,
 EpsilonAlpha2Beta1, EpsilonPlusFlat, EpsilonGammaBox; zB first layer built from zennit's ZBox),
-on the custom
-CNN, on VGG16's convolutions and on ResNet18 with zennit's ResNet canonizer (BatchNorm merged
-into the convolutions, as torch's exporter does, and the residual sums split in proportion).
+on the custom CNN, on VGG16's convolutions and on ResNet18 with zennit's ResNet canonizer
+(BatchNorm merged into the convolutions, as torch's exporter does, and the residual sums split
+in proportion).
 
 The relevance is a ratio R / stab(z) at every layer: where a pre-activation is close to zero the
 float32 rounding of torch and onnxruntime is amplified, so the bound is relative to the map's
