@@ -79,8 +79,9 @@ RELU_RULES: dict[str, int] = {"plain": 0, "guided": 1, "deconvnet": 2}
 LRP_RULES: dict[str, int] = {
     "lrp_epsilon": 3, "lrp_zplus": 4, "lrp_alpha2beta1": 5, "lrp_alpha1beta0": 6, "lrp_flat": 7,
     "lrp_epsilon_plus": 8, "lrp_epsilon_alpha2beta1": 9, "lrp_epsilon_plus_flat": 10,
-    "lrp_epsilon_plus_box": 11,
+    "lrp_epsilon_plus_box": 11, "lrp_gamma": 12, "lrp_epsilon_gamma_box": 13,
 }  # fmt: skip
+LRP_GAMMA = 0.25  # the gamma rule's share of the positive (negative) weights (zennit's default)
 LRP_EPSILON = 1e-6  # the epsilon of the epsilon rule and every rule's stabiliser (zennit's default)
 BACKWARD_RULES: dict[str, int] = {**RELU_RULES, **LRP_RULES}  # every relu_rule code, by name
 OBJECTIVES: dict[str, int] = {"logits": 0, "cross_entropy": 1}

@@ -47,7 +47,7 @@ from gradtap.runtime.errors import GraphError, UnsupportedOpError
 log = logging.getLogger(__name__)
 
 PREFIX = "lrp/"
-E, Z, AB, F, B = lr.EPSILON, lr.ZPLUS, lr.ALPHA2BETA1, lr.FLAT, lr.ZBOX
+E, Z, AB, F, B, G = lr.EPSILON, lr.ZPLUS, lr.ALPHA2BETA1, lr.FLAT, lr.ZBOX, lr.GAMMA
 # relu_rule name -> rule of (the first linear layer, the other convolutions, the other dense layers)
 COMPOSITES: dict[str, tuple[int, int, int]] = {
     "lrp_epsilon": (E, E, E),
@@ -59,6 +59,8 @@ COMPOSITES: dict[str, tuple[int, int, int]] = {
     "lrp_epsilon_alpha2beta1": (AB, AB, E),  # zennit EpsilonAlpha2Beta1
     "lrp_epsilon_plus_flat": (F, Z, E),  # zennit EpsilonPlusFlat
     "lrp_epsilon_plus_box": (B, Z, E),  # zB first layer, z+ convolutions, epsilon dense
+    "lrp_gamma": (G, G, G),  # zennit Gamma(0.25) on every layer
+    "lrp_epsilon_gamma_box": (B, G, E),  # zennit EpsilonGammaBox
 }
 FIRST, CONV, DENSE = range(3)
 

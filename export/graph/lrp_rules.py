@@ -11,7 +11,11 @@ transposed layer) and multiplied by the modified inputs:
   ``z- = W- x+ + W+ x- + b-``;
 - flat: ``1^T (R / stab(1 * 1))``: relevance spread evenly over the receptive field;
 - zB (box): ``z = W x - W+ l - W- h`` (biases cancel), ``x W^T s - l W+^T s - h W- ^T s`` with the
-  lowest and highest inputs l, h the graph's preprocessing gives pixels 0 and 1.
+  lowest and highest inputs l, h the graph's preprocessing gives pixels 0 and 1;
+- gamma (Montavon et al. 2019, generalised to inputs of both signs as zennit's ``Gamma``): with
+  ``W+g = W + g W+`` and ``W-g = W + g W-`` (g = ``contract.LRP_GAMMA``, biases alike), outputs z > 0
+  send ``s+ = R / stab(W+g x+ + b+g + W-g x-)`` back through ``x+ W+g^T + x- W-g^T``, outputs
+  z < 0 send ``s- = R / stab(W-g x+ + b-g + W+g x-)`` back through ``x+ W-g^T + x- W+g^T``.
 
 ``stab(z) = z + eps * sign(z)`` (+eps at 0), eps = ``contract.LRP_EPSILON``, as zennit's.
 """
@@ -29,8 +33,8 @@ from gradtap.export.graph.rules_conv import conv_vjp
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import UnsupportedOpError
 
-EPSILON, ZPLUS, ALPHA2BETA1, FLAT, ZBOX = range(5)
-RULE_NAMES = ("epsilon", "zplus", "alpha2beta1", "flat", "zbox")
+EPSILON, ZPLUS, ALPHA2BETA1, FLAT, ZBOX, GAMMA = range(6)
+RULE_NAMES = ("epsilon", "zplus", "alpha2beta1", "flat", "zbox", "gamma")
 LINEAR_OPS = frozenset({"Conv", "Gemm", "MatMul"})
 
 
@@ -44,6 +48,7 @@ def stabilise(em: Emitter, z: str) -> str:
 
 
 POS, NEG, ONES = "pos", "neg", "ones"
+GAMMA_POS, GAMMA_NEG = "gamma_pos", "gamma_neg"  # t + gamma * t+, t + gamma * t-
 
 
 @dataclass
@@ -88,13 +93,20 @@ class Linear:
         return name
 
     def part(self, t: str, kind: str) -> str:
-        """The positive or negative part of weight/bias ``t``, or ones like it (made once)."""
+        """The positive or negative part of weight/bias ``t``, ones like it, or ``t`` plus gamma
+        times its positive or negative part (made once)."""
         if (t, kind) not in self._made:
             em, zero = self.em, self.em.scalar(0.0, t)
+
+            def boosted(sign: str) -> str:
+                return em.op("Add", t, em.op("Mul", self.part(t, sign), em.scalar(c.LRP_GAMMA, t)))
+
             made = {
                 POS: lambda: em.op("Max", t, zero),
                 NEG: lambda: em.op("Min", t, zero),
                 ONES: lambda: em.op("Add", em.op("Mul", t, zero), em.scalar(1.0, t)),
+                GAMMA_POS: lambda: boosted(POS),
+                GAMMA_NEG: lambda: boosted(NEG),
             }[kind]()
             self._made[(t, kind)] = self._shaped(made, t)
         return self._made[(t, kind)]
@@ -191,4 +203,21 @@ def zbox(lin: Linear, em: Emitter, x: str, z: str, r: str, low: str, high: str) 
     return em.op("Sub", em.op("Sub", kept, lows), em.op("Mul", high, lin.back(s, wn)))
 
 
-RULES = (epsilon, zplus, alpha2beta1, flat)
+def gamma(lin: Linear, em: Emitter, x: str, z: str, r: str) -> str:
+    """Outputs z > 0: x+ * W+g^T s+ + x- * W-g^T s+, s+ = R / stab(W+g x+ + b+g + W-g x-);
+    outputs z < 0: x+ * W-g^T s- + x- * W+g^T s-, s- = R / stab(W-g x+ + b-g + W+g x-)."""
+    xp, xn = _split(em, x)
+    zero = em.scalar(0.0, z)
+    wp, wn = lin.w(GAMMA_POS), lin.w(GAMMA_NEG)
+    bp, bn = lin.b(GAMMA_POS), lin.b(GAMMA_NEG)
+    zp = em.op("Add", lin.forward(xp, wp, bp), lin.forward(xn, wn, None))
+    zn = em.op("Add", lin.forward(xp, wn, bn), lin.forward(xn, wp, None))
+    sp = em.op("Where", em.op("Greater", z, zero), em.op("Div", r, stabilise(em, zp)), zero)
+    sn = em.op("Where", em.op("Less", z, zero), em.op("Div", r, stabilise(em, zn)), zero)
+    positive = em.op("Mul", xp, em.op("Add", lin.back(sp, wp), lin.back(sn, wn)))
+    negative = em.op("Mul", xn, em.op("Add", lin.back(sp, wn), lin.back(sn, wp)))
+    return em.op("Add", positive, negative)
+
+
+RULES = {EPSILON: epsilon, ZPLUS: zplus, ALPHA2BETA1: alpha2beta1, FLAT: flat, GAMMA: gamma}
+"""The rules of a layer, by code (zB, which needs the input bounds, is ``zbox``)."""

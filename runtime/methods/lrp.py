@@ -1,4 +1,4 @@
-"""Layer-wise relevance propagation over the graph's own LRP walk (``relu_rule`` codes 3-11).
+"""Layer-wise relevance propagation over the graph's own LRP walk (``relu_rule`` codes 3-13).
 
 The explanation graph computes the relevance (export/graph/lrp.py); this method feeds the
 composite's code, reads ``grad/input`` (then the relevance of the normalised input, pixel by

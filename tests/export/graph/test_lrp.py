@@ -2,9 +2,10 @@
 
 Each relu_rule LRP code is compared with the zennit composite it stands for (a LayerMapComposite
 with the rule on every convolution and dense layer, or zennit's own EpsilonPlus,
-EpsilonAlpha2Beta1, EpsilonPlusFlat; zB first layer built from zennit's ZBox), on the custom
-CNN, on VGG16's convolutions and on ResNet18 with zennit's ResNet canonizer (BatchNorm merged
-into the convolutions, as torch's exporter does, and the residual sums split in proportion).
+EpsilonAlpha2Beta1, EpsilonPlusFlat, EpsilonGammaBox; zB first layer built from zennit's ZBox),
+on the custom CNN, on VGG16's convolutions and on ResNet18 with zennit's ResNet canonizer
+(BatchNorm merged into the convolutions, as torch's exporter does, and the residual sums split
+in proportion).
 
 The relevance is a ratio R / stab(z) at every layer: where a pre-activation is close to zero the
 float32 rounding of torch and onnxruntime is amplified, so the bound is relative to the map's
@@ -30,6 +31,7 @@ from zennit import types as zt  # noqa: E402
 from zennit.canonizers import SequentialMergeBatchNorm  # noqa: E402
 from zennit.composites import (  # noqa: E402
     EpsilonAlpha2Beta1,
+    EpsilonGammaBox,
     EpsilonPlus,
     EpsilonPlusFlat,
     LayerMapComposite,
@@ -66,6 +68,7 @@ def composites(canonizers: list | None = None) -> dict[str, object]:
         "lrp_alpha2beta1": zr.AlphaBeta(2, 1),
         "lrp_alpha1beta0": zr.AlphaBeta(1, 0),
         "lrp_flat": zr.Flat(),
+        "lrp_gamma": zr.Gamma(),  # gamma 0.25, zennit's default
     }
     found: dict[str, object] = {
         name: LayerMapComposite(
@@ -78,6 +81,7 @@ def composites(canonizers: list | None = None) -> dict[str, object]:
         "lrp_epsilon_alpha2beta1": EpsilonAlpha2Beta1(**kw),
         "lrp_epsilon_plus_flat": EpsilonPlusFlat(**kw),
         "lrp_epsilon_plus_box": box,
+        "lrp_epsilon_gamma_box": EpsilonGammaBox(low, high, **kw),
     })  # fmt: skip
     return found
 
@@ -180,7 +184,8 @@ def test_vgg16_rules_and_a_composite_match_zennit() -> None:
     graph = explanation_graph(net, 64)
     x = np.random.default_rng(4).random((1, 3, 64, 64), dtype=np.float32)
     found = composites()
-    for rule in ("lrp_epsilon", "lrp_zplus", "lrp_alpha2beta1", "lrp_flat", "lrp_epsilon_plus_box"):
+    rules = ("lrp_epsilon", "lrp_zplus", "lrp_alpha2beta1", "lrp_flat", "lrp_epsilon_plus_box")
+    for rule in (*rules, "lrp_gamma", "lrp_epsilon_gamma_box"):
         relevance, target = ours(graph, x, rule)
         assert_close(relevance, theirs(net, found[rule], x, target))
 
@@ -199,7 +204,8 @@ def test_resnet18_matches_zennit_with_its_resnet_canonizer() -> None:
             m.running_var.uniform_(0.5, 1.5)
     graph = explanation_graph(net, 64)
     x = np.random.default_rng(5).random((1, 3, 64, 64), dtype=np.float32)
-    for rule in ("lrp_epsilon_plus", "lrp_epsilon_alpha2beta1", "lrp_epsilon_plus_box"):
+    rules = ("lrp_epsilon_plus", "lrp_epsilon_alpha2beta1", "lrp_epsilon_plus_box")
+    for rule in (*rules, "lrp_epsilon_gamma_box"):
         relevance, target = ours(graph, x, rule)
         found = composites([ResNetCanonizer()])[rule]
         assert_close(relevance, theirs(net, found, x, target))

@@ -70,12 +70,26 @@ def test_epsilon_plus_is_zplus_on_the_first_dense_layer_by_hand(mlp_session) -> 
     assert sum(expected) == pytest.approx(1.05)  # z+ conserves what reaches the layer
 
 
+def test_gamma_by_hand(mlp_session) -> None:
+    e = METHODS["lrp"](mlp_session, X, 0, lrp_rule="gamma")
+    # every layer: weights and bias W + 0.25 W+ (the pixels and the ReLU outputs are >= 0, and
+    # every pre-activation here is > 0, so only the z > 0 branch with x+ and W+g takes part).
+    # top layer: W+g[0] = (2.5, 1.25), b+g[0] = 0.625, z+ = 0.25 + 1.0625 + 0.625 = 1.9375;
+    # R_h = h * W+g[0] * 1.55 / 1.9375 = (0.25, 1.0625) * 0.8 = (0.2, 0.85)
+    g1 = np.asarray([[1.25, 2.5, -1.0], [0.625, -1.0, 1.25]])  # W1 + 0.25 W1+
+    z1 = np.asarray([0.625 + 0.5 - 0.8, 0.3125 - 0.2 + 1.0])  # g1 x: 0.325, 1.1125
+    expected = X.ravel() * (g1[0] * 0.2 / z1[0] + g1[1] * 0.85 / z1[1])
+    np.testing.assert_allclose(e.extras["relevance"].ravel(), expected, atol=EPS)
+    np.testing.assert_allclose(g1 @ X.ravel(), z1)  # the hand values above
+
+
 def test_the_second_class_and_every_composite_runs(mlp_session) -> None:
     e = METHODS["lrp"](mlp_session, X, 1, lrp_rule="epsilon")
     # logit 1 = -h1 + h2 = 0.75; R_h = (-0.1, 0.85); R_x = x * (-1 W1[0] + 1 W1[1])
     expected = [0.5 * (-1.0 + 0.5), 0.2 * (-2.0 - 1.0), 0.8 * (1.0 + 1.0)]
     np.testing.assert_allclose(e.extras["relevance"].ravel(), expected, atol=EPS)
-    for rule in ("zplus", "alpha2beta1", "flat", "epsilon_plus_box", "epsilon_plus_flat"):
+    rules = ("zplus", "alpha2beta1", "flat", "epsilon_plus_box", "epsilon_plus_flat")
+    for rule in (*rules, "gamma", "epsilon_gamma_box"):
         out = METHODS["lrp"](mlp_session, X, 0, lrp_rule=rule)
         assert np.isfinite(out.maps).all()
 
@@ -92,7 +106,7 @@ def test_the_shipped_custom_cnn_conserves_the_logit_with_z_plus() -> None:
 
 def test_bad_rule_and_a_graph_without_the_walk(mlp_session) -> None:
     with pytest.raises(OptionError, match="lrp_rule"):
-        METHODS["lrp"](mlp_session, X, 0, lrp_rule="gamma")
+        METHODS["lrp"](mlp_session, X, 0, lrp_rule="gamma2")
     model = augment(mlp(), taps={})
     for prop in model.metadata_props:  # a graph listing only the rectifier codes
         if prop.key == c.META_RELU_RULES:
@@ -113,11 +127,11 @@ def test_the_command_line_option_reaches_the_method(tmp_path: Path) -> None:
     cv2.imwrite(str(photo), np.full((1, 1, 3), 128, np.uint8))
     out = tmp_path / "out"
     args = ["explain", photo, "-M", model, "-m", "lrp", "-t", "0", "--format", "npy", "-o", out]
-    for rule in ("epsilon", "flat"):
+    for rule in ("epsilon", "flat", "gamma"):
         result = invoke(*args, "--lrp-rule", rule, "--overwrite")
         assert result.exit_code == 0, result.output
         x = np.full((1, 3, 1, 1), 128 / 255, np.float32)
         expected = METHODS["lrp"](ExplainSession(model), x, 0, lrp_rule=rule).maps[0]
         np.testing.assert_allclose(np.load(out / "pixel" / "lrp.npy"), expected, rtol=1e-5)
-    bad = invoke(*args, "--lrp-rule", "gamma")
-    assert bad.exit_code == 2 and "gamma" in bad.output
+    bad = invoke(*args, "--lrp-rule", "gamma2")
+    assert bad.exit_code == 2 and "gamma2" in bad.output
