@@ -15,7 +15,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from unittest import mock
 
 if not __package__:  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -52,9 +51,8 @@ def main() -> None:
             forward = Path(tmp) / "forward.onnx"
             export_forward(name, forward)
             model = augment_module.load_model(forward)
-            with_walk = augment_module.augment(model)
-            with mock.patch.object(augment_module, "add_lrp", return_value=False):
-                without = augment_module.augment(model)
+            with_walk = augment_module.augment(model, lrp=True)
+            without = augment_module.augment(model)
         sessions = [ExplainSession(m, threads=args.threads) for m in (with_walk, without)]
         h, w = sessions[0].info.input_size
         x = np.random.default_rng(0).random((args.batch, 3, h, w), dtype=np.float32)

@@ -200,7 +200,11 @@ def write_images(folder: Path, cases: list[Case]) -> dict[str, Path]:
 def augmented_model(path: Path, forward: onnx.ModelProto | None = None) -> Path:
     """The tiny CNN (or ``forward``) augmented with three labels, saved to ``path``."""
     model = augment(
-        forward or tiny_cnn(size=SIZE), labels=LABELS, interventions=True, bias_gradients=True
+        forward or tiny_cnn(size=SIZE),
+        labels=LABELS,
+        interventions=True,
+        bias_gradients=True,
+        lrp=True,
     )
     onnx.save(model, str(path))  # interventions: every method applies, Ablation-CAM too
     return path

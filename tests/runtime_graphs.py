@@ -37,6 +37,7 @@ def tiny_model(
         labels=list(labels),
         interventions=True,
         bias_gradients=True,
+        lrp=True,
     )
 
 

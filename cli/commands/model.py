@@ -45,6 +45,12 @@ def _import_export():  # noqa: ANN202
     return to_onnx
 
 
+LRP_HELP = (
+    "Add the relevance walk: relu_rule codes 3 and up, -m lrp (onnxruntime; OpenVINO and "
+    "onnxruntime-node refuse its empty tensors)."
+)
+
+
 @click.command()
 @click.argument("name", type=click.Choice(KNOWN_MODELS))
 @click.option(
@@ -63,10 +69,17 @@ def _import_export():  # noqa: ANN202
     help=f"Output file [default: the cache, NAME-WEIGHTS{AUGMENTED_SUFFIX}].",
 )
 @click.option("--labels", type=EXISTING_FILE, help="Class names: one per line, or a JSON list.")
+@click.option("--lrp", is_flag=True, help=LRP_HELP)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.pass_obj
 def export(
-    cfg: Config, name: str, weights: str, output: Path | None, labels: Path | None, overwrite: bool
+    cfg: Config,
+    name: str,
+    weights: str,
+    output: Path | None,
+    labels: Path | None,
+    lrp: bool,
+    overwrite: bool,
 ) -> None:
     """Export a built-in model to an augmented explanation graph (needs torch).
 
@@ -81,7 +94,7 @@ def export(
     from gradtap.export.models.weights import WeightsNotFoundError
 
     try:
-        dst = _export(cfg, to_onnx, name, weights, output, overwrite, _read_labels(labels))
+        dst = _export(cfg, to_onnx, name, weights, output, overwrite, _read_labels(labels), lrp=lrp)
     except WeightsNotFoundError as err:
         raise click.BadParameter(str(err), param_hint="--weights") from None
     click.echo(str(dst))
@@ -95,6 +108,8 @@ def _export(
     output: Path | None,
     overwrite: bool,
     labels: list[str] | None,
+    *,
+    lrp: bool = False,
 ) -> Path:
     """Forward export into a temporary folder beside the output, then augment into place."""
     from gradtap.export.graph.augment import augment_file
@@ -113,7 +128,7 @@ def _export(
             to_onnx.export_forward(name, forward, weights=weights, labels=labels)
         except WeightsNotFoundError as err:  # a usage error: say how to supply weights
             raise click.BadParameter(str(err), param_hint="--weights") from None
-        augment_file(forward, dst)
+        augment_file(forward, dst, lrp=lrp)
     return dst
 
 
@@ -248,6 +263,7 @@ def _read_labels(path: Path | None) -> list[str] | None:
     is_flag=True,
     help="Add the bias_grad/<k> outputs (one map per biased layer) that FullGrad reads.",
 )
+@click.option("--lrp", is_flag=True, help=LRP_HELP)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.pass_obj
 def augment(
@@ -267,6 +283,7 @@ def augment(
     flat: bool,
     interventions: bool,
     fullgrad: bool,
+    lrp: bool,
     overwrite: bool,
 ) -> None:
     """Add taps and the backward pass to a forward ONNX classifier (no torch needed).
@@ -308,6 +325,7 @@ def augment(
         "flat": flat,
         "interventions": interventions,
         "bias_gradients": fullgrad,
+        "lrp": lrp,
     }
     _check_names(model, options["taps"], logits)
     with user_errors(path=source):

@@ -28,7 +28,7 @@ from gradtap.export.graph.tokens import expose_token_taps, split_spec
 from gradtap.export.graph.version import PASS_VERSION
 from gradtap.export.graph.vjp import add_vjp
 from gradtap.runtime import contract as c
-from gradtap.runtime.errors import GraphError
+from gradtap.runtime.errors import GraphError, OptionError
 from gradtap.runtime.modelfile import check_external_data, check_model_file, external_locations
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ def augment(
     flat: bool = False,
     interventions: bool = False,
     bias_gradients: bool = False,
+    lrp: bool = False,
 ) -> onnx.ModelProto:
     """Add taps, a seed input, a rectifier-rule input and the backward pass to a classifier.
 
@@ -74,12 +75,18 @@ def augment(
             required and embedders would have to feed it.
         bias_gradients: add the ``bias_grad/<k>`` outputs FullGrad reads, one reduced map per
             biased layer (see gradtap.export.graph.bias); off by default.
+        lrp: add the relevance walk (``relu_rule`` codes 3 and up, export/graph/lrp.py); off
+            by default: in gradient calls it runs on tensors with no rows, which onnxruntime
+            (Python, 1.20 and later) handles but OpenVINO and onnxruntime-node refuse, so the
+            embedders' default graph leaves it out. Not with ``flat``.
         flat: no If nodes and no ``compute`` input: every call runs the whole backward pass
             (for runtimes that cannot run If, such as tract); the ``relu_rule`` switch stays.
 
     Returns:
         The explanation graph described in gradtap.runtime.contract.
     """
+    if lrp and flat:  # tract fixes shapes before running: the walk's rows are sized at run time
+        raise OptionError("the flat variant cannot carry the LRP walk: choose one of flat, lrp")
     model = _upgrade(copy.deepcopy(model))
     if any(m.key == c.META_AUGMENTED for m in model.metadata_props):
         raise GraphError("the model is already augmented by gradtap; augment its forward graph")
@@ -121,11 +128,11 @@ def augment(
         wrt.setdefault(tensor, raw_name(k))
     seed = add_seed(model)
     out = add_vjp(model, seed_of=c.LOGITS, seed=seed, wrt=wrt, relu_rule=c.RELU_RULE)
-    # the flat variant is for runtimes that fix shapes before running (tract), which cannot
-    # follow the relevance walk's rows (sized at run time): it keeps codes 0-2 only; FullGrad's
-    # layer gradients are gradients only (empty in relevance calls)
+    # FullGrad's layer gradients are gradients only (empty in relevance calls)
     lrp_wrt = {t: name for t, name in wrt.items() if t not in layers}
-    relevance = not flat and add_lrp(out, wrt=lrp_wrt, seed=seed, relu_rule=c.RELU_RULE)
+    relevance = lrp and add_lrp(out, wrt=lrp_wrt, seed=seed, relu_rule=c.RELU_RULE)
+    if lrp and not relevance:
+        log.warning("no LRP walk: the gradient path has an op without a relevance rule")
     if layers:
         add_bias_maps(out, layers, wrt)
     out = out if flat else gate(out)

@@ -12,7 +12,7 @@ import hashlib
 
 import onnx
 
-PASS_VERSION = "4.6"
+PASS_VERSION = "4.7"
 
 
 def graph_digest(model: onnx.ModelProto) -> str:

@@ -81,7 +81,7 @@ def test_info_json_reports_the_contract(augmented: Path) -> None:
     assert data["augmented"] and data["contract_version"] == c.CONTRACT_VERSION
     assert data["taps"] == {"features": "features"} and data["default_tap"] == "features"
     assert data["labels"] == {"count": 3, "first": LABELS}
-    assert data["relu_rules"] == c.BACKWARD_RULES  # the rectifier codes, then the LRP ones
+    assert data["relu_rules"] == c.RELU_RULES  # the shipped graph: no LRP walk (--lrp adds it)
     assert data["providers"] == ort.get_available_providers()
     shapes = {o["name"]: o["shape"] for o in data["outputs"]}
     assert shapes["tap/features"] == ["batch", 6, 8, 8]

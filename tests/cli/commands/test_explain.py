@@ -41,7 +41,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     forward = tiny_cnn(size=SIZE)
     paths = {"forward": folder / "tiny.onnx", "augmented": folder / "tiny.gradtap.onnx"}
     onnx.save(forward, str(paths["forward"]))
-    full = augment(forward, labels=LABELS, interventions=True, bias_gradients=True)
+    full = augment(forward, labels=LABELS, interventions=True, bias_gradients=True, lrp=True)
     onnx.save(full, str(paths["augmented"]))
     return paths
 

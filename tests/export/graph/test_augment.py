@@ -40,6 +40,9 @@ def test_contract_names_and_metadata(aug: onnx.ModelProto) -> None:
     meta = {m.key: m.value for m in aug.metadata_props}
     assert meta[c.META_CONTRACT] == c.CONTRACT_VERSION and meta[c.META_AUGMENTED] == "1"
     assert json.loads(meta[c.META_TAPS]) == {"features": "features"}
+    assert json.loads(meta[c.META_RELU_RULES]) == c.RELU_RULES  # the LRP walk only on request
+    walked = augment(tiny_cnn(), taps={"features": "features"}, lrp=True)
+    meta = {m.key: m.value for m in walked.metadata_props}
     assert json.loads(meta[c.META_RELU_RULES]) == c.BACKWARD_RULES  # with the LRP codes
     assert {n.domain for n in aug.graph.node} <= {"", "ai.onnx"}
     onnx.checker.check_model(aug, full_check=True)

@@ -24,7 +24,7 @@ BACKWARD_OPS = {"ConvTranspose", "ScatterElements", "Where", "Sum"}
 
 @pytest.fixture(scope="module")
 def gated() -> onnx.ModelProto:
-    return augment(tiny_cnn(), taps={"features": "features"})
+    return augment(tiny_cnn(), taps={"features": "features"}, lrp=True)  # its rows gated too
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ h2 = 0.5*0.5 - 1*0.2 + 1*0.8 = 0.85 (both pass the ReLU); logit 0 = 2*h1 + 1*h2 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from gradtap.runtime import contract as c
 from gradtap.runtime.errors import ModelError, OptionError
 from gradtap.runtime.methods.registry import METHODS
 from gradtap.runtime.session import ExplainSession
+from tests.conftest import invoke
 
 X = np.asarray([0.5, 0.2, 0.8], np.float32).reshape(1, 3, 1, 1)
 W1 = np.asarray([[1.0, 2.0, -1.0], [0.5, -1.0, 1.0]], np.float32)
@@ -45,7 +47,7 @@ def mlp() -> onnx.ModelProto:
 
 @pytest.fixture(scope="module")
 def mlp_session() -> ExplainSession:
-    return ExplainSession(augment(mlp(), taps={}))
+    return ExplainSession(augment(mlp(), taps={}, lrp=True))
 
 
 def test_epsilon_relevance_by_hand_and_the_bias_missing_from_conservation(mlp_session) -> None:
@@ -94,10 +96,17 @@ def test_the_second_class_and_every_composite_runs(mlp_session) -> None:
         assert np.isfinite(out.maps).all()
 
 
-def test_the_shipped_custom_cnn_conserves_the_logit_with_z_plus() -> None:
+@pytest.mark.torch
+def test_the_shipped_custom_cnn_conserves_the_logit_with_z_plus(tmp_path: Path) -> None:
     """z+ on every layer with the relevance of the bias-free parts: on the trained custom CNN
-    the sum of input relevance stays within a tenth of the logit (biases take the rest)."""
-    session = ExplainSession(SHIPPED)
+    (its shipped weights, augmented with the walk) the sum of input relevance stays within a
+    tenth of the logit (biases take the rest)."""
+    pytest.importorskip("torch")
+    from gradtap.export.models.to_onnx import export_forward  # noqa: PLC0415
+
+    forward = tmp_path / "smallcnn.onnx"
+    export_forward("smallcnn", forward, weights=str(SHIPPED.parent / "smallcnn.pt"))
+    session = ExplainSession(augment(onnx.load(forward), lrp=True))
     x = np.random.default_rng(0).random((2, 3, *session.info.input_size), dtype=np.float32)
     e = METHODS["lrp"](session, x, lrp_rule="epsilon_plus_box")
     ratio = e.extras["relevance"].sum(axis=(1, 2, 3)) / e.extras["logit"]
@@ -107,10 +116,7 @@ def test_the_shipped_custom_cnn_conserves_the_logit_with_z_plus() -> None:
 def test_bad_rule_and_a_graph_without_the_walk(mlp_session) -> None:
     with pytest.raises(OptionError, match="lrp_rule"):
         METHODS["lrp"](mlp_session, X, 0, lrp_rule="gamma2")
-    model = augment(mlp(), taps={})
-    for prop in model.metadata_props:  # a graph listing only the rectifier codes
-        if prop.key == c.META_RELU_RULES:
-            prop.value = '{"plain": 0, "guided": 1, "deconvnet": 2}'
+    model = augment(mlp(), taps={})  # without lrp=True: the rectifier codes only
     with pytest.raises(ModelError, match="no LRP walk"):
         METHODS["lrp"](ExplainSession(model), X, 0)
 
@@ -122,7 +128,7 @@ def test_the_command_line_option_reaches_the_method(tmp_path: Path) -> None:
     from tests.conftest import invoke  # noqa: PLC0415
 
     model = tmp_path / "mlp.gradtap.onnx"
-    onnx.save(augment(mlp(), taps={}), str(model))
+    onnx.save(augment(mlp(), taps={}, lrp=True), str(model))
     photo = tmp_path / "pixel.png"
     cv2.imwrite(str(photo), np.full((1, 1, 3), 128, np.uint8))
     out = tmp_path / "out"
@@ -135,3 +141,18 @@ def test_the_command_line_option_reaches_the_method(tmp_path: Path) -> None:
         np.testing.assert_allclose(np.load(out / "pixel" / "lrp.npy"), expected, rtol=1e-5)
     bad = invoke(*args, "--lrp-rule", "gamma2")
     assert bad.exit_code == 2 and "gamma2" in bad.output
+
+
+def test_the_walk_is_on_request_and_not_in_the_flat_variant(tmp_path: Path) -> None:
+    forward = tmp_path / "mlp.onnx"
+    onnx.save(mlp(), str(forward))
+    for flags, codes in (((), c.RELU_RULES), (("--lrp",), c.BACKWARD_RULES)):
+        out = tmp_path / f"mlp{len(flags)}.gradtap.onnx"
+        result = invoke("augment", forward, "-o", out, "--tap", "h=h", *flags)
+        assert result.exit_code == 0, result.output
+        meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+        assert json.loads(meta[c.META_RELU_RULES]) == codes
+    result = invoke("augment", forward, "-o", tmp_path / "flat.onnx", "--flat", "--lrp")
+    assert result.exit_code != 0 and "flat variant cannot carry the LRP walk" in result.output
+    with pytest.raises(OptionError, match="choose one of flat, lrp"):
+        augment(mlp(), taps={}, flat=True, lrp=True)
