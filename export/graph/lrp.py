@@ -40,7 +40,7 @@ from gradtap.export.graph.emitter import Emitter, GraphInfo
 from gradtap.export.graph.patterns import fuse_erf_gelu
 from gradtap.export.graph.rulebase import Grads
 from gradtap.export.graph.table import RULES
-from gradtap.export.graph.vjp import differentiated_nodes
+from gradtap.export.graph.vjp import differentiated_nodes, summed
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import GraphError, UnsupportedOpError
 
@@ -299,16 +299,7 @@ def _walk(
     contributions: dict[str, list[str]] = defaultdict(list)
     with em.scoped("seed"):
         contributions[rename[c.LOGITS]].append(walk.rows(seed, walk.on()))
-    totals: dict[str, str | None] = {}
-
-    def total(name: str) -> str | None:
-        if name not in totals:
-            parts = contributions.get(name, [])
-            totals[name] = None if not parts else parts[0]
-            if len(parts) > 1:
-                with em.scoped("sum"):
-                    totals[name] = em.op("Sum", *parts)
-        return totals[name]
+    total = summed(em, contributions)
 
     for node in reversed(copies):
         dys = tuple(total(o) if o else None for o in node.output)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import onnx
 from onnx import TensorProto, helper
@@ -64,6 +64,25 @@ def check_coverage(nodes: list[onnx.NodeProto], rules: Mapping[str, VjpRule]) ->
         )
 
 
+def summed(em: Emitter, contributions: Mapping[str, list[str]]) -> Callable[[str], str | None]:
+    """name -> the sum of its cotangent contributions (one Sum, emitted once), or None.
+
+    Call it for a tensor only once every consumer of the tensor has added its contribution.
+    """
+    totals: dict[str, str | None] = {}
+
+    def total(name: str) -> str | None:
+        if name not in totals:
+            parts = contributions.get(name, [])
+            totals[name] = None if not parts else parts[0]
+            if len(parts) > 1:
+                with em.scoped("sum"):
+                    totals[name] = em.op("Sum", *parts)
+        return totals[name]
+
+    return total
+
+
 def add_vjp(
     model: onnx.ModelProto,
     *,
@@ -104,16 +123,7 @@ def add_vjp(
 
     contributions: dict[str, list[str]] = defaultdict(list)
     contributions[seed_of].append(seed)
-    totals: dict[str, str | None] = {}
-
-    def total(name: str) -> str | None:  # step 2: fan-out accumulates with one Sum per tensor
-        if name not in totals:
-            parts = contributions.get(name, [])
-            totals[name] = None if not parts else parts[0]
-            if len(parts) > 1:
-                with em.scoped("sum"):
-                    totals[name] = em.op("Sum", *parts)
-        return totals[name]
+    total = summed(em, contributions)  # step 2: fan-out accumulates with one Sum per tensor
 
     for node in reversed(nodes):  # step 3: reverse topological order
         dys = tuple(total(o) if o else None for o in node.output)

@@ -26,6 +26,7 @@ torchvision = pytest.importorskip("torchvision")
 from pytorch_grad_cam import FullGrad  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
+from bench.fullgrad import randomise_batchnorm  # noqa: E402
 from gradtap.export.graph.augment import augment  # noqa: E402
 from gradtap.runtime import contract as c  # noqa: E402
 from gradtap.runtime.errors import ModelError  # noqa: E402
@@ -37,17 +38,6 @@ from tests.graphs import OPSET, tiny_cnn  # noqa: E402
 
 TARGETS = [3, 7]
 SIZE = 64
-
-
-def randomise_batchnorm(net: torch.nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.weight.data = 0.5 + torch.rand(n, generator=g)
-            m.bias.data = torch.randn(n, generator=g) * 0.5
-            m.running_mean = torch.randn(n, generator=g) * 0.5
-            m.running_var = 0.5 + torch.rand(n, generator=g)
 
 
 def reference(net: torch.nn.Module, x: np.ndarray, targets: list[int]) -> np.ndarray:
