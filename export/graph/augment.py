@@ -75,17 +75,17 @@ def augment(
             required and embedders would have to feed it.
         bias_gradients: add the ``bias_grad/<k>`` outputs FullGrad reads, one reduced map per
             biased layer (see gradtap.export.graph.bias); off by default.
-        lrp: add the relevance walk (``relu_rule`` codes 3 and up, export/graph/lrp.py); off
-            by default: in gradient calls it runs on tensors with no rows, which onnxruntime
-            (Python, 1.20 and later) handles but OpenVINO and onnxruntime-node refuse, so the
-            embedders' default graph leaves it out. Not with ``flat``.
+        lrp: add the relevance walk (``relu_rule`` codes 3 and up, export/graph/lrp.py),
+            behind If nodes that gradient calls do not run; off by default, since runtimes
+            fold the rules' modified weights at load time (several copies of every weight in
+            memory). Not with ``flat``.
         flat: no If nodes and no ``compute`` input: every call runs the whole backward pass
             (for runtimes that cannot run If, such as tract); the ``relu_rule`` switch stays.
 
     Returns:
         The explanation graph described in gradtap.runtime.contract.
     """
-    if lrp and flat:  # tract fixes shapes before running: the walk's rows are sized at run time
+    if lrp and flat:  # the walk's switch is If nodes, which the flat variant has none of
         raise OptionError("the flat variant cannot carry the LRP walk: choose one of flat, lrp")
     model = _upgrade(copy.deepcopy(model))
     if any(m.key == c.META_AUGMENTED for m in model.metadata_props):

@@ -31,6 +31,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from gradtap.export.graph.emitter import GraphInfo
+from gradtap.export.graph.lrp import LRP_ROWS
+from gradtap.export.graph.scopes import reads, rename, walk
 from gradtap.runtime import contract as c
 
 _CONDITIONS = ("gate/to_taps", "gate/to_input")
@@ -77,18 +79,18 @@ def gate(model: onnx.ModelProto) -> onnx.ModelProto:
     residual_ifs = _residual_ifs(nodes, forward, residual, to_taps, info)
     kept.extend(residual_ifs["gate/to_taps"])
     if to_taps:
-        read_later = {x for i in rest for x in nodes[i].input}
+        read_later = {x for i in rest for x in reads(nodes[i])}
         crossing = [o for i in sorted(to_taps) for o in nodes[i].output if o in read_later]
         branch = [*tap_grads, *(o for o in crossing if o not in tap_grads)]
         kept.append(_if("gate/to_taps", [nodes[i] for i in sorted(to_taps)], branch, info))
     kept.extend(residual_ifs["gate/to_input"])
     if rest:
         kept.append(_if("gate/to_input", [nodes[i] for i in sorted(rest)], late, info))
-    used = {x for n in _walk(kept) for x in n.input}
+    used = {x for n in walk(kept) for x in reads(n)}
     kept = [n for n in kept if n.output[0] not in _CONDITIONS or n.output[0] in used]
     del graph.node[:]
     graph.node.extend(kept)
-    used = {x for n in _walk(kept) for x in n.input}
+    used = {x for n in walk(kept) for x in reads(n)}
     inits = [t for t in graph.initializer if not t.name.startswith("gate/") or t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(inits)
@@ -99,16 +101,12 @@ def _outputs_by_identity(graph: onnx.GraphProto) -> None:
     """A graph output that nodes read becomes an Identity of an internal tensor they read instead.
 
     Branches then never read a graph output (OpenVINO cannot load a branch that does)."""
-    readers = {x for n in graph.node for x in n.input}
+    readers = {x for n in graph.node for x in reads(n)}
     for out in graph.output:
         if out.name not in readers:
             continue
         inner = f"{out.name}/value"
-        for node in graph.node:
-            for names in (node.input, node.output):
-                for k, name in enumerate(names):
-                    if name == out.name:
-                        names[k] = inner
+        rename(graph.node, {out.name: inner})
         at = next(i for i, n in enumerate(graph.node) if inner in n.output)
         graph.node.insert(at + 1, helper.make_node("Identity", [inner], [out.name], name=out.name))
 
@@ -133,7 +131,7 @@ def _shape_values(
     found: set[int] = set()
     for i in sorted(backward):
         node = nodes[i]
-        inputs = [x for x in node.input if x]
+        inputs = reads(node)
         if not all(x in known for x in inputs):
             continue
         if node.op_type in ("Shape", "Size") or (
@@ -147,39 +145,36 @@ def _shape_values(
 
 
 def ungate(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A flat copy: each gate's then-branch inlined in place of its If node (for tools that walk
-    one graph, such as FLOP counters); computes what ``compute = 2`` computes."""
+    """A flat copy computing what a gradient call with ``compute = 2`` computes, for tools that
+    walk one graph (FLOP counters): each gate's then-branch inlined in place of its If node, and
+    each If of the LRP walk (lrp.py) replaced by its else-branch (what gradient calls run)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    flat: list[onnx.NodeProto] = []
-    for node in out.graph.node:
-        if node.op_type != "If" or not node.name.startswith("gate/"):
-            flat.append(node)
-            continue
-        body = next(a.g for a in node.attribute if a.name == "then_branch")
-        outer = {o.name: name for o, name in zip(body.output, node.output, strict=True)}
-        for inner in body.node:
-            for names in (inner.input, inner.output):
-                for k, name in enumerate(names):
-                    names[k] = outer.get(name, name)
-            flat.append(inner)
+    flat = _inlined(out.graph.node)
     del out.graph.node[:]
     out.graph.node.extend(flat)
     del out.graph.value_info[:]
     return out
 
 
+def _inlined(nodes: Iterable[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    flat: list[onnx.NodeProto] = []
+    for node in nodes:
+        taken = {"gate/": "then_branch", "lrp/": "else_branch"}
+        side = next((v for k, v in taken.items() if node.name.startswith(k)), None)
+        if node.op_type != "If" or side is None:
+            flat.append(node)
+            continue
+        body = next(a.g for a in node.attribute if a.name == side)
+        outer = {o.name: name for o, name in zip(body.output, node.output, strict=True)}
+        rename(body.node, outer)
+        flat.extend(_inlined(body.node))
+    return flat
+
+
 def branch_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """Every node of the graph, those inside If/Loop/Scan bodies included (depth first)."""
-    return list(_walk(model.graph.node))
-
-
-def _walk(nodes: Iterable[onnx.NodeProto]) -> Iterable[onnx.NodeProto]:
-    for node in nodes:
-        yield node
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                yield from _walk(sub.node)
+    return list(walk(model.graph.node))
 
 
 # Weight transforms (a backward convolution's re-laid-out weight) depend on constants only and
@@ -189,9 +184,8 @@ def _walk(nodes: Iterable[onnx.NodeProto]) -> Iterable[onnx.NodeProto]:
 # a copy whose weights are rewritten in place (model-randomisation checks) would go stale.
 
 
-# The LRP walk's copies of activations, cut to no rows in gradient calls (lrp.py): computed in
-# the forward pass like the summaries below, so the activations die there in gradient calls.
-LRP_ROWS = "lrp/rows/"
+# The LRP walk's copies of activations (lrp.py, ``LRP_ROWS``), empty in gradient calls: computed
+# in the forward pass like the summaries below, so the activations die there in gradient calls.
 
 # Ops whose output is no bigger than their inputs and cheap to compute: worth computing in the
 # forward pass so that the backward pass reads them instead of the activations.
@@ -209,8 +203,8 @@ def _residual(
     found: set[int] = set()
     for i in sorted(backward):
         node = nodes[i]
-        inputs = [x for x in node.input if x]
-        if node.output[0].startswith(LRP_ROWS):  # the LRP walk's row slices (lrp.py)
+        inputs = reads(node)
+        if node.output[0].startswith(LRP_ROWS):  # the LRP walk's copies (lrp.py)
             if all(x in produced or x in info.consts or x == c.RELU_RULE for x in inputs):
                 found.add(i)
                 produced.update(node.output)
@@ -259,16 +253,16 @@ def _residual_ifs(
     anchor: dict[str, int] = {o: i for i in forward for o in nodes[i].output}
     groups: dict[int, list[int]] = {}
     for i in sorted(residual):
-        at = max((anchor[x] for x in nodes[i].input if x in anchor), default=-1)
+        at = max((anchor[x] for x in reads(nodes[i]) if x in anchor), default=-1)
         anchor.update({o: at for o in nodes[i].output})
         groups.setdefault(at, []).append(i)
     readers: dict[str, set[int]] = {}
     for i, node in enumerate(nodes):
-        for x in node.input:
+        for x in reads(node):
             readers.setdefault(x, set()).add(i)
     made_by = {o: at for at, ids in groups.items() for i in ids for o in nodes[i].output}
     needs = {
-        at: {made_by[x] for i in ids for x in nodes[i].input if made_by.get(x, at) != at}
+        at: {made_by[x] for i in ids for x in reads(nodes[i]) if made_by.get(x, at) != at}
         for at, ids in groups.items()
     }  # other groups whose outputs a group reads: they must be listed before it
     outs = {
@@ -305,7 +299,7 @@ def _needed(nodes: Sequence[onnx.NodeProto], outputs: Iterable[str]) -> set[int]
     for i in range(len(nodes) - 1, -1, -1):
         if wanted.intersection(nodes[i].output):
             found.add(i)
-            wanted.update(x for x in nodes[i].input if x)
+            wanted.update(reads(nodes[i]))
     return found
 
 
@@ -327,13 +321,13 @@ def _if(
     for node in body:
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
-        for names in (copy.input, copy.output):
-            for k, name in enumerate(names):
-                names[k] = inner.get(name, name)
         then_nodes.append(copy)
+    rename(then_nodes, inner)
     types = [info.dtypes[o] for o in outputs]
-    infos = [
-        helper.make_tensor_value_info(inner[o], t, None)
+    infos = [  # ranks declared: OpenVINO gives the ops after an If no rank otherwise
+        helper.make_tensor_value_info(
+            inner[o], t, [None] * len(info.shapes[o]) if o in info.shapes else None
+        )
         for o, t in zip(outputs, types, strict=True)
     ]
     empty = []  # ConstantOfShape of zeros: an empty tensor that keeps its rank in every runtime

@@ -3,11 +3,14 @@
 LRP (Bach et al. 2015, https://doi.org/10.1371/journal.pone.0130140) sends the explained
 logit's relevance back layer by layer. Here it is a second backward walk, next to the gradient
 one, in standard ONNX ops: codes 0-2 of ``relu_rule`` read the gradient walk's results as before,
-codes 3 and up (``contract.LRP_RULES``) read the relevance walk's. The switch is the batch
-dimension: every forward tensor the relevance walk reads is sliced to its first ``n`` rows, n the
-batch size in LRP calls and 0 otherwise, so in a gradient call the relevance walk runs on empty
-tensors and costs almost nothing; the two walks' results are joined by a Concat (one of them is
-empty). One file serves plain, guided, deconvnet and every LRP composite.
+codes 3 and up (``contract.LRP_RULES``) read the relevance walk's. The switch is If nodes on
+``relu_rule >= 3``: the walk (two Ifs, down to the taps and the rest, which the gate puts with
+the gradient walk's two parts), the copies of the forward tensors it reads (empty in gradient
+calls, so the activations still die in the forward pass), and, where a composite gives a layer
+one of several rules, a chain of Ifs on the rule. A gradient call runs none of the walk; no
+tensor of it is ever empty in a call that runs it (onnxruntime-node's layout optimiser and
+OpenVINO refuse some ops on empty tensors). One file serves plain, guided, deconvnet and every
+LRP composite, in every runtime that runs If.
 
 The rules, as zennit's composites apply them (https://github.com/chr-peters/zennit):
 - Conv, Gemm, MatMul with constant weights: the composite's rule for the layer's position (the
@@ -32,13 +35,16 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx
-from onnx import NodeProto, TensorProto, helper
+from onnx import NodeProto, TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from gradtap.export.graph import lrp_rules as lr
 from gradtap.export.graph.emitter import Emitter, GraphInfo
 from gradtap.export.graph.patterns import fuse_erf_gelu
 from gradtap.export.graph.rulebase import Grads
+from gradtap.export.graph.scopes import reads, subgraphs, walk
+from gradtap.export.graph.scopes import rename as rename_tensors
+from gradtap.export.graph.shapes import infer
 from gradtap.export.graph.table import RULES
 from gradtap.export.graph.vjp import differentiated_nodes, summed
 from gradtap.runtime import contract as c
@@ -47,6 +53,7 @@ from gradtap.runtime.errors import GraphError, UnsupportedOpError
 log = logging.getLogger(__name__)
 
 PREFIX = "lrp/"
+LRP_ROWS = f"{PREFIX}rows/"  # the copies of forward tensors the walk reads (gate.py)
 E, Z, AB, F, B, G = lr.EPSILON, lr.ZPLUS, lr.ALPHA2BETA1, lr.FLAT, lr.ZBOX, lr.GAMMA
 # relu_rule name -> rule of (the first linear layer, the other convolutions, the other dense layers)
 COMPOSITES: dict[str, tuple[int, int, int]] = {
@@ -95,33 +102,11 @@ class _Walk:
         self.relu_rule, self.lowest = relu_rule, min(self.codes)
         self.bounds = None if bounds is None else tuple(self._const(b) for b in bounds)
 
-    def on(self) -> str:
-        """int64 [1]: 1 in LRP calls, else 0. Emitted where it is read, like ``index``: a
-        scalar computed in one gated branch and read in another would have to cross an If."""
-        em = self.em
-        on = em.op("GreaterOrEqual", self.relu_rule, em.const(np.asarray(self.lowest, np.int64)))
-        return em.op("Unsqueeze", em.op("Cast", on, to=TensorProto.INT64), em.ints([0]))
-
-    def row_range(self) -> list[str]:
-        """Slice starts, ends, axes (int32) keeping all rows in LRP calls, none otherwise: int32,
-        as the gate lets only bool and int32 summaries, never int64 shape vectors, leave its Ifs
-        (the ends are computed in one, read in another)."""
-        em, i32 = self.em, np.int32
-        on = em.op("GreaterOrEqual", self.relu_rule, em.const(np.asarray(self.lowest, np.int64)))
-        on = em.op("Unsqueeze", em.op("Cast", on, to=TensorProto.INT32), em.ints([0]))
-        end = em.op("Mul", on, em.const(np.asarray([2**30], i32), dtype=i32))
-        return [
-            em.const(np.asarray([0], i32), dtype=i32),
-            end,
-            em.const(np.asarray([0], i32), dtype=i32),
-        ]
-
     def index(self) -> str:
-        """int64 [1]: the composite's position in ``LRP_RULES`` (clamped)."""
+        """int64 scalar: the composite's position in ``LRP_RULES`` (clamped)."""
         em = self.em
         index = em.op("Sub", self.relu_rule, em.const(np.asarray(self.lowest, np.int64)))
-        index = em.op("Max", em.op("Min", index, em.const(len(self.codes) - 1)), em.const(0))
-        return em.op("Unsqueeze", index, em.ints([0]))
+        return em.op("Max", em.op("Min", index, em.const(len(self.codes) - 1)), em.const(0))
 
     def _const(self, value: np.ndarray) -> str:
         name = self.em.const(value, dtype=np.float32)
@@ -135,13 +120,6 @@ class _Walk:
             raise UnsupportedOpError(f"zB needs a static shape of {x!r}")
         return self.em.op("Expand", bound, self.em.ints([1, *dims]))
 
-    def rows(self, t: str, flag: str) -> str:
-        """``t`` with all its rows where ``flag`` (int64 [1]) is 1, none where 0: a Slice whose
-        end (flag * 2^62) is clamped to the size, so no Shape of a backward tensor is needed."""
-        em = self.em
-        end = em.op("Mul", flag, em.ints([2**62]))
-        return em.op("Slice", t, em.ints([0]), end, em.ints([0]))
-
     def linear(self, node: NodeProto, dys: Grads) -> Grads:
         em, lin = self.em, lr.Linear.of(node, self.em)
         kind = FIRST if node.output[0] == self.first else CONV if node.op_type == "Conv" else DENSE
@@ -154,12 +132,42 @@ class _Walk:
         if len(candidates) == 1:
             return (self._rule(candidates[0], lin, x, z, r), *rest)
         chosen = em.op("Gather", em.const(table), self.index())
-        parts = []
-        for rule in candidates:
-            flag = em.op("Cast", em.op("Equal", chosen, em.const([rule])), to=TensorProto.INT64)
-            gx, gz, gr = (self.rows(t, flag) for t in (x, z, r))
-            parts.append(self._rule(rule, lin, gx, gz, gr))
-        return (em.op("Concat", *parts, axis=0), *rest)
+        conditions = {
+            rule: em.op("Equal", chosen, em.const(np.asarray(rule, np.int64)))
+            for rule in candidates[:-1]
+        }
+        branches = {
+            rule: self._branch(lambda rule=rule: self._rule(rule, lin, x, z, r))
+            for rule in candidates
+        }
+        nodes, out = branches[candidates[-1]]
+        for rule in reversed(candidates[:-1]):
+            then_nodes, then_out = branches[rule]
+            chain = em.fresh()
+            rank = [len(em.info.shape(x))]
+            nodes, out = (
+                [_if(conditions[rule], [chain], (then_nodes, [then_out]), (nodes, [out]), rank)],
+                chain,
+            )
+        em.nodes.extend(nodes)
+        return (out, *rest)
+
+    def _branch(self, build: Callable[[], str]) -> tuple[list[NodeProto], str]:
+        """The nodes ``build`` emits and its result. Nodes that read only constants (weight
+        transforms) stay outside: one copy, which runtimes fold at load time, serves every branch."""
+        em = self.em
+        before = len(em.nodes)
+        out = build()
+        made, em.nodes[before:] = em.nodes[before:], []
+        known = {i.name for i in em.initializers}
+        body = []
+        for node in made:
+            if node.op_type != "If" and all(x in known or x in em.info.consts for x in reads(node)):
+                em.nodes.append(node)
+                known.update(node.output)
+            else:
+                body.append(node)
+        return body, out
 
     def _rule(self, rule: int, lin: lr.Linear, x: str, z: str, r: str) -> str:
         if rule == B:
@@ -197,9 +205,8 @@ def _rule_for(node: NodeProto, em: Emitter, walk: _Walk) -> Callable[[Grads], Gr
 
 
 def _max_pool(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
-    """The max-pool gradient (winner takes all) with explicit reshape sizes: onnxruntime cannot
-    infer a -1 of an empty tensor, which is what the walk runs on in gradient calls; the zeros
-    are x * 0, not a ConstantOfShape of a computed shape (which tract cannot translate)."""
+    """The max-pool gradient (winner takes all), scattered back with static reshape sizes; the
+    zeros are x * 0, not a ConstantOfShape of a computed shape."""
     x, y = node.input[0], node.output[0]
     (_, chans, *inner), (_, _, *outer) = em.info.shape(x), em.info.shape(y)
     if not all(isinstance(d, int) for d in (chans, *inner, *outer)) or len(node.output) < 2:
@@ -244,16 +251,16 @@ def add_lrp(model: onnx.ModelProto, *, wrt: Mapping[str, str], seed: str, relu_r
         log.info("no LRP walk: no relevance rule for %s", ", ".join(unsupported))
         return False
     try:
-        em, outs = _walk(model, info, nodes, needed, wrt, seed, relu_rule)
+        em, outs, rename = _walk(model, info, nodes, needed, wrt, seed, relu_rule)
+        _insert(model, em, outs, wrt, rename, relu_rule)
     except (UnsupportedOpError, GraphError) as err:
         log.info("no LRP walk: %s", err)
         return False
-    _join(model, em, outs, wrt, relu_rule)
     return True
 
 
 def _stash_name(t: str) -> str:
-    return f"{PREFIX}rows/{t}"
+    return f"{LRP_ROWS}{t}"
 
 
 def _walk(
@@ -264,8 +271,9 @@ def _walk(
     wrt: Mapping[str, str],
     seed: str,
     relu_rule: str,
-) -> tuple[Emitter, dict[str, str]]:
-    """Emit the relevance walk; return its emitter and wrt tensor -> relevance tensor."""
+) -> tuple[Emitter, dict[str, str], dict[str, str]]:
+    """Emit the relevance walk; return its emitter, wrt tensor -> relevance tensor, and forward
+    tensor -> the name the walk reads it by (its stash)."""
     order = [t for n in nodes for t in (*n.input, *n.output) if t]  # deterministic names
     active = needed | {o for n in nodes for o in n.output if o}
     rename = {
@@ -273,7 +281,7 @@ def _walk(
     }
     for t, s in rename.items():
         shape = info.shape(t)
-        info.shapes[s] = (f"{PREFIX}rows", *shape[1:]) if shape else shape
+        info.shapes[s] = shape
         if t in info.dtypes:
             info.dtypes[s] = info.dtypes[t]
     em = Emitter(info, prefix=PREFIX, wanted=frozenset(rename[t] for t in needed if t in rename))
@@ -298,7 +306,7 @@ def _walk(
 
     contributions: dict[str, list[str]] = defaultdict(list)
     with em.scoped("seed"):
-        contributions[rename[c.LOGITS]].append(walk.rows(seed, walk.on()))
+        contributions[rename[c.LOGITS]].append(seed)
     total = summed(em, contributions)
 
     for node in reversed(copies):
@@ -316,91 +324,181 @@ def _walk(
         if g is None:
             raise GraphError(f"no relevance reaches {x!r}")
         outs[x] = g
-    _emit_stashes(em, walk, rename)
-    return em, outs
+    return em, outs, rename
 
 
-def _emit_stashes(em: Emitter, walk: _Walk, rename: Mapping[str, str]) -> None:
-    """The row-sliced copies of the forward tensors the walk reads, first in its node list.
+def _if(
+    condition: str,
+    outputs: list[str],
+    then: tuple[list[NodeProto], list[str]],
+    otherwise: tuple[list[NodeProto], list[str]],
+    ranks: list[int],
+    dtypes: list[int] | None = None,
+) -> NodeProto:
+    """If(condition) with branches (nodes, the tensors they yield as ``outputs``), whose
+    outputs are declared with their ranks (OpenVINO gives a tensor of unknown rank to the ops
+    after the If otherwise, and a Conv refuses it)."""
+    kinds = dtypes or [TensorProto.FLOAT] * len(outputs)
 
-    A rule's ``Shape`` of such a copy becomes the forward tensor's shape with its first entry
-    times the LRP flag: the Shape then reads a forward tensor and runs outside the gated
-    branches, as the gate wants of every shape vector (gate.py).
-    """
-    source = {s: t for t, s in rename.items()}
-    body, em.nodes = em.nodes, []
-    with em.scoped("rows"):
-        read = {x for n in body for x in n.input}
-        for t, s in rename.items():
-            if s in read:
-                em.nodes.append(helper.make_node("Slice", [t, *walk.row_range()], [s], name=s))
-    readers: dict[str, list[NodeProto]] = defaultdict(list)
-    for node in body:
-        for x in node.input:
-            readers[x].append(node)
-    with em.scoped("shape"):
-        for node in body:
-            if node.op_type != "Shape" or node.input[0] not in source or node.attribute:
-                em.nodes.append(node)
-                continue
-            em.nodes.extend(_stash_shape(em, walk, source[node.input[0]], node, readers))
+    def branch(label: str, nodes: list[NodeProto], names: list[str]) -> onnx.GraphProto:
+        values = [
+            helper.make_tensor_value_info(n, t, [None] * rank)
+            for n, t, rank in zip(names, kinds, ranks, strict=True)
+        ]
+        return helper.make_graph(nodes, f"{outputs[0]}/{label}", [], values)
 
-
-def _stash_shape(
-    em: Emitter, walk: _Walk, t: str, node: NodeProto, readers: Mapping[str, list[NodeProto]]
-) -> list[NodeProto]:
-    """Nodes computing ``node`` (a Shape of the row-sliced copy of ``t``) without a Shape of it.
-
-    Read only as a Reshape's shape or an Expand's, with the other dimensions static: a constant
-    whose first entry is 0 (Reshape: copy the batch) or 1 (Expand: broadcast it), which runtimes
-    that propagate shapes before running (tract) follow. Otherwise ``t``'s shape with its first
-    entry times the LRP flag.
-    """
-    rest = em.info.shape(t)[1:]
-    uses = readers.get(node.output[0], [])
-    kinds = {(r.op_type, list(r.input).index(node.output[0])) for r in uses}
-    if all(isinstance(d, int) for d in rest) and len(kinds) == 1:
-        first = {("Reshape", 1): 0, ("Expand", 1): 1}.get(next(iter(kinds)))
-        if first is not None:
-            value = em.ints([first, *rest])
-            return [helper.make_node("Identity", [value], list(node.output), name=node.name)]
-    before = len(em.nodes)
-    ones = em.ints([1] * len(rest))
-    scale = em.op("Concat", walk.on(), ones, axis=0)
-    shape = em.op("Shape", t)
-    made, em.nodes[before:] = em.nodes[before:], []
-    mul = helper.make_node("Mul", [shape, scale], list(node.output), name=node.name)
-    return [*made, mul]
+    return helper.make_node(
+        "If", [condition], outputs, name=f"{outputs[0]}/If",
+        then_branch=branch("then", *then), else_branch=branch("else", *otherwise),
+    )  # fmt: skip
 
 
-def _join(
+def _empty(name: str, rank: int, dtype: int) -> list[NodeProto]:
+    """Nodes making ``name`` an empty tensor of ``rank`` dimensions (a branch that is off)."""
+    dims = helper.make_node(
+        "Constant", [], [f"{name}/dims"], value=numpy_helper.from_array(np.zeros(rank, np.int64))
+    )
+    value = numpy_helper.from_array(np.zeros(1, helper.tensor_dtype_to_np_dtype(dtype)))
+    return [dims, helper.make_node("ConstantOfShape", [dims.output[0]], [name], value=value)]
+
+
+def _needed(nodes: list[NodeProto], outputs: set[str]) -> list[NodeProto]:
+    """The nodes ``outputs`` depend on, in order."""
+    wanted, kept = set(outputs), []
+    for node in reversed(nodes):
+        if wanted.intersection(node.output):
+            kept.append(node)
+            wanted.update(reads(node))
+    return kept[::-1]
+
+
+def _hoist_shapes(nodes: list[NodeProto], source: Mapping[str, str]) -> list[NodeProto]:
+    """Take every Shape of a stash out of ``nodes`` (at any depth) as a Shape of its forward
+    tensor (the same shape in LRP calls): shape vectors are then computed outside the branches,
+    where the gate and runtimes that propagate shapes before running want them (gate.py)."""
+    out, kept = [], []
+    for node in nodes:
+        if node.op_type == "Shape" and node.input[0] in source and not node.attribute:
+            out.append(
+                helper.make_node(
+                    "Shape", [source[node.input[0]]], list(node.output), name=node.name
+                )
+            )
+            continue
+        for sub in subgraphs(node):
+            inner = list(sub.node)
+            out.extend(_hoist_shapes(inner, source))
+            del sub.node[:]
+            sub.node.extend(inner)
+        kept.append(node)
+    nodes[:] = kept
+    return out
+
+
+def _insert(
     model: onnx.ModelProto,
     em: Emitter,
     outs: Mapping[str, str],
     wrt: Mapping[str, str],
+    rename: Mapping[str, str],
     relu_rule: str,
 ) -> None:
-    """Each wrt output: the gradient walk's rows (none in LRP calls) then the relevance walk's."""
+    """Put the walk into the graph behind If nodes on ``relu_rule >= 3``: in gradient calls none
+    of it runs; in LRP calls the wrt outputs read its relevances instead of the gradients.
+
+    - each forward tensor the walk reads is copied by an If (the tensor, or an empty one in
+      gradient calls), so that in gradient calls the activations still die in the forward pass,
+      as the gate wants (gate.py, its ``LRP_ROWS``);
+    - the walk itself is two Ifs, the part down to the taps and the rest, which the gate puts
+      with the gradient walk's two parts; their else-branches pass the gradients on.
+
+    Raises:
+        GraphError: a tensor between the two parts without an inferred rank (the model is then
+            untouched).
+    """
     graph = model.graph
-    producer = {n.output[0]: n for n in graph.node if n.op_type == "Identity" and n.output}
-    with em.scoped("join"):
-        for x, out in wrt.items():
-            ident = producer[out]
-            lowest = em.const(np.asarray(min(c.LRP_RULES.values()), np.int64))
-            off = em.op("Less", relu_rule, lowest)
-            flag = em.op("Unsqueeze", em.op("Cast", off, to=TensorProto.INT64), em.ints([0]))
-            end = em.op("Mul", flag, em.ints([2**62]))
-            plain = em.op("Slice", ident.input[0], em.ints([0]), end, em.ints([0]))
-            ident.input[0] = em.op("Concat", plain, outs[x], axis=0)
-    wanted, kept = {producer[out].input[0] for out in wrt.values()}, []
-    for node in reversed(em.nodes):  # only what the outputs read (rules emit spare constants)
-        if wanted.intersection(node.output):
-            kept.append(node)
-            wanted.update(node.input)
+    body = _needed(em.nodes, set(outs.values()))
+    shapes = _hoist_shapes(body, {s: t for t, s in rename.items()})
+    read = {x for n in walk(body) for x in reads(n)}
+    stashed = [(t, s) for t, s in rename.items() if s in read]
+    taps = {x: r for x, r in outs.items() if wrt[x] != c.GRAD_INPUT}
+    first = _needed(body, set(taps.values()))
+    ids = {id(n) for n in first}
+    rest = [n for n in body if id(n) not in ids]
+    later = {x for n in rest for x in reads(n)}
+    passed = {r: _output(wrt[x], "taps") for x, r in taps.items() if r in later}
+    crossing = [o for n in first for o in n.output if o in later and o not in passed]
+
     at = next(i for i, n in enumerate(graph.node) if n.output and n.output[0] in wrt.values())
-    for k, node in enumerate(reversed(kept)):
+    lowest = em.const(np.asarray(min(c.LRP_RULES.values()), np.int64))
+    copies = [helper.make_node("Identity", [t], [s], name=s) for t, s in stashed]
+    ranks = _ranks(model, at, [*copies, *shapes, *body], crossing)
+    used = read | {x for n in shapes for x in n.input} | {lowest}
+    graph.initializer.extend(i for i in em.initializers if i.name in used)
+
+    on = f"{LRP_ROWS}on"
+    made = [*shapes, helper.make_node("GreaterOrEqual", [relu_rule, lowest], [on], name=on)]
+    for t, s in stashed:
+        rank, dtype = len(em.info.shape(t)), em.info.dtypes.get(t, TensorProto.FLOAT)
+        copy = helper.make_node("Identity", [t], [f"{s}@then"], name=f"{s}@then")
+        off = _empty(f"{s}@else", rank, dtype)
+        made.append(_if(on, [s], ([copy], [f"{s}@then"]), (off, [f"{s}@else"]), [rank], [dtype]))
+    rename_tensors(rest, passed)
+    producer = {n.output[0]: n for n in graph.node if n.op_type == "Identity" and n.output}
+    others = {x: r for x, r in outs.items() if x not in taps}
+    for label, nodes, finals, across in (
+        ("taps", first, taps, crossing), ("input", rest, others, []),
+    ):  # fmt: skip
+        if not finals:
+            continue
+        condition = f"{PREFIX}{label}/on"
+        made.append(
+            helper.make_node("GreaterOrEqual", [relu_rule, lowest], [condition], name=condition)
+        )
+        inner = {o: f"{o}@{PREFIX}{label}" for o in across}
+        rename_tensors(nodes, inner)
+        then_nodes, then_out, else_nodes, else_out = list(nodes), [], [], []
+        for x, r in finals.items():
+            ident, name = producer[wrt[x]], _output(wrt[x], label)
+            then_nodes.append(helper.make_node("Identity", [inner.get(r, r)], [f"{name}@then"]))
+            else_nodes.append(helper.make_node("Identity", [ident.input[0]], [f"{name}@else"]))
+            then_out.append(f"{name}@then")
+            else_out.append(f"{name}@else")
+            ident.input[0] = name
+        kinds = [len(em.info.shape(x)) for x in finals], [TensorProto.FLOAT] * len(finals)
+        for o in across:
+            rank, dtype = ranks[o]
+            then_out.append(inner[o])
+            else_nodes.extend(_empty(f"{o}@else", rank, dtype))
+            else_out.append(f"{o}@else")
+            kinds[0].append(rank)
+            kinds[1].append(dtype)
+        outputs = [_output(wrt[x], label) for x in finals] + across
+        made.append(_if(condition, outputs, (then_nodes, then_out), (else_nodes, else_out), *kinds))
+    for k, node in enumerate(made):
         graph.node.insert(at + k, node)
-    graph.initializer.extend(i for i in em.initializers if i.name in wanted)
+
+
+def _output(name: str, label: str) -> str:
+    return f"{PREFIX}{label}/{name}"
+
+
+def _ranks(
+    model: onnx.ModelProto, at: int, nodes: list[NodeProto], names: list[str]
+) -> dict[str, tuple[int, int]]:
+    """Rank and element type of each of ``names``, inferred with ``nodes`` inserted at ``at``
+    (the walk, flat); the graph is left as it was."""
+    graph = model.graph
+    for k, node in enumerate(nodes):
+        graph.node.insert(at + k, node)
+    try:
+        inferred = infer(model, complete=False)
+    finally:
+        del graph.node[at : at + len(nodes)]
+    missing = [o for o in names if o not in inferred.shapes]
+    if missing:
+        raise GraphError(f"no inferred rank for the relevance tensor {missing[0]!r}")
+    return {o: (len(inferred.shapes[o]), inferred.dtypes.get(o, TensorProto.FLOAT)) for o in names}
 
 
 def _box_bounds(
