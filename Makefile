@@ -67,8 +67,8 @@ zoo: setup  # the model-zoo check: writes docs/models.md, resumes from out/zoo/ 
 	$(BIN)/python bench/zoo.py $(ZOO_ARGS)
 
 models: setup  # the committed explanation graphs of the trained custom CNNs
-	$(BIN)/gradtap export smallcnn -w models/smallcnn.pt -o models/smallcnn.gradtap.onnx --overwrite
-	$(BIN)/gradtap export smallcnn -w models/smallcnn_robust.pt -o models/smallcnn_robust.gradtap.onnx --overwrite
+	$(BIN)/gradtap export smallcnn -w models/smallcnn.pt -o models/smallcnn.gradtap.onnx --lrp --overwrite
+	$(BIN)/gradtap export smallcnn -w models/smallcnn_robust.pt -o models/smallcnn_robust.gradtap.onnx --lrp --overwrite
 
 # Retrain the adversarially trained custom CNN (PGD fine-tuning of models/smallcnn.pt; see
 # models/README.md), then `make models`. A few minutes on two idle cores.

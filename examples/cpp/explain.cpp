@@ -1,7 +1,8 @@
-// Grad-CAM and guided backprop of one photo with a gradtap explanation graph, in C++17.
+// Grad-CAM, guided backprop and LRP of one photo with a gradtap explanation graph, in C++17.
 //   explain MODEL.gradtap.onnx IMAGE.png|jpg OUT_PREFIX [INPUT.f32]
-// Writes OUT_PREFIX_gradcam.png / .f32 (map at tap resolution) and OUT_PREFIX_guided.png / .f32
-// ([3, H, W]). INPUT.f32 (float32 [1, 3, H, W]) replaces the image decoding and resizing.
+// Writes OUT_PREFIX_gradcam.png / .f32 (map at tap resolution), OUT_PREFIX_guided.png / .f32
+// ([3, H, W]) and, where the graph carries the LRP walk, OUT_PREFIX_lrp.png / .f32 ([H, W]).
+// INPUT.f32 (float32 [1, 3, H, W]) replaces the image decoding and resizing.
 #define STB_IMAGE_IMPLEMENTATION
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #define STB_IMAGE_RESIZE_IMPLEMENTATION
@@ -135,6 +136,21 @@ int main(int argc, char** argv) try {
   for (float v : grad) peak = std::max(peak, std::fabs(v));
   save(std::string(argv[3]) + "_guided.f32", grad);
   save_png(std::string(argv[3]) + "_guided.png", grad.data(), 3, H, W, -peak, peak);
+
+  // LRP with zennit's EpsilonPlus composite: one more relu_rule code (metadata
+  // gradtap.relu_rules), compute = 2. Relevance of the logit: sum over channels, times the logit.
+  std::string code = match(get("gradtap.relu_rules"), "\"lrp_epsilon_plus\": (\\d+)");
+  if (!code.empty()) {
+    auto lrp = run(std::stoll(code), 2, {"grad/input"});
+    const float* r = lrp[0].GetTensorData<float>();
+    Floats rel(size_t(H) * W, 0.0f);
+    for (int k = 0; k < 3; ++k)
+      for (int i = 0; i < H * W; ++i) rel[i] += r[k * H * W + i] * logits[best];
+    float top = 1e-12f;
+    for (float v : rel) top = std::max(top, std::fabs(v));
+    save(std::string(argv[3]) + "_lrp.f32", rel);
+    save_png(std::string(argv[3]) + "_lrp.png", rel.data(), 1, H, W, -top, top);
+  }
 
   if (const char* n = std::getenv("GRADTAP_REPEAT")) {  // time per call (bench/embedding.py)
     for (auto [rule, compute, out] : {std::tuple{0, 1, "gradcam"}, std::tuple{1, 2, "guided"}}) {

@@ -1,7 +1,8 @@
-// Grad-CAM and guided backprop of a photo with onnxruntime-node.
+// Grad-CAM, guided backprop and LRP of a photo with onnxruntime-node.
 //   node explain.mjs MODEL.gradtap.onnx IMAGE.png|jpg OUT_PREFIX [INPUT.f32]
-// Writes OUT_PREFIX_gradcam.f32 (map at tap resolution), OUT_PREFIX_guided.f32 ([3, H, W]) and
-// a PNG of each. INPUT.f32 (float32 [1, 3, H, W]) replaces the decoding and resizing.
+// Writes OUT_PREFIX_gradcam.f32 (map at tap resolution), OUT_PREFIX_guided.f32 ([3, H, W]),
+// OUT_PREFIX_lrp.f32 ([H, W], where the graph carries the LRP walk) and a PNG of each.
+// INPUT.f32 (float32 [1, 3, H, W]) replaces the decoding and resizing.
 import { readFileSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { explain, metadata, preprocess, timings } from "../web/gradtap.mjs";
@@ -53,6 +54,11 @@ try {
   savePng(`${out}_gradcam.png`, r.gradcam, 1, ...r.camShape, 0, Math.max(...r.gradcam));
   const peak = Math.max(...r.guided.map(Math.abs));
   savePng(`${out}_guided.png`, r.guided, 3, H, W, -peak, peak);
+  if (r.lrp) {
+    writeFileSync(`${out}_lrp.f32`, Buffer.from(r.lrp.buffer));
+    const top = Math.max(...r.lrp.map(Math.abs));
+    savePng(`${out}_lrp.png`, r.lrp, 1, H, W, -top, top);
+  }
   if (process.env.GRADTAP_REPEAT) { // time per call (bench/embedding.py)
     const n = Number(process.env.GRADTAP_REPEAT), t = await timings(ort, session, meta, x, H, W, n);
     console.log(`gradcam_ms ${t.gradcam.toFixed(3)}\nguided_ms ${t.guided.toFixed(3)}`);

@@ -103,8 +103,10 @@ function feeds(ort, x, H, W, classes, reluRule, compute) {
   };
 }
 
-// Grad-CAM of the predicted class (compute = 1: the backward pass stops at the tap) and guided
-// backprop (relu_rule = 1, compute = 2). Returns the maps and the class.
+// Grad-CAM of the predicted class (compute = 1: the backward pass stops at the tap), guided
+// backprop (relu_rule = 1, compute = 2) and, where the graph carries the LRP walk, LRP with
+// zennit's EpsilonPlus composite (its relu_rule code from the metadata, compute = 2; the relevance
+// of the logit, summed over channels; null otherwise). Returns the maps and the class.
 export async function explain(ort, session, meta, x, H, W) {
   const tap = meta["gradtap.default_tap"];
   const classes = JSON.parse(meta["gradtap.labels"]).length;
@@ -121,8 +123,15 @@ export async function explain(ort, session, meta, x, H, W) {
   map.forEach((v, i) => (map[i] = Math.max(v, 0)));
   const target = logits.indexOf(Math.max(...logits));
   const guided = await session.run(feeds(ort, x, H, W, classes, 1, 2), ["grad/input"]);
+  const code = JSON.parse(meta["gradtap.relu_rules"] ?? "{}").lrp_epsilon_plus;
+  let lrp = null;
+  if (code !== undefined) {
+    const r = (await session.run(feeds(ort, x, H, W, classes, code, 2), ["grad/input"]))["grad/input"].data;
+    lrp = new Float32Array(H * W);
+    for (let k = 0; k < 3; k++) for (let i = 0; i < H * W; i++) lrp[i] += r[k * H * W + i] * logits[target];
+  }
   return { target, label: JSON.parse(meta["gradtap.labels"])[target], gradcam: map, camShape: [h, w],
-           guided: guided["grad/input"].data };
+           guided: guided["grad/input"].data, lrp };
 }
 
 // Milliseconds per Grad-CAM call and per guided-backprop call, averaged over n calls each.

@@ -1,7 +1,8 @@
 """What the embedding-example tests share: the tools `make setup` installs, photos, the reference.
 
 The reference is the Python runtime (gradtap.runtime) on the shipped explanation graph: Grad-CAM
-at tap resolution and guided backprop at input resolution, for the predicted class.
+at tap resolution, guided backprop and LRP (the EpsilonPlus composite, whose walk the shipped
+graph carries) at input resolution, for the predicted class.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from PIL import Image
 from gradtap.runtime.image.geometry import to_input
 from gradtap.runtime.methods.cam import gradcam
 from gradtap.runtime.methods.gradient import guided_backprop
+from gradtap.runtime.methods.lrp import lrp
 from gradtap.runtime.session import ExplainSession
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +38,7 @@ class Reference:
     target: int
     gradcam: Array
     guided: Array
+    lrp: Array
 
 
 def need(path: Path | str, what: str) -> None:
@@ -56,7 +59,11 @@ def photos(folder: Path) -> dict[str, Path]:
 def reference(session: ExplainSession, image: Path) -> Reference:
     x, _ = to_input(image, session.info)
     cam = gradcam(session, x)
-    return Reference(x, int(cam.target[0]), cam.maps[0], guided_backprop(session, x).maps[0])
+    relevance = lrp(session, x, lrp_rule="epsilon_plus")
+    assert relevance.target[0] == cam.target[0]
+    return Reference(
+        x, int(cam.target[0]), cam.maps[0], guided_backprop(session, x).maps[0], relevance.maps[0]
+    )
 
 
 def flat_variant(folder: Path) -> Path:

@@ -1,4 +1,4 @@
-"""examples/cpp: the C++ program gives the Python runtime's Grad-CAM and guided backprop."""
+"""examples/cpp: the C++ program gives the Python runtime's Grad-CAM, guided backprop and LRP."""
 
 from __future__ import annotations
 
@@ -67,6 +67,9 @@ def test_cpp_matches_python_on_real_photos(program: Path, tmp_path: Path) -> Non
         cam, guided = _maps(tmp_path / name, ref.gradcam.shape, ref.guided.shape)
         np.testing.assert_allclose(cam, ref.gradcam, rtol=0, atol=1e-5 * ref.gradcam.max())
         np.testing.assert_allclose(guided, ref.guided, rtol=0, atol=1e-5 * np.abs(ref.guided).max())
+        relevance = np.fromfile(tmp_path / f"{name}_lrp.f32", np.float32).reshape(ref.lrp.shape)
+        np.testing.assert_allclose(relevance, ref.lrp, rtol=0, atol=1e-5 * np.abs(ref.lrp).max())
+        assert Path(tmp_path / f"{name}_lrp.png").stat().st_size
         # its own decoding (stb) and resizing (stb box filter for area, triangle for bilinear):
         # pixels differ slightly from OpenCV's, the maps must still agree
         out = run([str(program), str(MODEL), str(photo), str(tmp_path / f"{name}_own")])
@@ -74,6 +77,8 @@ def test_cpp_matches_python_on_real_photos(program: Path, tmp_path: Path) -> Non
         cam, guided = _maps(tmp_path / f"{name}_own", ref.gradcam.shape, ref.guided.shape)
         assert correlation(cam, ref.gradcam) >= 0.99
         assert correlation(guided, ref.guided) >= 0.99
+        own = np.fromfile(tmp_path / f"{name}_own_lrp.f32", np.float32)
+        assert correlation(own, ref.lrp) >= 0.99
 
 
 def test_cpp_reports_a_missing_image_in_one_line(program: Path, tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """examples/node: onnxruntime-node (its native library ships inside the npm package, so it runs
-offline) gives the Python runtime's Grad-CAM and guided backprop."""
+offline) gives the Python runtime's Grad-CAM, guided backprop and LRP."""
 
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ def test_node_matches_python_on_real_photos(tmp_path: Path) -> None:
         guided = np.fromfile(tmp_path / f"{name}_guided.f32", np.float32).reshape(ref.guided.shape)
         np.testing.assert_allclose(cam, ref.gradcam, rtol=0, atol=1e-5 * ref.gradcam.max())
         np.testing.assert_allclose(guided, ref.guided, rtol=0, atol=1e-5 * np.abs(ref.guided).max())
+        relevance = np.fromfile(tmp_path / f"{name}_lrp.f32", np.float32).reshape(ref.lrp.shape)
+        np.testing.assert_allclose(relevance, ref.lrp, rtol=0, atol=1e-5 * np.abs(ref.lrp).max())
         # its own decoding (pngjs, jpeg-js) and resize (examples/web/gradtap.mjs)
         own = tmp_path / f"{name}_own"
         out = run(["node", str(SCRIPT), str(MODEL), str(photo), str(own)])
@@ -36,6 +38,7 @@ def test_node_matches_python_on_real_photos(tmp_path: Path) -> None:
         cam = np.fromfile(f"{own}_gradcam.f32", np.float32)
         guided = np.fromfile(f"{own}_guided.f32", np.float32)
         assert correlation(cam, ref.gradcam) >= 0.99 and correlation(guided, ref.guided) >= 0.99
+        assert correlation(np.fromfile(f"{own}_lrp.f32", np.float32), ref.lrp) >= 0.99
         assert (
             Path(f"{own}_gradcam.png").stat().st_size and Path(f"{own}_guided.png").stat().st_size
         )

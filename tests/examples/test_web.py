@@ -78,3 +78,4 @@ def test_the_page_matches_python_on_real_photos(tmp_path: Path) -> None:
         assert np.abs(np.asarray(got["input"]) - ref.x.ravel()).max() < 1 / 255
         assert correlation(got["gradcam"], ref.gradcam) >= 0.99
         assert correlation(got["guided"], ref.guided) >= 0.99
+        assert correlation(got["lrp"], ref.lrp) >= 0.99  # relu_rule 8 in onnxruntime-web
