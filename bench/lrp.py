@@ -2,15 +2,17 @@
 
 ``python bench/lrp.py [--models smallcnn,resnet18] [--batch 4] [--repeat 10] [--threads 2]``
 
-Each model is augmented twice from the same forward graph: as shipped (gradient and relevance
-walks, switched by ``relu_rule``) and without the relevance walk. Prints the median seconds of a
-plain full call (logits and input gradient) on both, their ratio (the walk's overhead on gradient
-calls, where it runs on empty tensors), and an ``lrp_epsilon_plus`` call on the first.
+Each model is augmented twice from the same forward graph: with the relevance walk (``--lrp``,
+switched by ``relu_rule``) and without it. Prints the median seconds of a plain full call
+(logits and input gradient) on both, their ratio (the walk's overhead on gradient calls, which
+run none of it), an ``lrp_epsilon_plus`` call on the first, and the memory each session takes
+when it is created (resident set growth: the weights and what onnxruntime folds at load time).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -24,6 +26,17 @@ import numpy as np  # noqa: E402
 from gradtap.export.graph import augment as augment_module  # noqa: E402
 from gradtap.export.models.to_onnx import export_forward  # noqa: E402
 from gradtap.runtime.session import ExplainSession  # noqa: E402
+
+
+def _rss() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _session(model: object, threads: int) -> tuple[ExplainSession, float]:
+    """A session and the MiB its creation added to the resident set."""
+    before = _rss()
+    session = ExplainSession(model, threads=threads)
+    return session, (_rss() - before) / 2**20
 
 
 def _median_call(session: ExplainSession, x: np.ndarray, rule: str, repeat: int) -> float:
@@ -45,7 +58,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    print("model | plain s (with LRP walk) | plain s (without) | ratio | lrp_epsilon_plus s")
+    print(
+        "model | plain s (with LRP walk) | plain s (without) | ratio | lrp_epsilon_plus s"
+        " | session MiB (with) | session MiB (without)"
+    )
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             forward = Path(tmp) / "forward.onnx"
@@ -53,12 +69,16 @@ def main() -> None:
             model = augment_module.load_model(forward)
             with_walk = augment_module.augment(model, lrp=True)
             without = augment_module.augment(model)
-        sessions = [ExplainSession(m, threads=args.threads) for m in (with_walk, without)]
+        made = [_session(m, args.threads) for m in (without, with_walk)][::-1]
+        sessions, memory = [s for s, _ in made], [mib for _, mib in made]
         h, w = sessions[0].info.input_size
         x = np.random.default_rng(0).random((args.batch, 3, h, w), dtype=np.float32)
         plain = [_median_call(s, x, "plain", args.repeat) for s in sessions]
         lrp = _median_call(sessions[0], x, "lrp_epsilon_plus", args.repeat)
-        print(f"{name} | {plain[0]:.4f} | {plain[1]:.4f} | {plain[0] / plain[1]:.3f} | {lrp:.4f}")
+        print(
+            f"{name} | {plain[0]:.4f} | {plain[1]:.4f} | {plain[0] / plain[1]:.3f} | {lrp:.4f}"
+            f" | {memory[0]:.0f} | {memory[1]:.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -102,6 +102,11 @@ class _Walk:
         self.relu_rule, self.lowest = relu_rule, min(self.codes)
         self.bounds = None if bounds is None else tuple(self._const(b) for b in bounds)
 
+    def on(self) -> str:
+        """bool scalar: an LRP call (true wherever the walk runs; emitted where it is read)."""
+        em = self.em
+        return em.op("GreaterOrEqual", self.relu_rule, em.const(np.asarray(self.lowest, np.int64)))
+
     def index(self) -> str:
         """int64 scalar: the composite's position in ``LRP_RULES`` (clamped)."""
         em = self.em
@@ -114,14 +119,14 @@ class _Walk:
         return name
 
     def _full(self, bound: str, x: str) -> str:
-        """A bound [1, C, 1, 1] expanded to one image like ``x`` (the layer runs on it)."""
-        dims = self.em.info.shape(x)[1:]
-        if not all(isinstance(d, int) for d in dims):
-            raise UnsupportedOpError(f"zB needs a static shape of {x!r}")
-        return self.em.op("Expand", bound, self.em.ints([1, *dims]))
+        """A bound [1, C, 1, 1] expanded to the shape of ``x``, batch included (the layer runs on
+        it: OpenVINO mis-sizes a layer run on one image whose result meets a batch)."""
+        return self.em.op("Expand", bound, self.em.op("Shape", x))
 
     def linear(self, node: NodeProto, dys: Grads) -> Grads:
-        em, lin = self.em, lr.Linear.of(node, self.em)
+        em = self.em
+        live = em.op("Cast", self.on(), to=TensorProto.FLOAT)
+        lin = lr.Linear.of(node, em, live)
         kind = FIRST if node.output[0] == self.first else CONV if node.op_type == "Conv" else DENSE
         table = self.tables[kind]
         x, z, r = node.input[0], node.output[0], dys[0]
@@ -137,7 +142,7 @@ class _Walk:
             for rule in candidates[:-1]
         }
         branches = {
-            rule: self._branch(lambda rule=rule: self._rule(rule, lin, x, z, r))
+            rule: self._branch(lambda rule=rule: self._rule(rule, lin, x, z, r, fresh=True))
             for rule in candidates
         }
         nodes, out = branches[candidates[-1]]
@@ -169,7 +174,11 @@ class _Walk:
                 body.append(node)
         return body, out
 
-    def _rule(self, rule: int, lin: lr.Linear, x: str, z: str, r: str) -> str:
+    def _rule(
+        self, rule: int, lin: lr.Linear, x: str, z: str, r: str, *, fresh: bool = False
+    ) -> str:
+        if fresh:
+            lin.fresh()
         if rule == B:
             assert self.bounds is not None
             low, high = (self._full(b, lin.node.input[0]) for b in self.bounds)

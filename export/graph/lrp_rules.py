@@ -55,9 +55,12 @@ GAMMA_POS, GAMMA_NEG = "gamma_pos", "gamma_neg"  # t + gamma * t+, t + gamma * t
 class Linear:
     """A linear node with constant weights (``node``: inputs renamed to the walk's tensors).
 
-    The modified weights are computed in the graph from the node's own initializers (runtimes
-    fold them at load time), not stored: the file stays small, and a copy whose weights are
-    rewritten in place (model randomisation) explains with the new weights.
+    The modified weights are computed in the graph from the node's own initializers, not
+    stored: the file stays small, and a copy whose weights are rewritten in place (model
+    randomisation) explains with the new weights. They are computed in the LRP calls that use
+    them, from the weights times ``live`` (a run-time 1): runtimes fold what depends on constants
+    only at load time, and every rule's weights and their flipped copies folded would hold
+    about ten times the model's weights in memory for the whole session.
     """
 
     node: NodeProto
@@ -67,25 +70,33 @@ class Linear:
     _made: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, node: NodeProto, em: Emitter) -> Linear:
+    def of(cls, node: NodeProto, em: Emitter, live: str) -> Linear:
+        """``live``: a float32 scalar 1 computed at run time."""
         w, b = node.input[1], node.input[2] if len(node.input) > 2 and node.input[2] else None
         if em.info.const(w) is None or (b is not None and em.info.const(b) is None):
             raise UnsupportedOpError(
                 f"{node.op_type} node {node.name!r}: LRP needs constant weights"
             )
-        lin = cls(node, w, b, em)
+        alpha, beta = 1.0, 1.0
         if node.op_type == "Gemm":  # alpha and beta folded into the weights
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             if attrs.get("transA", 0):
                 raise UnsupportedOpError(f"Gemm node {node.name!r}: LRP with transA")
-            lin.weight = lin._scaled(w, float(attrs.get("alpha", 1.0)))
-            lin.bias = None if b is None else lin._scaled(b, float(attrs.get("beta", 1.0)))
+            alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+        lin = cls(node, w, b, em)
+        lin.weight = lin._scaled(w, alpha, live)
+        lin.bias = None if b is None else lin._scaled(b, beta, live)
         return lin
 
-    def _scaled(self, t: str, factor: float) -> str:
-        return (
-            t if factor == 1.0 else self._shaped(self.em.op("Mul", t, self.em.scalar(factor, t)), t)
-        )
+    def _scaled(self, t: str, factor: float, live: str) -> str:
+        """``t * factor * live``: a tensor that runtimes cannot fold at load time."""
+        em = self.em
+        scale = live if factor == 1.0 else em.op("Mul", live, em.scalar(factor, t))
+        return self._shaped(em.op("Mul", t, scale), t)
+
+    def fresh(self) -> None:
+        """Forget the modified weights made so far (a new If branch makes its own)."""
+        self._made.clear()
 
     def _shaped(self, name: str, like: str) -> str:
         self.em.info.shapes[name] = self.em.info.shape(like)

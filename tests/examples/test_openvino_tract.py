@@ -131,3 +131,42 @@ def test_tract_cannot_take_the_gated_graph() -> None:
 
     with pytest.raises(Exception, match="Impossible to unify Sym\\(batch\\) with Val\\(0\\)"):
         tract.onnx().load(str(MODEL)).into_model()
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_openvino_runs_the_lrp_walk_of_a_residual_network(tmp_path: Path) -> None:
+    """ResNet18 (random weights, 64 px, batch 2): residual splits, max-pool winner-take-all and
+    the zB first layer on a batch, every LRP code against onnxruntime. Where a code is
+    ill-conditioned (the flat rule: on random weights its residual splits divide by sums near
+    0), onnxruntime itself moves under input noise of 1e-7; the bound is then three times that
+    jump, otherwise the gradients' 1 %."""
+    import openvino as ov
+    import torch
+    from torchvision.models import resnet18
+
+    from gradtap.export.graph.augment import augment, load_model, save_model
+
+    forward, graph = tmp_path / "forward.onnx", tmp_path / "lrp.onnx"
+    torch.manual_seed(0)
+    torch.onnx.export(
+        resnet18(num_classes=10).eval(), (torch.rand(1, 3, 64, 64),), str(forward),
+        input_names=[c.INPUT], output_names=[c.LOGITS], opset_version=17, dynamo=False,
+        dynamic_axes={c.INPUT: {0: "batch"}, c.LOGITS: {0: "batch"}},
+    )  # fmt: skip
+    save_model(augment(load_model(forward), lrp=True), graph)
+    core = ov.Core()
+    compiled = core.compile_model(
+        core.read_model(str(graph)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
+    ref = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 3, 64, 64), dtype=np.float32)
+    for name, rule in c.LRP_RULES.items():
+        f = _feeds(x, rule, 1.0, c.OBJECTIVES["logits"], c.COMPUTE_LEVELS["full"])
+        f[c.SEED] = np.zeros((2, 10), np.float32)
+        want = ref.run([c.GRAD_INPUT], f)[0]
+        nudged = {**f, c.INPUT: x + rng.normal(0, 1e-7, x.shape).astype(np.float32)}
+        jump = relative_l2(ref.run([c.GRAD_INPUT], nudged)[0], want)
+        error = relative_l2(compiled(f)[c.GRAD_INPUT], want)
+        assert error < max(GRAD_REL_L2, 3 * jump), (name, error, jump)
