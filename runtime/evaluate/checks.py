@@ -94,14 +94,14 @@ def _peer_scores(
     patch = max(1, x.shape[-1] // REGION_CELLS)
 
     def probs(b: Array) -> Array:
-        return softmax(session.logits(np.asarray(b, np.float32)))
+        return softmax(session.forward(np.asarray(b, np.float32)))
 
     rows = []
     for i, (img, m) in enumerate(zip(x, maps, strict=True)):
         t = int(targets[i])
 
         def prob(b: Array, t: int = t) -> Array:
-            return softmax(session.logits(np.asarray(b, np.float32)))[:, t]
+            return softmax(session.forward(np.asarray(b, np.float32)))[:, t]
 
         def explain(b: Array, t: int = t) -> Array:
             b = np.clip(b, 0.0, 1.0).astype(np.float32)

@@ -140,7 +140,7 @@ class _Job:
     progress: Progress | None
 
     def probs(self, batch: Array) -> Array:
-        return softmax(self.session.logits(batch))
+        return softmax(self.session.forward(batch))
 
 
 def _image(job: _Job, i: int, m: Array) -> tuple[tuple[float, ...], metrics.Curve, metrics.Curve]:

@@ -35,9 +35,14 @@ def upsample_matrix(n_out: int, n_in: int) -> Array:
 
 def channel_masks(acts: Array, size: tuple[int, int]) -> Array:
     """[K, h, w] channels -> [K, H, W] masks: bilinear upsampling, then min-max to [0, 1]."""
-    rows = upsample_matrix(size[0], acts.shape[1])
-    cols = upsample_matrix(size[1], acts.shape[2]).T
-    up = rows @ acts.astype(np.float32) @ cols  # two batched matrix products, [K, H, W]
+    k, h, w = acts.shape
+    rows = upsample_matrix(size[0], h)
+    cols = upsample_matrix(size[1], w)
+    # two plain matrix products (numpy's stacked matmul loops over the K channels one by one)
+    wide = acts.astype(np.float32).reshape(k * h, w) @ cols.T  # [K * h, W]
+    wide = wide.reshape(k, h, size[1]).transpose(0, 2, 1).reshape(k * size[1], h)
+    up = (wide @ rows.T).reshape(k, size[1], size[0]).transpose(0, 2, 1)  # [K, H, W]
+    up = np.ascontiguousarray(up)
     lo = up.min(axis=(1, 2), keepdims=True)
     hi = up.max(axis=(1, 2), keepdims=True)
     up -= lo
@@ -88,13 +93,13 @@ def scorecam(
         zero = ~acts[i, keep].reshape(len(keep), -1).any(axis=1)  # e.g. channels a ReLU shut
         if zero.any():
             if blank is None:
-                blank = session.logits(session.trust(np.zeros_like(prep.x[:1])))[0]
+                blank = session.forward(session.trust(np.zeros_like(prep.x[:1])))[0]
             scores[zero] = blank[prep.rows.target[i]]
         live = np.flatnonzero(~zero)
         for start in range(0, len(live), per_call):
             chunk = live[start : start + per_call]
             masks = channel_masks(acts[i, keep[chunk]], size)
-            logits = session.logits(session.trust(masks[:, None] * prep.x[i][None]))
+            logits = session.forward(session.trust(masks[:, None] * prep.x[i][None]))
             scores[chunk] = logits[:, prep.rows.target[i]]
         weights[i, keep] = _softmax(scores)
     maps = np.maximum(np.einsum("rk,rkhw->rhw", weights, acts), 0)

@@ -226,7 +226,7 @@ def rise_from_masks(session: ExplainSession, prep: Prepared, masks: Array, p: fl
     for chunk in _chunks(len(masks), max(1, session.batch_size // r)):
         m = masks[chunk[0] : chunk[-1] + 1]
         xs = (prep.x[None] * m[:, None, None]).reshape(-1, *prep.x.shape[1:])
-        probs = softmax(session.logits(xs)).reshape(len(m), r, -1)[:, rows, t]
+        probs = softmax(session.forward(xs)).reshape(len(m), r, -1)[:, rows, t]
         total += np.einsum("kr,khw->rhw", probs, m)
     return (total / (len(masks) * p)).astype(np.float32)
 

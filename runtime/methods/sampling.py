@@ -128,7 +128,7 @@ def occlusion(
     if wh > h or ww > w:
         raise OptionError(f"window {(wh, ww)} larger than the input {(h, w)}")
     boxes = [(i, j) for i in range(0, h - wh + 1, sh) for j in range(0, w - ww + 1, sw)]
-    logits0 = session.logits(prep.x)
+    logits0 = session.forward(prep.x)  # forward-only passes throughout: one summation order
     score = logits0[np.arange(r), prep.rows.target]
     total, count = np.zeros((r, h, w), np.float32), np.zeros((h, w), np.float32)
     for chunk in _chunks(len(boxes), max(1, session.batch_size // r)):
@@ -136,7 +136,7 @@ def occlusion(
         for n, b in enumerate(chunk):
             i, j = boxes[b]
             xs[n, :, :, i : i + wh, j : j + ww] = baseline
-        logits = session.logits(xs.reshape(-1, *prep.x.shape[1:])).reshape(len(chunk), r, -1)
+        logits = session.forward(xs.reshape(-1, *prep.x.shape[1:])).reshape(len(chunk), r, -1)
         for n, b in enumerate(chunk):
             i, j = boxes[b]
             total[:, i : i + wh, j : j + ww] += (score - logits[n, np.arange(r), prep.rows.target])[

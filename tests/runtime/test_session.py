@@ -267,3 +267,56 @@ def test_a_method_call_validates_its_batch_once(monkeypatch: pytest.MonkeyPatch)
     assert seen == [(2, 3, 8, 8)]
     with pytest.raises(OptionError, match="NaN"):  # a new array is checked again
         session.run(np.full((1, 3, 8, 8), np.nan, np.float32))
+
+
+def test_forward_copy_gives_the_plain_forward_graphs_logits(model: onnx.ModelProto) -> None:
+    """The forward-only copy (for methods of many passes): the nodes the logits need, max-pools
+    without the argmax, tap_scale fed ones; the logits those of the model before augmentation,
+    in batches split like the session's own."""
+    from gradtap.runtime.session import _forward_graph
+
+    pruned = _forward_graph(model)
+    assert pruned is not None
+    assert [o.name for o in pruned.graph.output] == [c.LOGITS]
+    assert {i.name for i in pruned.graph.input} == {c.INPUT, c.TAP_SCALE}
+    assert not {"If", "ConstantOfShape"} & {n.op_type for n in pruned.graph.node}
+    pools = [n for n in model.graph.node if n.op_type == "MaxPool"]
+    assert pools and all(len(n.output) == 2 for n in pools)  # the explanation graph's argmax
+    assert all(len(n.output) == 1 for n in pruned.graph.node if n.op_type == "MaxPool")
+    x = RNG.random((5, 3, 16, 16), dtype=np.float32)
+    plain = ort.InferenceSession(
+        tiny_cnn(size=16).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    s = ExplainSession(model, batch_size=2)
+    np.testing.assert_allclose(s.forward(x), plain.run(None, {"input": x})[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(OptionError):
+        s.forward(np.zeros((1, 3, 15, 16), np.float32))
+
+
+def test_forward_copy_falls_back_where_the_logits_need_control_flow(model: onnx.ModelProto) -> None:
+    from gradtap.runtime.session import _forward_graph
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    producer = next(n for n in graph.node if c.LOGITS in n.output)
+    inner = onnx.helper.make_node("Identity", [producer.input[0]], ["logits/then"])
+    other = onnx.helper.make_node("Identity", [producer.input[0]], ["logits/else"])
+    branch = lambda node, name: onnx.helper.make_graph(  # noqa: E731
+        [node], name, [], [onnx.helper.make_tensor_value_info(node.output[0], 1, None)]
+    )
+    flag = onnx.numpy_helper.from_array(np.array(True), "flag")
+    graph.initializer.append(flag)
+    producer.CopyFrom(
+        onnx.helper.make_node(
+            "If",
+            ["flag"],
+            [c.LOGITS],
+            then_branch=branch(inner, "t"),
+            else_branch=branch(other, "e"),
+        )
+    )
+    assert _forward_graph(out) is None
+    s = ExplainSession(out)
+    x = RNG.random((2, 3, 16, 16), dtype=np.float32)
+    np.testing.assert_array_equal(s.forward(x), s.logits(x))
