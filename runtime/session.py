@@ -278,17 +278,21 @@ class ExplainSession:
         return out
 
     def _forward_only(self) -> ort.InferenceSession | None:
-
+        loaded = self._proto is not None
         model = self.model_proto()
         try:
             pruned = _forward_graph(model)
-        except (ValueError, KeyError) as err:  # a graph this reading does not follow
+            data = None if pruned is None else pruned.SerializeToString()
+        except (ValueError, KeyError) as err:  # an unusual graph, or over protobuf's 2 GiB
             logger.info("no forward-only copy of %s: %s", self.info.name, err)
-            return None
-        if pruned is None:
+            data = None
+        finally:
+            if not loaded:  # read for this copy only: not kept beside the two sessions
+                self._proto = None
+        if data is None:
             return None
         providers, threads, lean = self._open_args
-        return _open(pruned.SerializeToString(), providers, _options(threads, lean=lean))
+        return _open(data, providers, _options(threads, lean=lean))
 
     def model_proto(self) -> onnx.ModelProto:
         """The ONNX graph itself (loaded on first use), for methods that read weights from it."""

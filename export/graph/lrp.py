@@ -124,6 +124,8 @@ class _Walk:
         return self.em.op("Expand", bound, self.em.op("Shape", x))
 
     def linear(self, node: NodeProto, dys: Grads) -> Grads:
+        """The composite's rule for this layer: one rule, or a chain of Ifs on the chosen one
+        where the composites give the layer's position several."""
         em = self.em
         live = em.op("Cast", self.on(), to=TensorProto.FLOAT)
         lin = lr.Linear.of(node, em, live)
@@ -141,25 +143,23 @@ class _Walk:
             rule: em.op("Equal", chosen, em.const(np.asarray(rule, np.int64)))
             for rule in candidates[:-1]
         }
-        branches = {
-            rule: self._branch(lambda rule=rule: self._rule(rule, lin, x, z, r, fresh=True))
-            for rule in candidates
-        }
+        branches = {rule: self._branch(self._maker(rule, lin, x, z, r)) for rule in candidates}
         nodes, out = branches[candidates[-1]]
+        rank = [len(em.info.shape(x))]
         for rule in reversed(candidates[:-1]):
             then_nodes, then_out = branches[rule]
             chain = em.fresh()
-            rank = [len(em.info.shape(x))]
-            nodes, out = (
-                [_if(conditions[rule], [chain], (then_nodes, [then_out]), (nodes, [out]), rank)],
-                chain,
-            )
+            node = _if(conditions[rule], [chain], (then_nodes, [then_out]), (nodes, [out]), rank)
+            nodes, out = [node], chain
         em.nodes.extend(nodes)
         return (out, *rest)
 
+    def _maker(self, rule: int, lin: lr.Linear, x: str, z: str, r: str) -> Callable[[], str]:
+        return lambda: self._rule(rule, lin, x, z, r, fresh=True)
+
     def _branch(self, build: Callable[[], str]) -> tuple[list[NodeProto], str]:
-        """The nodes ``build`` emits and its result. Nodes that read only constants (weight
-        transforms) stay outside: one copy, which runtimes fold at load time, serves every branch."""
+        """The nodes ``build`` emits and its result. Nodes that read only constants stay outside:
+        one copy, which runtimes fold at load time, serves every branch."""
         em = self.em
         before = len(em.nodes)
         out = build()
@@ -474,16 +474,18 @@ def _insert(
             then_out.append(f"{name}@then")
             else_out.append(f"{name}@else")
             ident.input[0] = name
-        kinds = [len(em.info.shape(x)) for x in finals], [TensorProto.FLOAT] * len(finals)
+        sizes = [len(em.info.shape(x)) for x in finals]
+        types: list[int] = [TensorProto.FLOAT] * len(finals)
         for o in across:
             rank, dtype = ranks[o]
             then_out.append(inner[o])
             else_nodes.extend(_empty(f"{o}@else", rank, dtype))
             else_out.append(f"{o}@else")
-            kinds[0].append(rank)
-            kinds[1].append(dtype)
+            sizes.append(rank)
+            types.append(dtype)
         outputs = [_output(wrt[x], label) for x in finals] + across
-        made.append(_if(condition, outputs, (then_nodes, then_out), (else_nodes, else_out), *kinds))
+        then, otherwise = (then_nodes, then_out), (else_nodes, else_out)
+        made.append(_if(condition, outputs, then, otherwise, sizes, types))
     for k, node in enumerate(made):
         graph.node.insert(at + k, node)
 
