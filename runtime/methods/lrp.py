@@ -47,8 +47,9 @@ def lrp(
     code = "lrp_" + lrp_rule
     if code not in session.info.relu_rules:
         raise ModelError(
-            f"model {session.info.name!r} has no LRP walk (a graph of contract 5 or later whose "
-            "gradient path has only ops with relevance rules; see README, LRP)"
+            f"model {session.info.name!r} has no LRP walk: augment its forward graph with "
+            "--lrp (gradtap augment --lrp, gradtap export NAME --lrp); a graph whose gradient "
+            "path has an op without a relevance rule gets none (README, LRP in the graph)"
         )
     prep = prepare(session, x, target, defer_top1=True)
     run = session.run(prep.x, prep.seed, relu_rule=code, top1=prep.top1)

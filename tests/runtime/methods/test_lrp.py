@@ -117,7 +117,7 @@ def test_bad_rule_and_a_graph_without_the_walk(mlp_session) -> None:
     with pytest.raises(OptionError, match="lrp_rule"):
         METHODS["lrp"](mlp_session, X, 0, lrp_rule="gamma2")
     model = augment(mlp(), taps={})  # without lrp=True: the rectifier codes only
-    with pytest.raises(ModelError, match="no LRP walk"):
+    with pytest.raises(ModelError, match="no LRP walk: augment its forward graph with --lrp"):
         METHODS["lrp"](ExplainSession(model), X, 0)
 
 
