@@ -102,11 +102,30 @@ def conv_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
             group=group, kernel_shape=kernel,
         )  # fmt: skip
     else:
+        cout, cin_g = em.info.static_shape(w)[:2]
+        square = group == 1 and cout == cin_g
         dx = em.op(
-            "ConvTranspose", dys[0], w, strides=strides, dilations=dilations, pads=pads,
-            group=group, output_padding=out_pad, kernel_shape=kernel,
+            "ConvTranspose", dys[0], _widened(em, w, n) if square else w, strides=strides,
+            dilations=dilations, pads=pads, group=group, output_padding=out_pad,
+            kernel_shape=kernel,
         )  # fmt: skip
+        if square:  # the zero channel added off again
+            dx = em.op("Slice", dx, em.ints([0]), em.ints([cin_g]), em.ints([1]))
     return (dx, None) + ((None,) if len(node.input) > 2 else ())
+
+
+def _widened(em: Emitter, w: str, n: int) -> str:
+    """W [C, C, k...] with a zero output channel appended: [C, C + 1, k...].
+
+    OpenVINO (2026.4) computes a ConvTranspose whose weight has as many input as output channels
+    wrongly (the input gradient of ResNet50's 3x3 stride-2 128 -> 128 ... 512 -> 512 layers is off
+    by over 100 %), and right when the counts differ. The zero channel costs 1/C more work. The
+    weight is a constant, so runtimes fold these nodes at load time.
+    """
+    zero = em.op(
+        "Mul", em.op("Slice", w, em.ints([0]), em.ints([1]), em.ints([1])), em.scalar(0.0, w)
+    )
+    return em.op("Concat", w, zero, axis=1)
 
 
 def _flipped(em: Emitter, w: str, group: int, n: int) -> str:

@@ -170,3 +170,50 @@ def test_openvino_runs_the_lrp_walk_of_a_residual_network(tmp_path: Path) -> Non
         jump = relative_l2(ref.run([c.GRAD_INPUT], nudged)[0], want)
         error = relative_l2(compiled(f)[c.GRAD_INPUT], want)
         assert error < max(GRAD_REL_L2, 3 * jump), (name, error, jump)
+
+
+def test_openvino_differentiates_strided_convolutions_with_equal_channel_counts() -> None:
+    """A stride-2 convolution's input gradient is a ConvTranspose; OpenVINO computes one whose
+    weight has equal input and output channel counts wrongly (off by over 100 % before the pass
+    widened such weights), so both a square and a non-square layer are compared."""
+    import openvino as ov
+    from onnx import TensorProto, helper, numpy_helper
+
+    from gradtap.export.graph.augment import augment
+
+    rng = np.random.default_rng(0)
+    shapes = {"w1": (16, 3, 3, 3), "w2": (16, 16, 3, 3), "w3": (24, 16, 3, 3)}
+    weights = [
+        numpy_helper.from_array(rng.normal(0, 0.3, s).astype(np.float32), k)
+        for k, s in shapes.items()
+    ]
+    fc = numpy_helper.from_array(rng.normal(0, 0.3, (5, 24)).astype(np.float32), "fc")
+    strided = {"strides": [2, 2], "pads": [1, 1, 1, 1]}
+    nodes = [
+        helper.make_node("Conv", ["input", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], **strided),  # 16 -> 16, stride 2
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("Conv", ["r2", "w3"], ["c3"], **strided),  # 16 -> 24, stride 2
+        helper.make_node("GlobalAveragePool", ["c3"], ["pool"]),
+        helper.make_node("Flatten", ["pool"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fc"], [c.LOGITS], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "strided", [helper.make_tensor_value_info(c.INPUT, TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info(c.LOGITS, TensorProto.FLOAT, ["batch", 5])], [*weights, fc],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    data = augment(model, taps={"r2": "r2"}).SerializeToString()
+    core = ov.Core()
+    compiled = core.compile_model(
+        core.read_model(data, b""), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
+    ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    x = rng.random((2, 3, 16, 16), dtype=np.float32)
+    for rule in c.RELU_RULES.values():
+        f = _feeds(x, rule, 1.0, c.OBJECTIVES["logits"], c.COMPUTE_LEVELS["full"])
+        f[c.SEED] = np.zeros((2, 5), np.float32)
+        want = ref.run([c.GRAD_INPUT], f)[0]
+        assert relative_l2(compiled(f)[c.GRAD_INPUT], want) < 1e-4, rule

@@ -15,6 +15,7 @@ GOLDEN = {
     "4.6": "58bdf39fffb582b3",  # 4.6: LRP codes 12-13 (gamma, epsilon_gamma_box)
     "4.7": "8662d7a860292d5e",  # 4.7: the LRP walk only on request; the default graph is 4.4's
     "4.8": "8662d7a860292d5e",  # 4.8: the LRP walk behind If nodes; the default graph is 4.4's
+    "4.9": "8662d7a860292d5e",  # 4.9: strided ConvTranspose with equal channel counts widened
 }
 
 
