@@ -11,7 +11,7 @@ NPM_PACKAGES := onnxruntime-node@1.30.0 onnxruntime-web@1.30.0 com.github.asus4.
 ORT_HEADERS := $(NPM_DIR)/node_modules/com.github.asus4.onnxruntime/Plugins/iOS~/onnxruntime.xcframework/ios-arm64/onnxruntime.framework/Headers
 ROOT := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup test test-fast demo bench bench-e2e bench-ray bench-scorecam bench-fullgrad bench-lrp zoo lint typecheck models models-robust wheels clean examples
+.PHONY: setup test test-fast demo bench bench-e2e bench-ray bench-scorecam bench-fullgrad bench-lrp bench-openvino zoo lint typecheck models models-robust wheels clean examples
 
 setup: $(STAMP) $(EMBED_STAMP)
 
@@ -62,6 +62,9 @@ bench-fullgrad: setup  # FullGrad against pytorch-grad-cam at equal settings
 
 bench-lrp: setup  # what the LRP walk costs gradient calls (with and without it), and an LRP call
 	$(BIN)/python bench/lrp.py $(BENCH_ARGS)
+
+bench-openvino: setup  # OpenVINO against onnxruntime on zoo models' explanation graphs (gradients, LRP)
+	$(BIN)/python bench/openvino_zoo.py $(BENCH_ARGS)
 
 zoo: setup  # the model-zoo check: writes docs/models.md, resumes from out/zoo/ (ZOO_ARGS=--models a,b)
 	$(BIN)/python bench/zoo.py $(ZOO_ARGS)
