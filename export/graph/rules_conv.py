@@ -103,29 +103,39 @@ def conv_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
         )  # fmt: skip
     else:
         cout, cin_g = em.info.static_shape(w)[:2]
-        square = group == 1 and cout == cin_g
+        square = cout == cin_g * group and cin_g > 1  # as many input as output channels
         dx = em.op(
-            "ConvTranspose", dys[0], _widened(em, w, n) if square else w, strides=strides,
+            "ConvTranspose", dys[0], _widened(em, w) if square else w, strides=strides,
             dilations=dilations, pads=pads, group=group, output_padding=out_pad,
             kernel_shape=kernel,
         )  # fmt: skip
-        if square:  # the zero channel added off again
-            dx = em.op("Slice", dx, em.ints([0]), em.ints([cin_g]), em.ints([1]))
+        if square:  # the zero channel of each group taken off again
+            dx = _narrowed(em, dx, group, cin_g, in_sizes)
     return (dx, None) + ((None,) if len(node.input) > 2 else ())
 
 
-def _widened(em: Emitter, w: str, n: int) -> str:
-    """W [C, C, k...] with a zero output channel appended: [C, C + 1, k...].
+def _widened(em: Emitter, w: str) -> str:
+    """A ConvTranspose weight [C, C/g, k...] with a zero output channel appended to each group.
 
-    OpenVINO (2026.4) computes a ConvTranspose whose weight has as many input as output channels
-    wrongly (the input gradient of ResNet50's 3x3 stride-2 128 -> 128 ... 512 -> 512 layers is off
-    by over 100 %), and right when the counts differ. The zero channel costs 1/C more work. The
-    weight is a constant, so runtimes fold these nodes at load time.
+    OpenVINO (2026.4) computes a ConvTranspose with as many input as output channels wrongly
+    unless it is depthwise: the input gradient of ResNet50's 3x3 stride-2 layers (128 -> 128 up
+    to 512 -> 512) and of RegNet-Y's grouped ones was off by 25-115 %; with the counts different
+    it computes it right. The zero channels cost g/C more work. The weight is a constant, so
+    runtimes fold these nodes at load time.
     """
     zero = em.op(
         "Mul", em.op("Slice", w, em.ints([0]), em.ints([1]), em.ints([1])), em.scalar(0.0, w)
     )
     return em.op("Concat", w, zero, axis=1)
+
+
+def _narrowed(em: Emitter, dx: str, group: int, per_group: int, sizes: list[int]) -> str:
+    """``dx`` [N, g * (per_group + 1), ...] without the last channel of each group."""
+    if group == 1:
+        return em.op("Slice", dx, em.ints([0]), em.ints([per_group]), em.ints([1]))
+    split = em.op("Reshape", dx, em.ints([0, group, per_group + 1, *sizes]))
+    kept = em.op("Slice", split, em.ints([0]), em.ints([per_group]), em.ints([2]))
+    return em.op("Reshape", kept, em.ints([0, group * per_group, *sizes]))
 
 
 def _flipped(em: Emitter, w: str, group: int, n: int) -> str:

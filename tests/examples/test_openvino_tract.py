@@ -173,16 +173,16 @@ def test_openvino_runs_the_lrp_walk_of_a_residual_network(tmp_path: Path) -> Non
 
 
 def test_openvino_differentiates_strided_convolutions_with_equal_channel_counts() -> None:
-    """A stride-2 convolution's input gradient is a ConvTranspose; OpenVINO computes one whose
-    weight has equal input and output channel counts wrongly (off by over 100 % before the pass
-    widened such weights), so both a square and a non-square layer are compared."""
+    """A stride-2 convolution's input gradient is a ConvTranspose; OpenVINO computes one with
+    as many input as output channels wrongly unless it is depthwise (off by over 100 % before the
+    pass widened such weights): a square, a non-square and a grouped square layer."""
     import openvino as ov
     from onnx import TensorProto, helper, numpy_helper
 
     from gradtap.export.graph.augment import augment
 
     rng = np.random.default_rng(0)
-    shapes = {"w1": (16, 3, 3, 3), "w2": (16, 16, 3, 3), "w3": (24, 16, 3, 3)}
+    shapes = {"w1": (16, 3, 3, 3), "w2": (16, 16, 3, 3), "w3": (24, 16, 3, 3), "w4": (24, 6, 3, 3)}
     weights = [
         numpy_helper.from_array(rng.normal(0, 0.3, s).astype(np.float32), k)
         for k, s in shapes.items()
@@ -195,7 +195,8 @@ def test_openvino_differentiates_strided_convolutions_with_equal_channel_counts(
         helper.make_node("Conv", ["r1", "w2"], ["c2"], **strided),  # 16 -> 16, stride 2
         helper.make_node("Relu", ["c2"], ["r2"]),
         helper.make_node("Conv", ["r2", "w3"], ["c3"], **strided),  # 16 -> 24, stride 2
-        helper.make_node("GlobalAveragePool", ["c3"], ["pool"]),
+        helper.make_node("Conv", ["c3", "w4"], ["c4"], group=4, **strided),  # 4 groups 6 -> 6
+        helper.make_node("GlobalAveragePool", ["c4"], ["pool"]),
         helper.make_node("Flatten", ["pool"], ["flat"]),
         helper.make_node("Gemm", ["flat", "fc"], [c.LOGITS], transB=1),
     ]

@@ -91,6 +91,11 @@ CASES = [
             consts=(w(9, 2, 3, 3),), dtype=F32, eps=1.0, id="grouped"),
     VjpCase("Conv", (1, 4, 7, 7), {"group": 4, "auto_pad": "SAME_UPPER", "strides": [2, 2]},
             consts=(w(4, 1, 3, 3),), dtype=F32, eps=1.0, id="depthwise-same"),
+    # as many input as output channels: the ConvTranspose weight widened by a zero channel a group
+    VjpCase("Conv", (2, 4, 7, 7), {"strides": [2, 2], "pads": [1, 1, 1, 1]}, consts=(w(4, 4, 3, 3),),
+            dtype=F32, eps=1.0, id="stride2-square"),
+    VjpCase("Conv", (2, 6, 6, 6), {"group": 3, "strides": [2, 2], "pads": [1, 1, 1, 1]},
+            consts=(w(6, 2, 3, 3), w(6)), dtype=F32, eps=1.0, id="grouped-square"),
     # stride 1: emitted as a Conv with the flipped, channel-swapped weight
     VjpCase("Conv", (2, 6, 6, 5), {"group": 3, "pads": [0, 1, 2, 1]}, consts=(w(9, 2, 3, 2),),
             dtype=F32, eps=1.0, id="grouped-stride1-asymmetric"),
