@@ -32,7 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from gradtap.export.graph.emitter import GraphInfo
 from gradtap.export.graph.lrp import LRP_ROWS
-from gradtap.export.graph.scopes import reads, rename, walk
+from gradtap.export.graph.scopes import empty, reads, rename, walk
 from gradtap.runtime import contract as c
 
 _CONDITIONS = ("gate/to_taps", "gate/to_input")
@@ -330,20 +330,16 @@ def _if(
         )
         for o, t in zip(outputs, types, strict=True)
     ]
-    empty = []  # ConstantOfShape of zeros: an empty tensor that keeps its rank in every runtime
-    for o, t in zip(outputs, types, strict=True):
-        dims = helper.make_node(
-            "Constant", [], [f"{inner[o]}/dims"],
-            value=numpy_helper.from_array(np.zeros(len(info.shapes.get(o, (0,))), np.int64)),
-        )  # fmt: skip
-        value = numpy_helper.from_array(np.zeros(1, helper.tensor_dtype_to_np_dtype(t)))
-        empty.append(dims)
-        empty.append(helper.make_node("ConstantOfShape", [dims.output[0]], [inner[o]], value=value))
+    off = [
+        node
+        for o, t in zip(outputs, types, strict=True)
+        for node in empty(inner[o], len(info.shapes.get(o, (0,))), t)
+    ]
     return helper.make_node(
         "If",
         [condition],
         outputs,
         name=f"{label}/If",
         then_branch=helper.make_graph(then_nodes, f"{label}/then", [], infos),
-        else_branch=helper.make_graph(empty, f"{label}/else", [], infos),
+        else_branch=helper.make_graph(off, f"{label}/else", [], infos),
     )

@@ -35,14 +35,14 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx
-from onnx import NodeProto, TensorProto, helper, numpy_helper
+from onnx import NodeProto, TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
 from gradtap.export.graph import lrp_rules as lr
 from gradtap.export.graph.emitter import Emitter, GraphInfo
 from gradtap.export.graph.patterns import fuse_erf_gelu
 from gradtap.export.graph.rulebase import Grads
-from gradtap.export.graph.scopes import reads, subgraphs, walk
+from gradtap.export.graph.scopes import empty, reads, subgraphs, walk
 from gradtap.export.graph.scopes import rename as rename_tensors
 from gradtap.export.graph.shapes import infer
 from gradtap.export.graph.table import RULES
@@ -362,15 +362,6 @@ def _if(
     )  # fmt: skip
 
 
-def _empty(name: str, rank: int, dtype: int) -> list[NodeProto]:
-    """Nodes making ``name`` an empty tensor of ``rank`` dimensions (a branch that is off)."""
-    dims = helper.make_node(
-        "Constant", [], [f"{name}/dims"], value=numpy_helper.from_array(np.zeros(rank, np.int64))
-    )
-    value = numpy_helper.from_array(np.zeros(1, helper.tensor_dtype_to_np_dtype(dtype)))
-    return [dims, helper.make_node("ConstantOfShape", [dims.output[0]], [name], value=value)]
-
-
 def _needed(nodes: list[NodeProto], outputs: set[str]) -> list[NodeProto]:
     """The nodes ``outputs`` depend on, in order."""
     wanted, kept = set(outputs), []
@@ -450,7 +441,7 @@ def _insert(
     for t, s in stashed:
         rank, dtype = len(em.info.shape(t)), em.info.dtypes.get(t, TensorProto.FLOAT)
         copy = helper.make_node("Identity", [t], [f"{s}@then"], name=f"{s}@then")
-        off = _empty(f"{s}@else", rank, dtype)
+        off = empty(f"{s}@else", rank, dtype)
         made.append(_if(on, [s], ([copy], [f"{s}@then"]), (off, [f"{s}@else"]), [rank], [dtype]))
     rename_tensors(rest, passed)
     producer = {n.output[0]: n for n in graph.node if n.op_type == "Identity" and n.output}
@@ -479,7 +470,7 @@ def _insert(
         for o in across:
             rank, dtype = ranks[o]
             then_out.append(inner[o])
-            else_nodes.extend(_empty(f"{o}@else", rank, dtype))
+            else_nodes.extend(empty(f"{o}@else", rank, dtype))
             else_out.append(f"{o}@else")
             sizes.append(rank)
             types.append(dtype)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 
+import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 
 
 def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
@@ -64,3 +66,13 @@ def walk(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.NodeProto]:
         yield node
         for sub in subgraphs(node):
             yield from walk(sub.node)
+
+
+def empty(name: str, rank: int, dtype: int) -> list[onnx.NodeProto]:
+    """Nodes making ``name`` an empty tensor of ``rank`` dimensions (what a branch that is off
+    yields): a ConstantOfShape of zeros, which keeps its rank in every runtime."""
+    dims = helper.make_node(
+        "Constant", [], [f"{name}/dims"], value=numpy_helper.from_array(np.zeros(rank, np.int64))
+    )
+    value = numpy_helper.from_array(np.zeros(1, helper.tensor_dtype_to_np_dtype(dtype)))
+    return [dims, helper.make_node("ConstantOfShape", [dims.output[0]], [name], value=value)]
