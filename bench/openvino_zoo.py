@@ -17,6 +17,7 @@ reason, and the run goes on. ``source:name@size`` measures one model at another 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -83,8 +84,6 @@ def _row(source: str, name: str, size: int, folder: Path) -> str:
 
 
 def _relu_rules(session: object) -> list[str]:
-    import json
-
     from gradtap.runtime import contract as c
 
     meta = session.get_modelmeta().custom_metadata_map  # type: ignore[attr-defined]
