@@ -152,7 +152,11 @@ class _Walk:
             node = _if(conditions[rule], [chain], (then_nodes, [then_out]), (nodes, [out]), rank)
             nodes, out = [node], chain
         em.nodes.extend(nodes)
-        return (out, *rest)
+        # The chain's result times the run-time 1.0 of an LRP call (exact). OpenVINO (2026.4)
+        # returned garbage in the first LRP call after compiling where an If's result met an
+        # average pool's rule (timm's ResNet-D shortcuts: 1e2 to 1e34 off, or NaN); later calls
+        # were right. Read through a product, the first call is right too.
+        return (em.op("Mul", out, live), *rest)
 
     def _maker(self, rule: int, lin: lr.Linear, x: str, z: str, r: str) -> Callable[[], str]:
         return lambda: self._rule(rule, lin, x, z, r, fresh=True)

@@ -66,6 +66,15 @@ def unbroadcast(em: Emitter, grad: str, like: str, rank: int) -> str:
     return grad
 
 
+def zero_appended(em: Emitter, w: str, axis: int) -> str:
+    """``w`` with one slice of zeros appended along ``axis``, computed from ``w`` itself: where
+    ``w`` is a weight, runtimes fold it once, at load time, and the file holds nothing more."""
+    zero = em.op(
+        "Mul", em.op("Slice", w, em.ints([0]), em.ints([1]), em.ints([axis])), em.scalar(0.0, w)
+    )
+    return em.op("Concat", w, zero, axis=axis)
+
+
 def no_grads(node: NodeProto, first: str | None) -> Grads:
     """``first`` for the node's data input, None for the others (shapes, axes, weights)."""
     return (first,) + (None,) * (len(node.input) - 1)

@@ -11,7 +11,7 @@ from onnx import NodeProto
 from gradtap.export.graph.attrs import attr_float, attr_int
 from gradtap.export.graph.emitter import Emitter
 from gradtap.export.graph.rectifier import Rectifier
-from gradtap.export.graph.rulebase import Grads, RuleSet, unbroadcast
+from gradtap.export.graph.rulebase import Grads, RuleSet, unbroadcast, zero_appended
 from gradtap.runtime.errors import UnsupportedOpError
 
 PART = RuleSet(__name__)
@@ -167,7 +167,11 @@ def gemm_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
         dy = em.op("Mul", dy, em.scalar(alpha, node.output[0]))
     da = db = dc = None
     if em.wants(a):  # dA' = dy @ B'^T, then transposed back when transA
-        da = em.op("Gemm", dy, b, transB=1 - trans_b)
+        if _square(em, b):  # a zero row or column of B' added, the zero result column cut off
+            wide = em.op("Gemm", dy, zero_appended(em, b, trans_b), transB=1 - trans_b)
+            da = _cut(em, wide, em.info.static_shape(b)[0])
+        else:
+            da = em.op("Gemm", dy, b, transB=1 - trans_b)
         da = em.op("Transpose", da, perm=[1, 0]) if trans_a else da
     if em.wants(b):  # dB' = A'^T @ dy
         db = em.op("Gemm", a, dy, transA=1 - trans_a)
@@ -190,9 +194,32 @@ def matmul_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
         return em.op("Transpose", name, perm=[*range(rank - 2), rank - 1, rank - 2])
 
     rank = em.info.rank(node.output[0])
-    da = unbroadcast(em, em.op("MatMul", dys[0], t(b)), a, rank) if em.wants(a) else None
+    da = None
+    if em.wants(a) and _square(em, b):  # B with a zero row added, the zero result column cut off
+        wide = em.op("Transpose", zero_appended(em, b, 0), perm=[1, 0])
+        da = _cut(em, em.op("MatMul", dys[0], wide), em.info.static_shape(b)[0])
+    elif em.wants(a):
+        da = em.op("MatMul", dys[0], t(b))
+    da = unbroadcast(em, da, a, rank) if da is not None else None
     db = unbroadcast(em, em.op("MatMul", t(a), dys[0]), b, rank) if em.wants(b) else None
     return (da, db)
+
+
+def _square(em: Emitter, b: str) -> bool:
+    """Whether ``b`` is a square matrix, whose product with the cotangent takes a zero column.
+
+    OpenVINO (2026.4) computes wrongly one of two products with the same square constant matrix
+    when one multiplies by it and the other by its transpose, as a forward layer and its input
+    gradient do: VGG's 4096 x 4096 layer gave a tap gradient 97 % off, a 64 x 64 one 140 %.
+    With the shapes different it computes both right; one more column costs 1/n more work.
+    """
+    shape = em.info.shape(b)
+    return len(shape) == 2 and isinstance(shape[0], int) and shape[0] == shape[1] and shape[0] > 1
+
+
+def _cut(em: Emitter, wide: str, n: int) -> str:
+    """``wide`` without its last column: the first ``n`` entries of the last axis."""
+    return em.op("Slice", wide, em.ints([0]), em.ints([n]), em.ints([-1]))
 
 
 @vjp_rule("BatchNormalization")

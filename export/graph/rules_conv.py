@@ -11,7 +11,7 @@ from onnx import NodeProto, TensorProto
 
 from gradtap.export.graph.attrs import attr_int, attr_ints, attr_str
 from gradtap.export.graph.emitter import Emitter
-from gradtap.export.graph.rulebase import Grads, RuleSet
+from gradtap.export.graph.rulebase import Grads, RuleSet, zero_appended
 from gradtap.runtime.errors import GraphError, UnsupportedOpError
 
 PART = RuleSet(__name__)
@@ -120,13 +120,9 @@ def _widened(em: Emitter, w: str) -> str:
     OpenVINO (2026.4) computes a ConvTranspose with as many input as output channels wrongly
     unless it is depthwise: the input gradient of ResNet50's 3x3 stride-2 layers (128 -> 128 up
     to 512 -> 512) and of RegNet-Y's grouped ones was off by 25-115 %; with the counts different
-    it computes it right. The zero channels cost g/C more work. The weight is a constant, so
-    runtimes fold these nodes at load time.
+    it computes it right. The zero channels cost g/C more work.
     """
-    zero = em.op(
-        "Mul", em.op("Slice", w, em.ints([0]), em.ints([1]), em.ints([1])), em.scalar(0.0, w)
-    )
-    return em.op("Concat", w, zero, axis=1)
+    return zero_appended(em, w, 1)
 
 
 def _narrowed(em: Emitter, dx: str, group: int, per_group: int, sizes: list[int]) -> str:

@@ -12,7 +12,7 @@ import hashlib
 
 import onnx
 
-PASS_VERSION = "4.9"
+PASS_VERSION = "4.10"
 
 
 def graph_digest(model: onnx.ModelProto) -> str:

@@ -61,6 +61,12 @@ CASES = [
     VjpCase("Gemm", (5, 2), {"transA": 1, "transB": 1, "alpha": 0.5}, consts=(w(4, 5).astype(F64),), id="trans"),
     VjpCase("Gemm", (2, 5), extra=(("b", (5, 3)),), id="both-inputs"),
     VjpCase("MatMul", (2, 3, 5), extra=(("b", (5, 4)),), id="batched-broadcast"),
+    # a square weight: its product with the cotangent takes a zero column, cut off again
+    VjpCase("Gemm", (2, 5), {"transB": 1}, consts=(w(5, 5).astype(F64),), id="square"),
+    VjpCase("Gemm", (5, 2), {"transA": 1}, consts=(w(5, 5).astype(F64), w(5).astype(F64)),
+            id="square-transA"),
+    VjpCase("MatMul", (2, 3, 5), consts=(w(5, 5).astype(F64),), id="square"),
+    VjpCase("Gemm", (2, 5), extra=(("b", (5, 5)),), id="square-both-inputs"),
     VjpCase("BatchNormalization", (2, 3, 4, 4), {"epsilon": 1e-3},
             consts=tuple(a.astype(F64) for a in (w(3), w(3, seed=2), w(3, seed=3), np.abs(w(3, seed=4)))),),
     VjpCase("Flatten", (2, 3, 4, 5), {"axis": 1}),
