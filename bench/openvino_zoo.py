@@ -32,7 +32,8 @@ DEFAULT_MODELS = (
     "torchvision:resnet50,torchvision:resnet18,torchvision:vgg11_bn@224,torchvision:densenet121,"
     "torchvision:mobilenet_v2,torchvision:mobilenet_v3_small,torchvision:efficientnet_b0,"
     "torchvision:regnet_y_400mf,torchvision:shufflenet_v2_x1_0,torchvision:squeezenet1_1,"
-    "torchvision:convnext_tiny,torchvision:googlenet,timm:resnet26d,timm:efficientnet_lite0"
+    "torchvision:convnext_tiny,torchvision:googlenet,timm:resnet26d,timm:efficientnet_lite0,"
+    "timm:deit_tiny_patch16_224@224"
 )
 RULES = {"plain": 0, "guided": 1, "lrp_epsilon_plus": 8}
 NOISE = 1e-7

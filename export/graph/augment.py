@@ -53,6 +53,7 @@ def augment(
     interventions: bool = False,
     bias_gradients: bool = False,
     lrp: bool = False,
+    lrp_composite: str | None = None,
 ) -> onnx.ModelProto:
     """Add taps, a seed input, a rectifier-rule input and the backward pass to a classifier.
 
@@ -78,15 +79,32 @@ def augment(
         lrp: add the relevance walk (``relu_rule`` codes 3 and up, export/graph/lrp.py),
             behind If nodes that gradient calls do not run; off by default, since runtimes
             fold the rules' modified weights at load time (several copies of every weight in
-            memory). Not with ``flat``.
+            memory). With ``flat``, name the one composite the graph carries instead.
+        lrp_composite: for the flat variant, the LRP composite (a name in
+            ``contract.LRP_RULES``, with or without its ``lrp_`` prefix: ``epsilon_plus``) whose
+            walk every call runs beside
+            the gradient walk; the graph lists codes 0-2 and this one. Implies ``lrp``.
         flat: no If nodes and no ``compute`` input: every call runs the whole backward pass
             (for runtimes that cannot run If, such as tract); the ``relu_rule`` switch stays.
 
     Returns:
         The explanation graph described in gradtap.runtime.contract.
     """
-    if lrp and flat:  # the walk's switch is If nodes, which the flat variant has none of
-        raise OptionError("the flat variant cannot carry the LRP walk: choose one of flat, lrp")
+    if lrp_composite is not None:
+        if not lrp_composite.startswith("lrp_"):  # as -m lrp --lrp-rule names them
+            lrp_composite = f"lrp_{lrp_composite}"
+        if lrp_composite not in c.LRP_RULES:
+            raise OptionError(
+                f"unknown LRP composite {lrp_composite!r}; valid: {list(c.LRP_RULES)}"
+            )
+        if not flat:
+            raise OptionError("lrp_composite is for the flat variant; the gated graph carries all")
+        lrp = True
+    elif lrp and flat:  # the walk's switch is If nodes, which the flat variant has none of
+        raise OptionError(
+            "the flat variant carries one LRP composite, computed in every call: name it "
+            f"(lrp_composite, one of {list(c.LRP_RULES)})"
+        )
     model = _upgrade(copy.deepcopy(model))
     if any(m.key == c.META_AUGMENTED for m in model.metadata_props):
         raise GraphError("the model is already augmented by gradtap; augment its forward graph")
@@ -130,7 +148,9 @@ def augment(
     out = add_vjp(model, seed_of=c.LOGITS, seed=seed, wrt=wrt, relu_rule=c.RELU_RULE)
     # FullGrad's layer gradients are gradients only (empty in relevance calls)
     lrp_wrt = {t: name for t, name in wrt.items() if t not in layers}
-    relevance = lrp and add_lrp(out, wrt=lrp_wrt, seed=seed, relu_rule=c.RELU_RULE)
+    relevance = lrp and add_lrp(
+        out, wrt=lrp_wrt, seed=seed, relu_rule=c.RELU_RULE, composite=lrp_composite
+    )
     if lrp and not relevance:
         log.warning("no LRP walk: the gradient path has an op without a relevance rule")
     if layers:
@@ -140,7 +160,11 @@ def augment(
     if found_head is not None:
         foreign.add_probabilities(out, found_head)
     _stamp(out, meta, chosen, labels)
-    _set_meta(out, c.META_RELU_RULES, json.dumps(c.BACKWARD_RULES if relevance else c.RELU_RULES))
+    rules = dict(c.RELU_RULES)
+    if relevance:
+        carried = c.LRP_RULES if lrp_composite is None else [lrp_composite]
+        rules.update({k: c.LRP_RULES[k] for k in carried})
+    _set_meta(out, c.META_RELU_RULES, json.dumps(rules))
     del out.graph.value_info[:]
     out = onnx.shape_inference.infer_shapes(out, check_type=True, strict_mode=True)
     if not flat:

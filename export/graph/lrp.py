@@ -10,12 +10,14 @@ calls, so the activations still die in the forward pass), and, where a composite
 one of several rules, a chain of Ifs on the rule. A gradient call runs none of the walk; no
 tensor of it is ever empty in a call that runs it (onnxruntime-node's layout optimiser and
 OpenVINO refuse some ops on empty tensors). One file serves plain, guided, deconvnet and every
-LRP composite, in every runtime that runs If.
+LRP composite, in every runtime that runs If. The flat variant (no If nodes, for tract) carries
+one composite, named at augment time: its walk runs in every call, and a Where picks relevance or
+gradient per output.
 
 The rules, as zennit's composites apply them (https://github.com/chr-peters/zennit):
 - Conv, Gemm, MatMul with constant weights: the composite's rule for the layer's position (the
   first linear layer on the input path, the other convolutions, the other dense layers), chosen
-  at run time per layer by a table lookup and again a row slice (lrp_rules.py);
+  at run time per layer by a table lookup and a chain of Ifs (lrp_rules.py);
 - rectifiers and other elementwise activations, BatchNormalization: relevance passes unchanged
   (zennit's Pass; torch exports fold BatchNorm into the convolutions, as zennit's canonizers do);
 - Add/Sub/Sum of two activations (residual joins), AveragePool, GlobalAveragePool, ReduceMean,
@@ -94,9 +96,10 @@ class _Walk:
         relu_rule: str,
         first: str,
         bounds: tuple[np.ndarray, np.ndarray] | None,
+        composite: str | None = None,
     ) -> None:
-        self.em, self.first = em, first
-        names = list(c.LRP_RULES)
+        self.em, self.first, self.composite = em, first, composite
+        names = list(c.LRP_RULES) if composite is None else [composite]
         self.codes = [c.LRP_RULES[n] for n in names]
         self.tables = [np.asarray([COMPOSITES[n][k] for n in names], np.int64) for k in range(3)]
         self.relu_rule, self.lowest = relu_rule, min(self.codes)
@@ -127,7 +130,10 @@ class _Walk:
         """The composite's rule for this layer: one rule, or a chain of Ifs on the chosen one
         where the composites give the layer's position several."""
         em = self.em
-        live = em.op("Cast", self.on(), to=TensorProto.FLOAT)
+        if self.composite is None:
+            live = em.op("Cast", self.on(), to=TensorProto.FLOAT)
+        else:  # the flat variant runs the walk in every call: its weights may as well fold
+            live = em.const(np.asarray(1.0, np.float32), dtype=np.float32)
         lin = lr.Linear.of(node, em, live)
         kind = FIRST if node.output[0] == self.first else CONV if node.op_type == "Conv" else DENSE
         table = self.tables[kind]
@@ -241,7 +247,14 @@ def _norm(node: NodeProto, dys: Grads, em: Emitter, plain: Callable[..., Grads])
     return tuple(None if g is None else em.op("Mul", node.input[i], g) for i, g in enumerate(grads))
 
 
-def add_lrp(model: onnx.ModelProto, *, wrt: Mapping[str, str], seed: str, relu_rule: str) -> bool:
+def add_lrp(
+    model: onnx.ModelProto,
+    *,
+    wrt: Mapping[str, str],
+    seed: str,
+    relu_rule: str,
+    composite: str | None = None,
+) -> bool:
     """Add the relevance walk to a graph that has the gradient walk (in place).
 
     Args:
@@ -249,6 +262,10 @@ def add_lrp(model: onnx.ModelProto, *, wrt: Mapping[str, str], seed: str, relu_r
         wrt: forward tensor -> output name, as given to add_vjp.
         seed: the cotangent on the logits the gradient walk starts from.
         relu_rule: the int64 scalar input selecting the rule.
+        composite: for the flat variant (no If nodes): the one composite (a name in
+            ``contract.LRP_RULES``) the walk computes, in every call, beside the gradients;
+            each output reads the relevance when ``relu_rule`` is its code, the gradient for
+            codes 0-2 and NaN for the other LRP codes. None: every composite, behind Ifs.
 
     Returns:
         Whether the walk was added; False (the model untouched) when the gradient path has an
@@ -264,8 +281,11 @@ def add_lrp(model: onnx.ModelProto, *, wrt: Mapping[str, str], seed: str, relu_r
         log.info("no LRP walk: no relevance rule for %s", ", ".join(unsupported))
         return False
     try:
-        em, outs, rename = _walk(model, info, nodes, needed, wrt, seed, relu_rule)
-        _insert(model, em, outs, wrt, rename, relu_rule)
+        em, outs, rename = _walk(model, info, nodes, needed, wrt, seed, relu_rule, composite)
+        if composite is None:
+            _insert(model, em, outs, wrt, rename, relu_rule)
+        else:
+            _insert_flat(model, em, outs, wrt, rename, relu_rule, c.LRP_RULES[composite])
     except (UnsupportedOpError, GraphError) as err:
         log.info("no LRP walk: %s", err)
         return False
@@ -284,6 +304,7 @@ def _walk(
     wrt: Mapping[str, str],
     seed: str,
     relu_rule: str,
+    composite: str | None,
 ) -> tuple[Emitter, dict[str, str], dict[str, str]]:
     """Emit the relevance walk; return its emitter, wrt tensor -> relevance tensor, and forward
     tensor -> the name the walk reads it by (its stash)."""
@@ -303,7 +324,7 @@ def _walk(
         raise UnsupportedOpError("no linear layer on the gradient path")
     first = linear[0]
     bounds = _box_bounds(model, info, first.input[0])
-    walk = _Walk(em, relu_rule, rename[first.output[0]], bounds)
+    walk = _Walk(em, relu_rule, rename[first.output[0]], bounds, composite)
     alias = {  # weights behind Identity nodes (torch's exporter shares them so) are constants
         n.output[0]: n.input[0]
         for n in model.graph.node
@@ -483,6 +504,42 @@ def _insert(
         made.append(_if(condition, outputs, then, otherwise, sizes, types))
     for k, node in enumerate(made):
         graph.node.insert(at + k, node)
+
+
+def _insert_flat(
+    model: onnx.ModelProto,
+    em: Emitter,
+    outs: Mapping[str, str],
+    wrt: Mapping[str, str],
+    rename: Mapping[str, str],
+    relu_rule: str,
+    code: int,
+) -> None:
+    """Put the walk of one composite into a graph without If nodes (the flat variant): it runs
+    in every call, and each wrt output reads its relevance when ``relu_rule`` is ``code``, the
+    gradient for the rectifier codes, NaN for the LRP codes the graph does not carry."""
+    graph = model.graph
+    producer = {n.output[0]: n for n in graph.node if n.op_type == "Identity" and n.output}
+    chosen = em.op("Equal", relu_rule, em.const(np.asarray(code, np.int64)))
+    lowest = em.const(np.asarray(min(c.LRP_RULES.values()), np.int64))
+    gradient = em.op("Less", relu_rule, lowest)
+    finals = {}
+    for x, r in outs.items():
+        ident = producer[wrt[x]]
+        nan = em.scalar(float("nan"), r)
+        kept = em.op("Where", gradient, ident.input[0], nan)
+        finals[x] = em.op("Where", chosen, r, kept)
+    body = _needed(em.nodes, set(finals.values()))
+    read = {x for n in body for x in reads(n)}
+    copies = [
+        helper.make_node("Identity", [t], [s], name=s) for t, s in rename.items() if s in read
+    ]
+    graph.initializer.extend(i for i in em.initializers if i.name in read)
+    at = next(i for i, n in enumerate(graph.node) if n.output and n.output[0] in wrt.values())
+    for k, node in enumerate([*copies, *body]):
+        graph.node.insert(at + k, node)
+    for x, final in finals.items():
+        producer[wrt[x]].input[0] = final
 
 
 def _output(name: str, label: str) -> str:

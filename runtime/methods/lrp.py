@@ -45,6 +45,12 @@ def lrp(
     if lrp_rule not in LRP_COMPOSITES:
         raise OptionError(f"unknown lrp_rule {lrp_rule!r}; valid: {list(LRP_COMPOSITES)}")
     code = "lrp_" + lrp_rule
+    carried = [r.removeprefix("lrp_") for r in session.info.relu_rules if r in c.LRP_RULES]
+    if code not in session.info.relu_rules and carried:
+        raise ModelError(
+            f"model {session.info.name!r} carries the LRP composite(s) {carried} only (a flat "
+            f"graph carries one): choose one of them, or augment with --lrp-composite {lrp_rule}"
+        )
     if code not in session.info.relu_rules:
         raise ModelError(
             f"model {session.info.name!r} has no LRP walk: augment its forward graph with "

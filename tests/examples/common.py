@@ -66,9 +66,9 @@ def reference(session: ExplainSession, image: Path) -> Reference:
     )
 
 
-def flat_variant(folder: Path) -> Path:
+def flat_variant(folder: Path, *flags: str) -> Path:
     """The shipped model's flat variant: its forward graph (torch export of the shipped weights)
-    through `gradtap augment --flat`."""
+    through `gradtap augment --flat` (and ``flags``)."""
     from click.testing import CliRunner
 
     from gradtap.cli.main import cli
@@ -77,7 +77,7 @@ def flat_variant(folder: Path) -> Path:
     forward, flat = folder / "forward.onnx", folder / "flat.onnx"
     to_onnx.export_forward("smallcnn", forward, weights=str(MODEL.with_name("smallcnn.pt")))
     result = CliRunner().invoke(
-        cli, ["augment", str(forward), "--flat", "-o", str(flat), "--overwrite"]
+        cli, ["augment", str(forward), "--flat", *flags, "-o", str(flat), "--overwrite"]
     )
     assert result.exit_code == 0, result.output
     return flat

@@ -124,6 +124,41 @@ def test_tract_runs_the_flat_variant_like_onnxruntime(batch: np.ndarray, flat: P
         _compare(got, want, f"tract {rule, objective}")
 
 
+@pytest.mark.torch
+def test_tract_computes_lrp_in_the_flat_variant_of_one_composite(
+    batch: np.ndarray, tmp_path: Path
+) -> None:
+    """`augment --flat --lrp-composite epsilon_plus`: tract's relevance against onnxruntime's on
+    the shipped gated graph (the same weights, the walk behind Ifs), both objectives; the
+    gradient codes against onnxruntime on the same file; a code it does not carry reads NaN."""
+    import tract
+
+    graph = flat_variant(tmp_path, "--lrp-composite", "epsilon_plus")
+    runnable = tract.onnx().load(str(graph)).into_model().into_runnable()
+    ref = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    gated = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
+    inputs = [i.name for i in ref.get_inputs()]
+    names = [c.GRAD_INPUT, c.tap_grad_output("features")]
+
+    def run(f: dict) -> list[np.ndarray]:
+        values = runnable.run([f[i] for i in inputs])
+        out = dict(zip([o.name for o in ref.get_outputs()], values, strict=True))
+        return [out[n].to_numpy() for n in names]
+
+    code = c.LRP_RULES["lrp_epsilon_plus"]
+    for objective in c.OBJECTIVES.values():
+        f = _feeds(batch, code, 1.0, objective, None)
+        want = gated.run(names, {**f, c.COMPUTE: np.array(2, np.int64)})
+        for name, got, expected in zip(names, run(f), want, strict=True):
+            assert relative_l2(got, expected) < 1e-4, (objective, name)
+    for rule in c.RELU_RULES.values():
+        f = _feeds(batch, rule, 1.0, c.OBJECTIVES["logits"], None)
+        for name, got, expected in zip(names, run(f), ref.run(names, f), strict=True):
+            assert relative_l2(got, expected) < GRAD_REL_L2, (rule, name)
+    other = _feeds(batch, c.LRP_RULES["lrp_flat"], 1.0, c.OBJECTIVES["logits"], None)
+    assert all(np.isnan(g).all() for g in run(other))
+
+
 def test_tract_cannot_take_the_gated_graph() -> None:
     """What docs/embedding.md says: tract unifies both branches' output shapes, and the empty
     stand-in of a branch that is off ([0, 0, 0, 0]) cannot unify with a batch dimension."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -28,6 +29,9 @@ W2 = np.asarray([[2.0, 1.0], [-1.0, 1.0]], np.float32)
 B2 = np.asarray([0.5, 0.0], np.float32)
 SHIPPED = Path(__file__).resolve().parents[3] / "models" / "smallcnn.gradtap.onnx"
 EPS = 1e-4  # the stabiliser 1e-6 over h1 = 0.1 moves these values by ~1e-5
+# epsilon rule: top layer R_h = h * W2[0] * R / (logit 0) with R = logit 0 = 1.55: (0.2, 0.85);
+# first layer R_x = x * (W1[0] * R_h1 / h1 + W1[1] * R_h2 / h2) = x * (2 W1[0] + 1 W1[1])
+EPSILON_BY_HAND = [0.5 * (2 * 1.0 + 0.5), 0.2 * (2 * 2.0 - 1.0), 0.8 * (2 * -1.0 + 1.0)]
 
 
 def mlp() -> onnx.ModelProto:
@@ -54,7 +58,7 @@ def test_epsilon_relevance_by_hand_and_the_bias_missing_from_conservation(mlp_se
     e = METHODS["lrp"](mlp_session, X, 0, lrp_rule="epsilon")
     # top layer: R_h = h * W2[0] * R / (logit 0) with R = logit 0 = 1.55: (0.2, 0.85), sum 1.05
     # first layer: R_x = x * (W1[0] * R_h1 / h1 + W1[1] * R_h2 / h2) = x * (2 W1[0] + 1 W1[1])
-    expected = [0.5 * (2 * 1.0 + 0.5), 0.2 * (2 * 2.0 - 1.0), 0.8 * (2 * -1.0 + 1.0)]
+    expected = EPSILON_BY_HAND
     np.testing.assert_allclose(e.extras["relevance"].ravel(), expected, atol=EPS)
     np.testing.assert_allclose(e.maps.ravel(), [sum(expected)], atol=EPS)
     assert e.extras["logit"][0] == pytest.approx(1.55, abs=EPS)
@@ -143,7 +147,7 @@ def test_the_command_line_option_reaches_the_method(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "gamma2" in bad.output
 
 
-def test_the_walk_is_on_request_and_not_in_the_flat_variant(tmp_path: Path) -> None:
+def test_the_walk_is_on_request_and_the_flat_variant_carries_one_composite(tmp_path: Path) -> None:
     forward = tmp_path / "mlp.onnx"
     onnx.save(mlp(), str(forward))
     for flags, codes in (((), c.RELU_RULES), (("--lrp",), c.BACKWARD_RULES)):
@@ -152,7 +156,37 @@ def test_the_walk_is_on_request_and_not_in_the_flat_variant(tmp_path: Path) -> N
         assert result.exit_code == 0, result.output
         meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
         assert json.loads(meta[c.META_RELU_RULES]) == codes
-    result = invoke("augment", forward, "-o", tmp_path / "flat.onnx", "--flat", "--lrp")
-    assert result.exit_code != 0 and "flat variant cannot carry the LRP walk" in result.output
-    with pytest.raises(OptionError, match="choose one of flat, lrp"):
+    flat = tmp_path / "flat.onnx"
+    args = ("augment", forward, "-o", flat, "--tap", "h=h", "--flat")
+    result = invoke(*args, "--lrp-composite", "epsilon")
+    assert result.exit_code == 0, result.output
+    model = onnx.load(str(flat))
+    assert not [n for n in model.graph.node if n.op_type == "If"]
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta[c.META_RELU_RULES]) == {**c.RELU_RULES, "lrp_epsilon": 3}
+    session = ExplainSession(flat)
+    e = METHODS["lrp"](session, X, 0, lrp_rule="epsilon")
+    np.testing.assert_allclose(e.extras["relevance"].ravel(), EPSILON_BY_HAND, atol=EPS)
+    gated = ExplainSession(tmp_path / "mlp0.gradtap.onnx")
+    for method in ("saliency", "guided_backprop"):  # the gradient codes are the gradients
+        np.testing.assert_array_equal(
+            METHODS[method](session, X, 0).maps, METHODS[method](gated, X, 0).maps
+        )
+    with pytest.raises(ModelError, match=r"carries the LRP composite\(s\) \['epsilon'\] only"):
+        METHODS["lrp"](session, X, 0, lrp_rule="flat")
+    raw = ort.InferenceSession(str(flat), providers=["CPUExecutionProvider"])
+    feeds = {c.INPUT: X, c.SEED: np.zeros((1, 2), np.float32), c.SEED_TOP1: np.array(1, np.float32),
+             c.OBJECTIVE: np.array(0, np.int64), c.RELU_RULE: np.array(c.LRP_RULES["lrp_flat"], np.int64)}  # fmt: skip
+    assert np.isnan(raw.run([c.GRAD_INPUT], feeds)[0]).all()  # a code it does not carry: NaN
+    for flags, message in (
+        (("--lrp",), "name it with --lrp-composite"),
+        (("--lrp-composite", "gamma2"), "gamma2"),
+    ):
+        result = invoke(*args, *flags, "--overwrite")
+        assert result.exit_code == 2 and message in result.output, result.output
+    result = invoke("augment", forward, "-o", flat, "--lrp-composite", "epsilon", "--overwrite")
+    assert result.exit_code == 2 and "--lrp-composite is for --flat" in result.output
+    with pytest.raises(OptionError, match="name it"):
         augment(mlp(), taps={}, flat=True, lrp=True)
+    with pytest.raises(OptionError, match="unknown LRP composite"):
+        augment(mlp(), taps={}, flat=True, lrp_composite="gamma2")
