@@ -7,6 +7,8 @@ switched by ``relu_rule``) and without it. Prints the median seconds of a plain 
 (logits and input gradient) on both, their ratio (the walk's overhead on gradient calls, which
 run none of it), an ``lrp_epsilon_plus`` call on the first, and the memory each session takes
 when it is created (resident set growth: the weights and what onnxruntime folds at load time).
+Then the same for the flat variant (no If nodes, for tract), which carries one composite
+(``lrp_composite="epsilon_plus"``) whose walk runs in every call.
 """
 
 from __future__ import annotations
@@ -58,27 +60,37 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    print(
-        "model | plain s (with LRP walk) | plain s (without) | ratio | lrp_epsilon_plus s"
-        " | session MiB (with) | session MiB (without)"
-    )
-    for name in args.models.split(","):
-        with tempfile.TemporaryDirectory() as tmp:
-            forward = Path(tmp) / "forward.onnx"
-            export_forward(name, forward)
-            model = augment_module.load_model(forward)
-            with_walk = augment_module.augment(model, lrp=True)
-            without = augment_module.augment(model)
-        made = [_session(m, args.threads) for m in (without, with_walk)][::-1]
-        sessions, memory = [s for s, _ in made], [mib for _, mib in made]
-        h, w = sessions[0].info.input_size
-        x = np.random.default_rng(0).random((args.batch, 3, h, w), dtype=np.float32)
-        plain = [_median_call(s, x, "plain", args.repeat) for s in sessions]
-        lrp = _median_call(sessions[0], x, "lrp_epsilon_plus", args.repeat)
+    variants = {
+        "gated": ({"lrp": True}, {}),
+        "flat": ({"flat": True, "lrp_composite": "epsilon_plus"}, {"flat": True}),
+    }
+    for variant, (walk, plain_options) in variants.items():
         print(
-            f"{name} | {plain[0]:.4f} | {plain[1]:.4f} | {plain[0] / plain[1]:.3f} | {lrp:.4f}"
-            f" | {memory[0]:.0f} | {memory[1]:.0f}"
+            f"{variant} graph: model | plain s (with LRP walk) | plain s (without) | ratio"
+            " | lrp_epsilon_plus s | session MiB (with) | session MiB (without)"
         )
+        for name in args.models.split(","):
+            _row(name, walk, plain_options, args)
+
+
+def _row(name: str, walk: dict, plain_options: dict, args: argparse.Namespace) -> None:
+    """One model: a session with the walk and one without, each timed and measured."""
+    with tempfile.TemporaryDirectory() as tmp:
+        forward = Path(tmp) / "forward.onnx"
+        export_forward(name, forward)
+        model = augment_module.load_model(forward)
+        with_walk = augment_module.augment(model, **walk)
+        without = augment_module.augment(model, **plain_options)
+    made = [_session(m, args.threads) for m in (without, with_walk)][::-1]
+    sessions, memory = [s for s, _ in made], [mib for _, mib in made]
+    h, w = sessions[0].info.input_size
+    x = np.random.default_rng(0).random((args.batch, 3, h, w), dtype=np.float32)
+    plain = [_median_call(s, x, "plain", args.repeat) for s in sessions]
+    lrp = _median_call(sessions[0], x, "lrp_epsilon_plus", args.repeat)
+    print(
+        f"{name} | {plain[0]:.4f} | {plain[1]:.4f} | {plain[0] / plain[1]:.3f} | {lrp:.4f}"
+        f" | {memory[0]:.0f} | {memory[1]:.0f}"
+    )
 
 
 if __name__ == "__main__":
