@@ -1,6 +1,7 @@
-"""OpenVINO against onnxruntime on the explanation graphs of a set of zoo models.
+"""OpenVINO (or tract) against onnxruntime on the explanation graphs of a set of zoo models.
 
-``python bench/openvino_zoo.py [--models torchvision:resnet50,timm:...] [--size 96]``
+``python bench/openvino_zoo.py [--models torchvision:resnet50,timm:...] [--size 96]
+[--runtime openvino|tract]``
 
 Each model (random weights, seeded; ``bench.zoo.build``) is exported with the TorchScript
 exporter, augmented with the LRP walk where its ops allow, compiled by OpenVINO at f32 and run
@@ -10,6 +11,9 @@ difference is within 1 % or within three times onnxruntime's own change under in
 1e-7 (a ReLU decision near zero taken the other way moves a gradient by more than rounding).
 Each setting runs twice in OpenVINO: the verdict is the second call's, and a first call that
 differed where the second agrees is flagged ``first call off`` (docs/embedding.md, OpenVINO).
+With ``--runtime tract`` the other side is tract on the flat variant, carrying the
+``epsilon_plus`` composite where the ops allow (``augment(flat=True, lrp_composite=...)``),
+against onnxruntime on the gated graph.
 Prints one row per model; a model that fails to export, augment or compile is a row with the
 reason, and the run goes on. ``source:name@size`` measures one model at another size.
 """
@@ -21,6 +25,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 if not __package__:  # run as a script: make the repository root importable
@@ -45,9 +50,42 @@ def _relative(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(np.asarray(a, np.float64) - b64) / (np.linalg.norm(b64) + 1e-30))
 
 
-def _row(source: str, name: str, size: int, folder: Path) -> str:
-    import onnxruntime as ort
+def _openvino(graph: Path, folder: Path) -> Callable[[dict], np.ndarray]:
+    """The input gradient of ``graph`` compiled by OpenVINO at f32."""
     import openvino as ov
+
+    from gradtap.runtime import contract as c
+
+    core = ov.Core()
+    compiled = core.compile_model(str(graph), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return lambda feeds: np.array(compiled(feeds)[c.GRAD_INPUT])
+
+
+def _tract(graph: Path, folder: Path) -> Callable[[dict], np.ndarray]:
+    """The input gradient of the flat variant of ``graph``'s forward graph, run by tract."""
+    import onnx
+    import onnxruntime as ort
+    import tract
+
+    from gradtap.export.graph.augment import augment, load_model, save_model
+    from gradtap.runtime import contract as c
+
+    forward, flat = graph.with_suffix(".forward.onnx"), folder / "flat.onnx"
+    carried = _relu_rules(ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"]))
+    composite = {"lrp_composite": "epsilon_plus"} if "lrp_epsilon_plus" in carried else {}
+    save_model(augment(load_model(forward), flat=True, **composite), flat)
+    model = onnx.load(str(flat), load_external_data=False)
+    inputs = [i.name for i in model.graph.input]
+    at = [o.name for o in model.graph.output].index(c.GRAD_INPUT)
+    runnable = tract.onnx().load(str(flat)).into_model().into_runnable()
+    return lambda feeds: runnable.run([feeds[i] for i in inputs])[at].to_numpy()
+
+
+RUNTIMES = {"openvino": _openvino, "tract": _tract}
+
+
+def _row(source: str, name: str, size: int, folder: Path, runtime: str) -> str:
+    import onnxruntime as ort
     import torch
 
     from bench.zoo import build, export
@@ -55,12 +93,12 @@ def _row(source: str, name: str, size: int, folder: Path) -> str:
     from gradtap.runtime import contract as c
 
     model, _ = build(source, name)
-    forward, graph = folder / f"{name}.onnx", folder / f"{name}.gradtap.onnx"
+    graph = folder / f"{name}.gradtap.onnx"
+    forward = graph.with_suffix(".forward.onnx")
     export(model, torch.rand(1, 3, size, size), forward, "torchscript")
     save_model(augment(load_model(forward), lrp=True), graph)
     ref = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
-    core = ov.Core()
-    compiled = core.compile_model(str(graph), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = RUNTIMES[runtime](graph, folder)
     rules = [r for r in RULES if r in _relu_rules(ref)]
     rng = np.random.default_rng(0)
     x = rng.random((2, 3, size, size), dtype=np.float32)
@@ -76,8 +114,8 @@ def _row(source: str, name: str, size: int, folder: Path) -> str:
         want = ref.run([c.GRAD_INPUT], feeds)[0]
         jump = _relative(ref.run([c.GRAD_INPUT], {**feeds, c.INPUT: nudged})[0], want)
         bound = max(TOLERANCE, 3 * jump)
-        first = _relative(np.array(compiled(feeds)[c.GRAD_INPUT]), want)
-        error = _relative(compiled(feeds)[c.GRAD_INPUT], want)
+        first = _relative(compiled(feeds), want)
+        error = _relative(compiled(feeds), want)
         verdict = "ok" if error < bound else "DIFFERS"
         late = f", first call off {first:.0e}" if error < bound and not first < bound else ""
         cells.append(f"{rule} {verdict} {error:.1e} (jump {jump:.1e}{late})")
@@ -95,8 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default=DEFAULT_MODELS, help="source:name, comma-separated")
     p.add_argument("--size", type=int, default=96)
+    p.add_argument("--runtime", choices=sorted(RUNTIMES), default="openvino")
     args = p.parse_args(argv)
-    print(f"OpenVINO (f32) against onnxruntime, {args.size} px, 2 inputs, random weights")
+    side = "OpenVINO (f32)" if args.runtime == "openvino" else "tract (the flat variant)"
+    print(f"{side} against onnxruntime, {args.size} px, 2 inputs, random weights")
     print("model | results | seconds")
     failed = 0
     import onnxruntime as ort
@@ -108,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                row = _row(source, name, int(size or args.size), Path(tmp))
+                row = _row(source, name, int(size or args.size), Path(tmp), args.runtime)
             except Exception as err:  # one model's failure is its row; the sweep goes on
                 row = f"error: {type(err).__name__}: {str(err).splitlines()[0][:160]}"
         failed += "DIFFERS" in row or row.startswith("error")

@@ -280,8 +280,20 @@ def reduce_vjp(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
         dy = em.op("Unsqueeze", dy, em.ints(axes))
     dx = em.op("Expand", dy, em.op("Shape", x))
     if node.op_type == "ReduceMean":
-        dx = em.op("Mul", dx, _mean_scale(em, x, y))
+        dx = em.op("Mul", dx, _reduced_scale(em, x, y, axes))
     return (dx,) + (None,) * (len(node.input) - 1)
+
+
+def _reduced_scale(em: Emitter, x: str, y: str, axes: list[int] | None) -> str:
+    """1 / (the number of elements a ReduceMean averages): a constant when the reduced axes are
+    static, whatever the others are. With keepdims=0 the ranks differ, and ``_mean_scale``
+    would compute a ratio of Sizes, which tract turns into zero gradients (ShuffleNetV2 and
+    other heads of ``x.mean((2, 3))``)."""
+    shape = em.info.shape(x)
+    dims = [shape[a] for a in (range(len(shape)) if axes is None else axes)]
+    if all(isinstance(d, int) for d in dims):
+        return em.scalar(1.0 / float(np.prod(dims)), x)
+    return _mean_scale(em, x, y)
 
 
 @vjp_rule("ConvTranspose")

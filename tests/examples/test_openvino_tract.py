@@ -159,6 +159,52 @@ def test_tract_computes_lrp_in_the_flat_variant_of_one_composite(
     assert all(np.isnan(g).all() for g in run(other))
 
 
+@pytest.mark.parametrize("opset", [17, 18])  # ReduceMean's axes: an attribute, then an input
+def test_tract_differentiates_a_mean_over_the_spatial_axes(opset: int, tmp_path: Path) -> None:
+    """A head of ``x.mean((2, 3))`` (ReduceMean, keepdims=0: ShuffleNetV2's, among others): its
+    backward scale must be a constant. As a ratio of Sizes under a symbolic batch tract returned
+    wrong gradients (ShuffleNetV2: 100 % off), or refused the graph at load."""
+    import tract
+    from onnx import TensorProto, helper, numpy_helper
+
+    from gradtap.export.graph.augment import augment
+
+    rng = np.random.default_rng(0)
+    conv = numpy_helper.from_array(rng.normal(0, 0.4, (8, 3, 3, 3)).astype(np.float32), "conv")
+    fc = numpy_helper.from_array(rng.normal(0, 0.4, (5, 8)).astype(np.float32), "fc")
+    axes = {"axes": [2, 3]} if opset < 18 else {}
+    extra = [] if opset < 18 else [numpy_helper.from_array(np.array([2, 3], np.int64), "axes")]
+    nodes = [
+        helper.make_node("Conv", ["input", "conv"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("ReduceMean", ["r1", *(["axes"] if extra else [])], ["mean"], keepdims=0, **axes),
+        helper.make_node("Gemm", ["mean", "fc"], [c.LOGITS], transB=1),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "mean", [helper.make_tensor_value_info(c.INPUT, TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info(c.LOGITS, TensorProto.FLOAT, ["batch", 5])],
+        [conv, fc, *extra],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    flat = augment(model, taps={"r1": "r1"}, flat=True)
+    path = tmp_path / "mean.flat.onnx"
+    path.write_bytes(flat.SerializeToString())
+    runnable = tract.onnx().load(str(path)).into_model().into_runnable()
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = [i.name for i in flat.graph.input]
+    names = [o.name for o in flat.graph.output]
+    x = rng.random((2, 3, 8, 8), dtype=np.float32)
+    f = _feeds(x, 0, 1.0, c.OBJECTIVES["logits"], None)
+    f[c.SEED] = np.zeros((2, 5), np.float32)
+    got = dict(
+        zip(names, (v.to_numpy() for v in runnable.run([f[i] for i in inputs])), strict=True)
+    )
+    for name, want in zip(names, ref.run(names, f), strict=True):
+        if name.startswith(c.GRAD_PREFIX):
+            assert relative_l2(got[name], want) < 1e-5, name
+
+
 def test_tract_cannot_take_the_gated_graph() -> None:
     """What docs/embedding.md says: tract unifies both branches' output shapes, and the empty
     stand-in of a branch that is off ([0, 0, 0, 0]) cannot unify with a batch dimension."""
