@@ -63,7 +63,7 @@ bench-fullgrad: setup  # FullGrad against pytorch-grad-cam at equal settings
 bench-lrp: setup  # what the LRP walk costs gradient calls (with and without it), and an LRP call
 	$(BIN)/python bench/lrp.py $(BENCH_ARGS)
 
-bench-openvino: setup  # OpenVINO against onnxruntime on zoo models' explanation graphs (gradients, LRP)
+bench-openvino: setup  # OpenVINO (BENCH_ARGS="--runtime tract": tract, flat variant) against onnxruntime on zoo models
 	$(BIN)/python bench/openvino_zoo.py $(BENCH_ARGS)
 
 zoo: setup  # the model-zoo check: writes docs/models.md, resumes from out/zoo/ (ZOO_ARGS=--models a,b)
