@@ -77,13 +77,13 @@ def augment(
         bias_gradients: add the ``bias_grad/<k>`` outputs FullGrad reads, one reduced map per
             biased layer (see gradtap.export.graph.bias); off by default.
         lrp: add the relevance walk (``relu_rule`` codes 3 and up, export/graph/lrp.py),
-            behind If nodes that gradient calls do not run; off by default, since runtimes
-            fold the rules' modified weights at load time (several copies of every weight in
-            memory). With ``flat``, name the one composite the graph carries instead.
+            behind If nodes that gradient calls do not run; off by default, since it makes the
+            file larger and an embedder who wants gradients only need not carry it. With
+            ``flat``, name the one composite the graph carries instead.
         lrp_composite: for the flat variant, the LRP composite (a name in
-            ``contract.LRP_RULES``, with or without its ``lrp_`` prefix: ``epsilon_plus``) whose
-            walk every call runs beside
-            the gradient walk; the graph lists codes 0-2 and this one. Implies ``lrp``.
+            ``contract.LRP_RULES``, with or without its ``lrp_`` prefix: ``epsilon_plus``)
+            whose walk every call runs beside the gradient walk; the graph lists codes 0-2 and
+            this one. Implies ``lrp``.
         flat: no If nodes and no ``compute`` input: every call runs the whole backward pass
             (for runtimes that cannot run If, such as tract); the ``relu_rule`` switch stays.
 
