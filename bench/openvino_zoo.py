@@ -50,7 +50,7 @@ def _relative(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(np.asarray(a, np.float64) - b64) / (np.linalg.norm(b64) + 1e-30))
 
 
-def _openvino(graph: Path, folder: Path) -> Callable[[dict], np.ndarray]:
+def _openvino(graph: Path, folder: Path, carried: list[str]) -> Callable[[dict], np.ndarray]:
     """The input gradient of ``graph`` compiled by OpenVINO at f32."""
     import openvino as ov
 
@@ -61,17 +61,15 @@ def _openvino(graph: Path, folder: Path) -> Callable[[dict], np.ndarray]:
     return lambda feeds: np.array(compiled(feeds)[c.GRAD_INPUT])
 
 
-def _tract(graph: Path, folder: Path) -> Callable[[dict], np.ndarray]:
+def _tract(graph: Path, folder: Path, carried: list[str]) -> Callable[[dict], np.ndarray]:
     """The input gradient of the flat variant of ``graph``'s forward graph, run by tract."""
     import onnx
-    import onnxruntime as ort
     import tract
 
     from gradtap.export.graph.augment import augment, load_model, save_model
     from gradtap.runtime import contract as c
 
     forward, flat = graph.with_suffix(".forward.onnx"), folder / "flat.onnx"
-    carried = _relu_rules(ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"]))
     composite = {"lrp_composite": "epsilon_plus"} if "lrp_epsilon_plus" in carried else {}
     save_model(augment(load_model(forward), flat=True, **composite), flat)
     model = onnx.load(str(flat), load_external_data=False)
@@ -98,8 +96,9 @@ def _row(source: str, name: str, size: int, folder: Path, runtime: str) -> str:
     export(model, torch.rand(1, 3, size, size), forward, "torchscript")
     save_model(augment(load_model(forward), lrp=True), graph)
     ref = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
-    compiled = RUNTIMES[runtime](graph, folder)
-    rules = [r for r in RULES if r in _relu_rules(ref)]
+    carried = _relu_rules(ref)
+    compiled = RUNTIMES[runtime](graph, folder, carried)
+    rules = [r for r in RULES if r in carried]
     rng = np.random.default_rng(0)
     x = rng.random((2, 3, size, size), dtype=np.float32)
     nudged = x + rng.normal(0, NOISE, x.shape).astype(np.float32)
