@@ -148,11 +148,12 @@ def augment(
     out = add_vjp(model, seed_of=c.LOGITS, seed=seed, wrt=wrt, relu_rule=c.RELU_RULE)
     # FullGrad's layer gradients are gradients only (empty in relevance calls)
     lrp_wrt = {t: name for t, name in wrt.items() if t not in layers}
-    relevance = lrp and add_lrp(
+    refused = lrp and add_lrp(
         out, wrt=lrp_wrt, seed=seed, relu_rule=c.RELU_RULE, composite=lrp_composite
     )
-    if lrp and not relevance:
-        log.warning("no LRP walk: the gradient path has an op without a relevance rule")
+    relevance = lrp and not refused
+    if refused:
+        log.warning("no LRP walk: %s", refused)
     if layers:
         add_bias_maps(out, layers, wrt)
     out = out if flat else gate(out)

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from gradtap.export.graph import qdq
 from gradtap.export.graph.shapes import Dim, Shape, infer
 from gradtap.runtime.errors import GraphError
 
@@ -49,6 +50,8 @@ class GraphInfo:
     consts: Mapping[str, np.ndarray]
     opset: int
     folded: dict[str, np.ndarray] = field(default_factory=dict)  # batch-independent, computed
+    producers: dict[str, str] = field(default_factory=dict)  # tensor -> op type of its node
+    quantised: dict[str, onnx.NodeProto] = field(default_factory=dict)  # Q/DQ of constants
 
     @classmethod
     def of(cls, model: onnx.ModelProto, *, complete: bool = True) -> GraphInfo:
@@ -65,7 +68,13 @@ class GraphInfo:
             dtypes.setdefault(name, tensor.data_type)
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
         folded = {k: v for k, v in inferred.values.items() if k not in tensors}
-        return cls(shapes, dtypes, Constants(tensors), opset, folded)
+        producers = {out: node.op_type for node in model.graph.node for out in node.output}
+        quantised: dict[str, onnx.NodeProto] = {}
+        for node in model.graph.node:  # quantised weights: computed when first read
+            known = all(not i or i in tensors or i in folded or i in quantised for i in node.input)
+            if qdq.evaluable(node) and known:
+                quantised[node.output[0]] = node
+        return cls(shapes, dtypes, Constants(tensors), opset, folded, producers, quantised)
 
     def shape(self, name: str) -> Shape:
         if name not in self.shapes:
@@ -87,6 +96,9 @@ class GraphInfo:
         whatever the batch; None when it is only known at run time."""
         if not name:
             return None
+        if name in self.quantised and name not in self.folded:
+            node = self.quantised[name]
+            self.folded[name] = qdq.evaluate(node, [self.const(i) for i in node.input])
         return self.consts.get(name, self.folded.get(name))
 
 

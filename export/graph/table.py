@@ -15,6 +15,7 @@ from gradtap.export.graph import (
     rules_index,
     rules_math,
     rules_norm,
+    rules_quant,
     rules_shape,
 )
 from gradtap.export.graph.rectifier import PLAIN, Rectifier
@@ -27,6 +28,7 @@ PARTS: tuple[RuleSet, ...] = (
     rules_conv.PART,
     rules_shape.PART,
     rules_index.PART,
+    rules_quant.PART,
 )
 
 # Ops whose outputs carry no gradient (shape arithmetic, comparisons, index outputs).

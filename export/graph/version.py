@@ -12,7 +12,7 @@ import hashlib
 
 import onnx
 
-PASS_VERSION = "4.10"
+PASS_VERSION = "4.11"
 
 
 def graph_digest(model: onnx.ModelProto) -> str:

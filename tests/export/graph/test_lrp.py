@@ -47,6 +47,10 @@ from tests.graphs import controls, session  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TOL = 1e-3
+# The epsilon rule divides by z + 1e-6 sign(z) at every layer, so VGG16's 13 layers amplify the
+# float32 rounding most there: measured 1e-4 on AVX-512 CPUs, 1.1e-3 to 1.3e-3 on AVX2 ones
+# (where the other rules stay at 1e-7 to 7e-4), still 1e2 below what a wrong rule gives.
+TOL_EPSILON_DEEP = 3e-3
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
@@ -187,7 +191,8 @@ def test_vgg16_rules_and_a_composite_match_zennit() -> None:
     rules = ("lrp_epsilon", "lrp_zplus", "lrp_alpha2beta1", "lrp_flat", "lrp_epsilon_plus_box")
     for rule in (*rules, "lrp_gamma", "lrp_epsilon_gamma_box"):
         relevance, target = ours(graph, x, rule)
-        assert_close(relevance, theirs(net, found[rule], x, target))
+        tol = TOL_EPSILON_DEEP if rule == "lrp_epsilon" else TOL
+        assert_close(relevance, theirs(net, found[rule], x, target), tol)
 
 
 @pytest.mark.slow

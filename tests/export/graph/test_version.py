@@ -17,6 +17,7 @@ GOLDEN = {
     "4.8": "8662d7a860292d5e",  # 4.8: the LRP walk behind If nodes; the default graph is 4.4's
     "4.9": "8662d7a860292d5e",  # 4.9: strided ConvTranspose with equal channel counts widened
     "4.10": "8662d7a860292d5e",  # 4.10: square products widened; LRP chains; ReduceMean scale
+    "4.11": "8662d7a860292d5e",  # 4.11: QuantizeLinear/DequantizeLinear rules (QDQ graphs)
 }
 
 
