@@ -41,13 +41,12 @@ def _scale(em: Emitter, node: NodeProto, like: str) -> str:
     """The node's scale, shaped to broadcast against tensor ``like`` (per-axis scales are 1-D)."""
     if attr_int(node, "block_size", 0):
         raise UnsupportedOpError(
-            f"{node.op_type} node {node.name!r}: blocked quantisation (block_size) has no "
-            "backward rule; per-tensor and per-axis scales do"
+            f"{node.op_type} node {node.name or node.output[0]!r}: blocked quantisation "
+            "(block_size) has no backward rule; per-tensor and per-axis scales do"
         )
-    scale = node.input[1]
-    if len(em.info.shape(scale)) == 0:
+    scale, rank = node.input[1], em.info.rank(like)
+    if len(em.info.shape(scale)) == 0 or rank == 1:
         return scale
-    rank = em.info.rank(like)
     axis = attr_int(node, "axis", 1) % rank
     return em.op("Unsqueeze", scale, em.ints([k for k in range(rank) if k != axis]))
 
@@ -56,10 +55,10 @@ def _limits(em: Emitter, node: NodeProto) -> tuple[int, int]:
     q = node.output[0]
     dtype = em.info.dtypes.get(q, TensorProto.UINT8)
     if dtype not in LIMITS:
-        name = TensorProto.DataType.Name(dtype)
+        name, known = TensorProto.DataType.Name, ", ".join(map(TensorProto.DataType.Name, LIMITS))
         raise UnsupportedOpError(
-            f"QuantizeLinear node {node.name!r}: no backward rule for quantisation to {name}; "
-            f"supported: {', '.join(TensorProto.DataType.Name(t) for t in LIMITS)}"
+            f"QuantizeLinear node {node.name or node.output[0]!r}: no backward rule for "
+            f"quantisation to {name(dtype)}; supported: {known}"
         )
     return LIMITS[dtype]
 

@@ -36,7 +36,7 @@ from tests.graphs import controls
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-LIMITS = {TensorProto.UINT8: (0, 255), TensorProto.INT8: (-128, 127)}
+LIMITS = {TensorProto.UINT8: (0, 255), TensorProto.INT8: (-128, 127), TensorProto.INT4: (-8, 7)}
 
 
 def unoptimised(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -49,13 +49,17 @@ def unoptimised(model: onnx.ModelProto) -> ort.InferenceSession:
 
 
 def pair_model(
-    scale: np.ndarray, zp: np.ndarray | None, shape: tuple, axis: int = 1
+    scale: np.ndarray, zp: np.ndarray | None, shape: tuple, axis: int = 1, dtype: int | None = None
 ) -> onnx.ModelProto:
-    """x -> QuantizeLinear -> DequantizeLinear -> y."""
+    """x -> QuantizeLinear -> DequantizeLinear -> y (zero points of ``dtype`` when given)."""
     inits = [numpy_helper.from_array(scale, "s")]
     names = ["x", "s"]
     if zp is not None:
-        inits.append(numpy_helper.from_array(zp, "zp"))
+        inits.append(
+            numpy_helper.from_array(zp, "zp")
+            if dtype is None
+            else helper.make_tensor("zp", dtype, list(zp.shape), zp.ravel().tolist())
+        )
         names.append("zp")
     nodes = [
         helper.make_node("QuantizeLinear", names, ["q"], axis=axis),
@@ -65,8 +69,9 @@ def pair_model(
         nodes, "pair", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))], inits,
     )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    opset = 17 if dtype is None else 21
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8 if dtype is None else 10
     return onnx.shape_inference.infer_shapes(model, strict_mode=True)
 
 
@@ -92,22 +97,23 @@ def grid_values(rng: np.random.Generator, shape: tuple, scale: np.ndarray, zp: n
 @pytest.mark.parametrize(
     "dtype, zp, per_axis",
     [(TensorProto.UINT8, 100, False), (TensorProto.INT8, -3, False), (TensorProto.INT8, 0, True),
-     (TensorProto.UINT8, None, False)],
-    ids=["uint8", "int8", "int8-per-axis", "uint8-default-zero-point"],
+     (TensorProto.UINT8, None, False), (TensorProto.INT4, 1, False)],
+    ids=["uint8", "int8", "int8-per-axis", "uint8-default-zero-point", "int4"],
 )  # fmt: skip
 def test_the_pair_matches_torch_fake_quantisation(
     dtype: int, zp: int | None, per_axis: bool
 ) -> None:
     rng = np.random.default_rng(0)
     shape, (low, high) = (2, 4, 5, 5), LIMITS[dtype]
-    np_type = {TensorProto.UINT8: np.uint8, TensorProto.INT8: np.int8}[dtype]
+    np_type = {TensorProto.UINT8: np.uint8, TensorProto.INT8: np.int8}.get(dtype, np.int32)
     scale = (np.array([0.02, 0.05, 0.1, 0.3], np.float32) if per_axis
              else np.array(0.07, np.float32))  # fmt: skip
     zps = None if zp is None else np.full(scale.shape, zp, np_type)
     bcast = scale.reshape(1, -1, 1, 1) if per_axis else scale
     x = grid_values(rng, shape, bcast, 0 if zp is None else zp, low, high)
     v = rng.normal(size=shape).astype(np.float32)
-    y, dx = pair_vjp(pair_model(scale, zps, shape), x, v)
+    four_bit = dtype if dtype == TensorProto.INT4 else None
+    y, dx = pair_vjp(pair_model(scale, zps, shape, dtype=four_bit), x, v)
 
     xt = torch.from_numpy(x).requires_grad_()
     zero = 0 if zp is None else zp
