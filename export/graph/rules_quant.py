@@ -21,7 +21,7 @@ drop the Relu node then): it is a rectifier for ``relu_rule``, as a Relu would b
 from __future__ import annotations
 
 import numpy as np
-from onnx import NodeProto, TensorProto
+from onnx import NodeProto, TensorProto, helper
 
 from gradtap.export.graph.attrs import attr_int
 from gradtap.export.graph.emitter import Emitter
@@ -87,8 +87,7 @@ def quantize_vjp(node: NodeProto, dys: Grads, em: Emitter, rectifier: Rectifier)
     if em.info.dtypes.get(q) in (TensorProto.UINT4, TensorProto.INT4):  # compared as 8-bit
         ints = em.op("Cast", q, to=TensorProto.INT8)
     dtype = TensorProto.INT8 if ints != q else em.info.dtypes.get(q, TensorProto.UINT8)
-    np_type = {TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8,
-               TensorProto.INT16: np.int16, TensorProto.UINT16: np.uint16}[dtype]  # fmt: skip
+    np_type = helper.tensor_dtype_to_np_dtype(dtype)
     inside = em.op(
         "And",
         em.op("Greater", ints, em.const(np.asarray(low, np_type))),
