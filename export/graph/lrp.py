@@ -41,6 +41,7 @@ from onnx import NodeProto, TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
 from gradtap.export.graph import lrp_rules as lr
+from gradtap.export.graph import qdq
 from gradtap.export.graph.emitter import Emitter, GraphInfo
 from gradtap.export.graph.patterns import fuse_erf_gelu
 from gradtap.export.graph.rulebase import Grads
@@ -625,7 +626,7 @@ def _box_bounds(
         )  # fmt: skip
         opsets = [
             helper.make_opsetid(o.domain, max(o.version, 19))  # the reference runtime's Q/DQ
-            if o.domain in ("", "ai.onnx") and any("Quantize" in n.op_type for n in order)
+            if o.domain in ("", "ai.onnx") and any(n.op_type in qdq.OPS for n in order)
             else o
             for o in model.opset_import
         ]

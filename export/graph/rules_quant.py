@@ -83,10 +83,10 @@ def quantize_vjp(node: NodeProto, dys: Grads, em: Emitter, rectifier: Rectifier)
     where the range starts at 0 on a layer's output (a folded ReLU)."""
     x, q = node.input[0], node.output[0]
     low, high = _limits(em, node)
+    dtype = em.info.dtypes.get(q, TensorProto.UINT8)
     ints = q
-    if em.info.dtypes.get(q) in (TensorProto.UINT4, TensorProto.INT4):  # compared as 8-bit
-        ints = em.op("Cast", q, to=TensorProto.INT8)
-    dtype = TensorProto.INT8 if ints != q else em.info.dtypes.get(q, TensorProto.UINT8)
+    if dtype in (TensorProto.UINT4, TensorProto.INT4):  # compared as 8-bit
+        ints, dtype = em.op("Cast", q, to=TensorProto.INT8), TensorProto.INT8
     np_type = helper.tensor_dtype_to_np_dtype(dtype)
     inside = em.op(
         "And",
