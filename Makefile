@@ -54,8 +54,15 @@ bench-e2e: setup  # folders of real photos end to end: gradtap explain vs the py
 bench-ray: setup  # the Ray engine with 1 and 2 workers on this machine
 	$(BIN)/python bench/e2e_ray.py $(BENCH_ARGS)
 
-bench-scorecam: setup  # Score-CAM / Ablation-CAM against pytorch-grad-cam at equal settings
+SCORECAM_REAL = --model efficientnet_lite0 --weights IMAGENET1K --photos --images 4
+
+bench-scorecam: setup  # Score-CAM / Ablation-CAM against pytorch-grad-cam at equal settings (ResNet18 random, EfficientNet-Lite0 real weights on photos)
+ifeq ($(strip $(BENCH_ARGS)),)
+	$(BIN)/python bench/scorecam.py
+	$(BIN)/python bench/scorecam.py $(SCORECAM_REAL)
+else
 	$(BIN)/python bench/scorecam.py $(BENCH_ARGS)
+endif
 
 bench-fullgrad: setup  # FullGrad against pytorch-grad-cam at equal settings
 	$(BIN)/python bench/fullgrad.py $(BENCH_ARGS)
