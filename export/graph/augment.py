@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, version_converter
 
-from gradtap.export.graph import foreign
+from gradtap.export.graph import foreign, qoperators
 from gradtap.export.graph.bias import add_bias_maps, biased_layers, raw_name
 from gradtap.export.graph.emitter import GraphInfo
 from gradtap.export.graph.gate import branch_nodes, gate
@@ -106,6 +106,8 @@ def augment(
             f"(lrp_composite, one of {list(c.LRP_RULES)})"
         )
     model = _upgrade(copy.deepcopy(model))
+    if qoperators.expand(model):  # QLinearConv & co.: into the QDQ form the rules know
+        log.info("integer operators rewritten into QuantizeLinear/DequantizeLinear")
     if any(m.key == c.META_AUGMENTED for m in model.metadata_props):
         raise GraphError("the model is already augmented by gradtap; augment its forward graph")
     found_head = foreign.find_head(model, logits, head)

@@ -15,6 +15,10 @@ from gradtap.export.graph import qdq
 from gradtap.export.graph.shapes import Dim, Shape, infer
 from gradtap.runtime.errors import GraphError
 
+FLOAT_TYPES = frozenset(
+    {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+)
+
 __all__ = ["Dim", "Emitter", "GraphInfo", "Shape"]
 
 
@@ -160,9 +164,15 @@ class Emitter:
         dtype = helper.tensor_dtype_to_np_dtype(self.info.dtypes.get(like, TensorProto.FLOAT))
         return self.const(np.asarray(value, dtype=dtype))
 
-    def zeros_like(self, name: str) -> str:
+    def grad_dtype(self, name: str) -> int:
+        """The element type of a gradient with respect to forward tensor ``name``: its own, or
+        float for an integer tensor (a quantised one, between QuantizeLinear and its readers)."""
         dtype = self.info.dtypes.get(name, TensorProto.FLOAT)
-        zero = helper.make_tensor("value", dtype, [1], [0])
+        return dtype if dtype in FLOAT_TYPES else TensorProto.FLOAT
+
+    def zeros_like(self, name: str) -> str:
+        """Zeros of ``name``'s shape, a gradient buffer for it (of :meth:`grad_dtype`)."""
+        zero = helper.make_tensor("value", self.grad_dtype(name), [1], [0])
         return self.op("ConstantOfShape", self.op("Shape", name), value=zero)
 
     def keep(self, condition: str, grad: str, like: str) -> str:
@@ -176,7 +186,7 @@ class Emitter:
 
     def mask(self, condition: str, like: str) -> str:
         """Cast a boolean tensor to the element type of ``like`` (1 where true, else 0)."""
-        return self.op("Cast", condition, to=self.info.dtypes.get(like, TensorProto.FLOAT))
+        return self.op("Cast", condition, to=self.grad_dtype(like))
 
     def wants(self, name: str) -> bool:
         return name in self.wanted

@@ -237,6 +237,8 @@ def _max_pool(node: NodeProto, dys: Grads, em: Emitter) -> Grads:
     plane, pooled = int(np.prod(inner)), int(np.prod(outer))
     index = em.op("Cast", em.op("Mod", node.output[1], em.ints([plane])), to=TensorProto.INT32)
     flat = em.ints([0, chans, pooled])
+    if em.grad_dtype(x) != em.info.dtypes.get(x, TensorProto.FLOAT):  # pooled integers (int8)
+        x = em.op("Cast", x, to=em.grad_dtype(x))
     summed = em.op(
         "ScatterElements", em.op("Reshape", em.op("Mul", x, em.scalar(0.0, x)), em.ints([0, chans, plane])),
         em.op("Reshape", index, flat), em.op("Reshape", dys[0], flat), axis=2, reduction="add",
