@@ -99,6 +99,17 @@ def session(model: onnx.ModelProto, *, layout_opt: bool = False) -> ort.Inferenc
     return Session(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
+def unoptimised(model: onnx.ModelProto) -> ort.InferenceSession:
+    """A plain onnxruntime session with no graph optimisations, one thread: quantised graphs
+    run as the ONNX standard defines them, not through onnxruntime's fused integer kernels."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+
+
 def tiny_cnn(
     *, classes: int = 3, size: int = 8, seed: int = 0, names: tuple[str, str] = ("input", "logits")
 ) -> onnx.ModelProto:

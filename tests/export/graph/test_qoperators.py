@@ -25,20 +25,11 @@ from gradtap.export.graph.augment import augment
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import UnsupportedOpError
 from tests.conftest import invoke
-from tests.graphs import controls
+from tests.graphs import controls, unoptimised
 
 torch = pytest.importorskip("torch")
 quantization = pytest.importorskip("onnxruntime.quantization")
 from torch import nn  # noqa: E402
-
-
-def unoptimised(model: onnx.ModelProto) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
 
 
 @pytest.fixture(scope="module")

@@ -31,21 +31,12 @@ from gradtap.export.graph.augment import augment
 from gradtap.export.graph.vjp import add_vjp
 from gradtap.runtime import contract as c
 from gradtap.runtime.errors import UnsupportedOpError
-from tests.graphs import controls
+from tests.graphs import controls, unoptimised
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 LIMITS = {TensorProto.UINT8: (0, 255), TensorProto.INT8: (-128, 127), TensorProto.INT4: (-8, 7)}
-
-
-def unoptimised(model: onnx.ModelProto) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
 
 
 def pair_model(
