@@ -86,7 +86,8 @@ class _Rewrite:
     def bias(self, out: list[NodeProto], node: NodeProto, b: str, scale: np.ndarray) -> str:
         s = self.fresh(f"{b}/scale")
         scale = scale.astype(np.float32).reshape(-1)
-        per_tensor = scale.reshape(()) if scale.size == 1 else scale  # per-axis needs one a row
+        # one value per row for a per-axis scale, else a scalar
+        per_tensor = scale.reshape(()) if scale.size == 1 else scale
         self.graph.initializer.append(numpy_helper.from_array(per_tensor, s))
         return self.dq(out, node, b, s, "", axis=0)
 
