@@ -15,10 +15,13 @@ The integer bias of ``QLinearConv`` and ``QGemm`` is an int32 of scale ``x_scale
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import NodeProto, helper, numpy_helper
 
+from gradtap.export.graph.attrs import attr_float, attr_int
 from gradtap.runtime.errors import UnsupportedOpError
 
 MICROSOFT = "com.microsoft"
@@ -29,14 +32,6 @@ OPS = frozenset({("", "QLinearConv"), ("", "QLinearMatMul"), (MICROSOFT, "QGemm"
 
 def _domain(node: NodeProto) -> str:
     return "" if node.domain in ("", "ai.onnx") else node.domain
-
-
-def _attrs(node: NodeProto, drop: tuple[str, ...] = ()) -> list[onnx.AttributeProto]:
-    return [a for a in node.attribute if a.name not in drop]
-
-
-def _int_attr(node: NodeProto, name: str, default: int) -> int:
-    return next((int(a.i) for a in node.attribute if a.name == name), default)
 
 
 class _Rewrite:
@@ -79,9 +74,25 @@ class _Rewrite:
                                     name=self.fresh(f"{node.name or y}/dq"), axis=axis))  # fmt: skip
         return y
 
-    def q(self, out: list[NodeProto], node: NodeProto, x: str, s: str, z: str, y: str) -> None:
-        out.append(helper.make_node("QuantizeLinear", [x, s, z] if z else [x, s], [y],
-                                    name=self.fresh(f"{node.name or y}/q")))  # fmt: skip
+    def layer(
+        self,
+        out: list[NodeProto],
+        node: NodeProto,
+        op: str,
+        floats: list[str],
+        ys: str,
+        yz: str,
+        **attrs: Any,
+    ) -> None:
+        """The float ``op`` on ``floats``, quantised at (``ys``, ``yz``) into the node's output
+        (left float where there is no output scale, as QGemm allows)."""
+        y = node.output[0]
+        yf = self.fresh(f"{y}/float") if ys else y
+        out.append(helper.make_node(op, floats, [yf], name=self.fresh(f"{node.name or y}/{op}"),
+                                    **attrs))  # fmt: skip
+        if ys:
+            out.append(helper.make_node("QuantizeLinear", [yf, ys, yz] if yz else [yf, ys], [y],
+                                        name=self.fresh(f"{node.name or y}/q")))  # fmt: skip
 
     def bias(self, out: list[NodeProto], node: NodeProto, b: str, scale: np.ndarray) -> str:
         s = self.fresh(f"{b}/scale")
@@ -97,70 +108,44 @@ class _Rewrite:
         kind = node.op_type
         if kind == "QLinearConv":
             x, xs, xz, w, ws, wz, ys, yz, b = ins[:9]
-            xf = self.dq(out, node, x, xs, xz)
-            wf = self.dq(out, node, w, ws, wz, axis=0)
-            floats = [xf, wf]
+            floats = [self.dq(out, node, x, xs, xz), self.dq(out, node, w, ws, wz, axis=0)]
             if b:
-                scale = self.constant(node, xs, "input scale") * self.constant(
-                    node, ws, "weight scale"
+                scale = self.constant(node, xs, "input scale")
+                floats.append(
+                    self.bias(out, node, b, scale * self.constant(node, ws, "weight scale"))
                 )
-                floats.append(self.bias(out, node, b, scale))
-            yf = self.fresh(f"{node.output[0]}/float")
-            out.append(helper.make_node("Conv", floats, [yf], name=self.fresh(f"{node.name}/conv"),
-                                        **{a.name: helper.get_attribute_value(a) for a in node.attribute}))  # fmt: skip
-            self.q(out, node, yf, ys, yz, node.output[0])
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            self.layer(out, node, "Conv", floats, ys, yz, **attrs)
         elif kind == "QLinearMatMul":
             a, as_, az, b, bs, bz, ys, yz = ins[:8]
             if self.constant(node, as_, "first input's scale").size > 1:
                 raise UnsupportedOpError(f"QLinearMatMul node {node.name!r}: per-row scales of "
                                          "its first input have no rewrite")  # fmt: skip
             rank = len(self.inits[b].dims) if b in self.inits else 2
-            af = self.dq(out, node, a, as_, az)
-            bf = self.dq(out, node, b, bs, bz, axis=rank - 1)
-            yf = self.fresh(f"{node.output[0]}/float")
-            out.append(
-                helper.make_node("MatMul", [af, bf], [yf], name=self.fresh(f"{node.name}/matmul"))
-            )
-            self.q(out, node, yf, ys, yz, node.output[0])
+            floats = [self.dq(out, node, a, as_, az), self.dq(out, node, b, bs, bz, axis=rank - 1)]
+            self.layer(out, node, "MatMul", floats, ys, yz)
         elif kind == "QGemm":
             a, as_, az, b, bs, bz, cb, ys, yz = ins[:9]
-            alpha = next((float(t.f) for t in node.attribute if t.name == "alpha"), 1.0)
-            trans_b = _int_attr(node, "transB", 0)
-            af = self.dq(out, node, a, as_, az)
-            bf = self.dq(out, node, b, bs, bz, axis=0 if trans_b else 1)
-            floats = [af, bf]
+            alpha, trans_b = attr_float(node, "alpha", 1.0), attr_int(node, "transB", 0)
+            floats = [self.dq(out, node, a, as_, az),
+                      self.dq(out, node, b, bs, bz, axis=0 if trans_b else 1)]  # fmt: skip
             if cb:
-                scale = (
-                    alpha
-                    * self.constant(node, as_, "input scale")
-                    * self.constant(node, bs, "weight scale")
+                scale = alpha * self.constant(node, as_, "input scale")
+                floats.append(
+                    self.bias(out, node, cb, scale * self.constant(node, bs, "weight scale"))
                 )
-                floats.append(self.bias(out, node, cb, scale))
-            yf = node.output[0] if not ys else self.fresh(f"{node.output[0]}/float")
-            out.append(helper.make_node("Gemm", floats, [yf], name=self.fresh(f"{node.name}/gemm"),
-                                        alpha=alpha, transA=_int_attr(node, "transA", 0), transB=trans_b))  # fmt: skip
-            if ys:  # without an output scale QGemm returns floats
-                self.q(out, node, yf, ys, yz, node.output[0])
+            self.layer(out, node, "Gemm", floats, ys, yz, alpha=alpha,
+                       transA=attr_int(node, "transA", 0), transB=trans_b)  # fmt: skip
         elif kind in ("QLinearAdd", "QLinearMul"):
             a, as_, az, b, bs, bz, ys, yz = ins[:8]
-            af, bf = self.dq(out, node, a, as_, az), self.dq(out, node, b, bs, bz)
-            yf = self.fresh(f"{node.output[0]}/float")
-            op = kind.removeprefix("QLinear")
-            out.append(helper.make_node(op, [af, bf], [yf], name=self.fresh(f"{node.name}/{op}")))
-            self.q(out, node, yf, ys, yz, node.output[0])
+            floats = [self.dq(out, node, a, as_, az), self.dq(out, node, b, bs, bz)]
+            self.layer(out, node, kind.removeprefix("QLinear"), floats, ys, yz)
         else:  # QLinearGlobalAveragePool
-            if _int_attr(node, "channels_last", 0):
+            if attr_int(node, "channels_last", 0):
                 raise UnsupportedOpError(f"QLinearGlobalAveragePool node {node.name!r}: "
                                          "channels_last has no rewrite")  # fmt: skip
             x, xs, xz, ys, yz = ins[:5]
-            xf = self.dq(out, node, x, xs, xz)
-            yf = self.fresh(f"{node.output[0]}/float")
-            out.append(
-                helper.make_node(
-                    "GlobalAveragePool", [xf], [yf], name=self.fresh(f"{node.name}/pool")
-                )
-            )
-            self.q(out, node, yf, ys, yz, node.output[0])
+            self.layer(out, node, "GlobalAveragePool", [self.dq(out, node, x, xs, xz)], ys, yz)
         return out
 
 
